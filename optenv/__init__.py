@@ -1,0 +1,58 @@
+"""optenv: optimisation as a reinforcement-learning problem.
+
+``import optenv`` registers the Gymnasium ids ``optenv/Quadratic-v0``,
+``optenv/LogisticRegression-v0``, ``optenv/RobustRegression-v0`` and ``optenv/NeuralNet-v0``::
+
+    import gymnasium as gym
+    import optenv  # noqa: F401
+
+    env = gym.make("optenv/LogisticRegression-v0")
+    venv = gym.make_vec("optenv/LogisticRegression-v0", num_envs=1024, device="cpu")
+"""
+
+from __future__ import annotations
+
+from optenv.core import CoreStep, OptimizationCore, StateLayout
+from optenv.env import OptimizationEnv
+from optenv.families import (
+    FAMILIES,
+    FunctionFamily,
+    LogisticRegression,
+    NeuralNet,
+    ObjectiveFamily,
+    Quadratic,
+    RobustRegression,
+    make_family,
+    register_family,
+)
+from optenv.registration import BUILTIN_IDS, family_of, register_envs, register_objective
+from optenv.rng import KeyedRNG, instance_keys
+from optenv.vector import OptimizationVectorEnv
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUILTIN_IDS",
+    "FAMILIES",
+    "CoreStep",
+    "FunctionFamily",
+    "KeyedRNG",
+    "LogisticRegression",
+    "NeuralNet",
+    "ObjectiveFamily",
+    "OptimizationCore",
+    "OptimizationEnv",
+    "OptimizationVectorEnv",
+    "Quadratic",
+    "RobustRegression",
+    "StateLayout",
+    "__version__",
+    "family_of",
+    "instance_keys",
+    "make_family",
+    "register_envs",
+    "register_family",
+    "register_objective",
+]
+
+register_envs()

@@ -1,0 +1,158 @@
+"""The one batched core every optimisation rollout runs on.
+
+State (Li & Malik's released code), for a batch of B problems with d variables and history H::
+
+    CUR_LOC (d) | PAST_OBJ_VAL_DELTAS (H) | PAST_GRADS (H·d) | CUR_GRAD (d) | PAST_LOC_DELTAS (H·d)
+
+dX = 2d + H + 2Hd. Histories are chronological (oldest first, newest last) and zero-padded at the
+start of an episode, so one step shifts each history block left by one entry and writes the new
+entry at its end; PAST_GRADS and CUR_GRAD are adjacent, so they shift as one window. The policy's
+observation Φ is the state without CUR_LOC (translation invariance): a contiguous tail slice.
+
+Every function here is pure (no in-place writes to its inputs), so the same code serves the single
+env (B = 1), the vector env (which copies results into preallocated buffers), GPS sampling, BPTT
+(autograd flows through it), and evaluation. Nothing here synchronises with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from optenv.families.base import ObjectiveFamily
+
+__all__ = ["CoreStep", "OptimizationCore", "StateLayout"]
+
+#: Largest magnitude kept in the state. A diverging run (f or x overflowing) is clamped here, so
+#: observations stay finite (and representable in float32) whatever the policy does.
+STATE_LIMIT = 1e30
+#: Floor on |f_{i-1}| in the relative objective change (f_i − f_{i−1}) / f_{i−1}.
+DELTA_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Where each feature lives in the flat state and observation vectors."""
+
+    d: int
+    history: int
+
+    def __post_init__(self) -> None:
+        for name, value in (("d", self.d), ("history", self.history)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: got {value!r}, allowed: an int >= 1")
+
+    @property
+    def state_dim(self) -> int:
+        """dX = 2d + H + 2Hd."""
+        return 2 * self.d + self.history + 2 * self.history * self.d
+
+    @property
+    def obs_dim(self) -> int:
+        """The observation's length: the state without CUR_LOC."""
+        return self.state_dim - self.d
+
+    @property
+    def state_slices(self) -> dict[str, slice]:
+        """Feature name → slice of the state vector."""
+        d, h = self.d, self.history
+        sizes = {
+            "CUR_LOC": d,
+            "PAST_OBJ_VAL_DELTAS": h,
+            "PAST_GRADS": h * d,
+            "CUR_GRAD": d,
+            "PAST_LOC_DELTAS": h * d,
+        }
+        out, start = {}, 0
+        for name, n in sizes.items():
+            out[name] = slice(start, start + n)
+            start += n
+        return out
+
+    @property
+    def observation_slices(self) -> dict[str, slice]:
+        """Feature name → slice of the observation vector (the state less CUR_LOC)."""
+        d = self.d
+        return {
+            k: slice(s.start - d, s.stop - d)
+            for k, s in self.state_slices.items()
+            if k != "CUR_LOC"
+        }
+
+    def observation(self, state: torch.Tensor) -> torch.Tensor:
+        """Φ = the state without CUR_LOC ([..., obs_dim], a view)."""
+        return state[..., self.d :]
+
+    def unpack(self, vec: torch.Tensor, *, observation: bool = False) -> dict[str, torch.Tensor]:
+        """Named views of a state (or observation) batch, histories shaped [..., H, d]."""
+        slices = self.observation_slices if observation else self.state_slices
+        out = {}
+        for name, sl in slices.items():
+            v = vec[..., sl]
+            if name in ("PAST_GRADS", "PAST_LOC_DELTAS"):
+                v = v.reshape(*vec.shape[:-1], self.history, self.d)
+            out[name] = v
+        return out
+
+
+class CoreStep(NamedTuple):
+    """What one transition of a batch produces."""
+
+    state: torch.Tensor  # [B, dX], finite
+    f: torch.Tensor  # [B], f at the new iterate (may be non-finite on divergence)
+    diverged: torch.Tensor  # [B] bool: f or the iterate is non-finite
+
+
+class OptimizationCore:
+    """Starts and advances batches of optimisation runs of one objective family."""
+
+    def __init__(self, family: ObjectiveFamily, history: int = 25) -> None:
+        self.family = family
+        self.layout = StateLayout(family.d, history)
+
+    def start(self, data: Mapping[str, torch.Tensor], x0: torch.Tensor) -> CoreStep:
+        """The state at x(0): CUR_LOC = x0, CUR_GRAD = ∇f(x0), all histories zero."""
+        f0, g0 = self.family.value_and_grad(x0, data)
+        lay = self.layout
+        zeros = x0.new_zeros(x0.shape[0], lay.history + lay.history * lay.d)
+        tail = x0.new_zeros(x0.shape[0], lay.history * lay.d)
+        state = torch.cat([x0, zeros, g0, tail], dim=-1)
+        return self._finish(state, f0, x0)
+
+    def step(
+        self,
+        data: Mapping[str, torch.Tensor],
+        state: torch.Tensor,
+        f_prev: torch.Tensor,
+        delta_x: torch.Tensor,
+    ) -> CoreStep:
+        """x(i) = x(i−1) + Δx, with f, ∇f and every history updated."""
+        lay = self.layout
+        d = lay.d
+        sl = lay.state_slices
+        x = state[:, sl["CUR_LOC"]] + delta_x
+        f, g = self.family.value_and_grad(x, data)
+        mag = f_prev.abs().clamp_min(DELTA_EPS)
+        denom = torch.where(f_prev < 0, -mag, mag)
+        rel = ((f - f_prev) / denom).unsqueeze(-1)
+        deltas = state[:, sl["PAST_OBJ_VAL_DELTAS"]]
+        grads = state[:, sl["PAST_GRADS"].start : sl["CUR_GRAD"].stop]  # PAST_GRADS ++ CUR_GRAD
+        steps = state[:, sl["PAST_LOC_DELTAS"]]
+        new_state = torch.cat(
+            [x, deltas[:, 1:], rel, grads[:, d:], g, steps[:, d:], delta_x], dim=-1
+        )
+        return self._finish(new_state, f, x)
+
+    @staticmethod
+    def _finish(state: torch.Tensor, f: torch.Tensor, x: torch.Tensor) -> CoreStep:
+        diverged = ~(torch.isfinite(f) & torch.isfinite(x).all(-1))
+        safe = torch.nan_to_num(state, nan=0.0, posinf=STATE_LIMIT, neginf=-STATE_LIMIT)
+        safe = safe.clamp(-STATE_LIMIT, STATE_LIMIT)
+        return CoreStep(safe, f, diverged)
+
+    def grad_norm(self, state: torch.Tensor) -> torch.Tensor:
+        """‖∇f‖ at the current iterate of each run, [B]."""
+        return state[:, self.layout.state_slices["CUR_GRAD"]].norm(dim=-1)

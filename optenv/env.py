@@ -1,0 +1,231 @@
+"""The single Gymnasium environment: optimise one objective instance per episode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from optenv.core import OptimizationCore, StateLayout
+from optenv.families import ObjectiveFamily, index_problem, make_family, problem_to_numpy
+from optenv.render import render_ansi, render_rgb
+from optenv.rng import instance_keys, split_index
+from optenv.validation import (
+    check_int,
+    check_number,
+    parse_dtype,
+    problem_from_user,
+    x0_from_user,
+)
+
+__all__ = ["DEFAULT_DIVERGENCE_PENALTY", "OptimizationEnv"]
+
+DEFAULT_DIVERGENCE_PENALTY = 1e3
+_RESET_OPTIONS = ("problem", "x0")
+
+
+class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Learning to optimise: each episode runs an optimiser on one random objective.
+
+    ## Description
+    An episode draws an objective f from a family (random logistic-regression data, a random
+    quadratic, ...) and a random starting point x(0). The agent is the optimiser: at each
+    iteration it sees the history of objective values, gradients and steps, and chooses the step
+    Δx; then x(i) = x(i−1) + Δx. Li & Malik (2016, 2017) cast learning an optimiser this way.
+
+    ## Action Space
+    ``Box(-1, 1, (d,), float32)``: the step is ``max_step * action`` (per coordinate).
+    Out-of-range actions are clipped (``info["action_clipped"]``); NaN/inf or wrongly shaped
+    actions raise ``ValueError`` and leave the env unchanged.
+
+    ## Observation Space
+    ``Box(-inf, inf, (obs_dim,), float32)`` with obs_dim = d + H + 2·H·d (H = ``history``): the
+    state without the current iterate, laid out as ``observation_layout`` says (name → slice):
+    PAST_OBJ_VAL_DELTAS (H relative changes (f_i − f_{i−1}) / f_{i−1}), PAST_GRADS (H·d),
+    CUR_GRAD (d), PAST_LOC_DELTAS (H·d, the past steps). Histories are oldest first and zero at
+    the start. The full state (with CUR_LOC = x first) is ``env.unwrapped.state``.
+
+    ## Rewards
+    −f(x) after the step (the papers' cost is f summed over the horizon). On divergence (f or x
+    non-finite) the reward is −``divergence_penalty`` instead, a finite number.
+
+    ## Starting State
+    A problem instance and x(0) drawn from the family's ``split`` ("train" or "test", disjoint
+    streams). ``reset(options={"problem": ...})`` optimises a given instance (a dict like
+    ``env.unwrapped.problem``), ``reset(options={"x0": ...})`` starts from a given point.
+
+    ## Episode End
+    ``truncated`` at the horizon (``max_episode_steps``, 40 for the registered ids, through
+    Gymnasium's TimeLimit). ``terminated`` only on divergence.
+
+    ## Arguments
+    ``family``: a registered family name (``"LogisticRegression"``, ...) or an
+    :class:`~optenv.families.ObjectiveFamily`; ``history`` (H, default 25); ``max_step``
+    (default the family's); ``split``; ``dtype`` of the arithmetic ("float64" default; the
+    observation is always float32); ``divergence_penalty``; ``render_mode`` ("rgb_array",
+    "ansi"); any further keyword goes to the family (e.g. ``dim=2``).
+
+    ## Seeding
+    ``reset(seed=s)`` draws instance (s, episode 0); each later ``reset()`` moves to the next
+    episode of the same seed. Without a seed, the first reset draws s from ``np_random``. The
+    same seed gives the same problems, x(0) and trajectories; ``optenv/...`` vector envs give
+    env i the instances of seed s + i.
+
+    ## Version History
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 10}
+
+    def __init__(
+        self,
+        family: str | ObjectiveFamily = "LogisticRegression",
+        *,
+        history: int = 25,
+        max_step: float | None = None,
+        split: str = "train",
+        dtype: str | torch.dtype = "float64",
+        divergence_penalty: float = DEFAULT_DIVERGENCE_PENALTY,
+        render_mode: str | None = None,
+        **family_kwargs: Any,
+    ) -> None:
+        self.family = make_family(family, **family_kwargs)
+        check_int("history", history, 1)
+        split_index(split)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode: got {render_mode!r}, allowed: None, "
+                             + ", ".join(map(repr, self.metadata["render_modes"])))
+        self.core = OptimizationCore(self.family, history)
+        self.layout: StateLayout = self.core.layout
+        self.max_step = check_number(
+            "max_step", self.family.default_max_step if max_step is None else max_step
+        )
+        self.split = split
+        self.dtype = parse_dtype(dtype)
+        self.divergence_penalty = check_number("divergence_penalty", divergence_penalty,
+                                               strict=False)
+        self.render_mode = render_mode
+        d = self.family.d
+        self.action_space = spaces.Box(-1.0, 1.0, (d,), np.float32)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (self.layout.obs_dim,), np.float32)
+        self.observation_layout: dict[str, slice] = self.layout.observation_slices
+        self._seed: int | None = None
+        self._episode = 0
+        self._data: dict[str, torch.Tensor] | None = None
+        self._state = torch.zeros(1, self.layout.state_dim, dtype=self.dtype)
+        self._f = torch.zeros(1, dtype=self.dtype)
+        self._f_history: list[float] = []
+        self._t = 0
+
+    # ------------------------------------------------------------------ API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(_RESET_OPTIONS))
+        if unknown:
+            raise ValueError(f"options: unknown key(s) {unknown}, allowed: {list(_RESET_OPTIONS)}")
+        super().reset(seed=seed)
+        if seed is not None:
+            seed_, episode = int(seed), 0
+        elif self._seed is None:
+            seed_, episode = int(self.np_random.integers(0, 2**62)), 0
+        else:
+            seed_, episode = self._seed, self._episode + 1
+        keys = instance_keys([seed_], [episode], self.split)
+        data, x0 = self.family.sample_keys(keys, dtype=self.dtype)
+        # Parse user options before touching any state, so a bad option loses nothing.
+        if "problem" in options:
+            data = problem_from_user(options["problem"], self.family, 1, self.dtype,
+                                     torch.device("cpu"))
+        if "x0" in options:
+            x0 = x0_from_user(options["x0"], 1, self.family.d, self.dtype, torch.device("cpu"))
+        start = self.core.start(data, x0)
+        self._seed, self._episode = seed_, episode
+        self._data, self._state, self._f = data, start.state, start.f
+        self._t = 0
+        self._f_history = [float(start.f[0])]
+        return self._observation(), self._info(diverged=bool(start.diverged[0]), clipped=False)
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._data is None:
+            raise RuntimeError("step: call reset() before the first step")
+        a = self._check_action(action)
+        clipped = np.clip(a, -1.0, 1.0)
+        delta = torch.as_tensor(self.max_step * clipped, dtype=self.dtype).unsqueeze(0)
+        res = self.core.step(self._data, self._state, self._f, delta)
+        self._state, self._f = res.state, res.f
+        self._t += 1
+        diverged = bool(res.diverged[0])
+        f = float(res.f[0])
+        self._f_history.append(f)
+        reward = -self.divergence_penalty if diverged else -f
+        info = self._info(diverged=diverged, clipped=bool((clipped != a).any()))
+        return self._observation(), reward, diverged, False, info
+
+    def render(self) -> np.ndarray | str | None:
+        if self.render_mode is None:
+            gym.logger.warn("render() called with render_mode=None; pass render_mode to make()")
+            return None
+        if self._data is None:
+            raise RuntimeError("render: call reset() first")
+        if self.render_mode == "ansi":
+            return render_ansi(self._t, float(self._f[0]), self._f_history[0],
+                               float(self.core.grad_norm(self._state)[0]))
+        return render_rgb(self.family, self._data, self.x, self._f_history)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def problem(self) -> dict[str, np.ndarray]:
+        """The current instance's data (numpy, no batch dimension); see the family's docs."""
+        if self._data is None:
+            raise RuntimeError("problem: call reset() first")
+        return problem_to_numpy(index_problem(self._data, 0))
+
+    @property
+    def state(self) -> np.ndarray:
+        """The full state (CUR_LOC first), in the env's dtype."""
+        return self._state[0].numpy().copy()
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The current iterate, [d]."""
+        return self._state[0, self.layout.state_slices["CUR_LOC"]]
+
+    # ------------------------------------------------------------------ helpers
+    def _check_action(self, action: Any) -> np.ndarray:
+        d = self.family.d
+        try:
+            a = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"action: got {type(action).__name__}, allowed: an array of "
+                             f"shape ({d},)") from err
+        if a.shape != (d,):
+            raise ValueError(f"action: got shape {a.shape}, allowed: shape ({d},)")
+        if not np.isfinite(a).all():
+            raise ValueError("action: got non-finite values (NaN/inf), allowed: finite numbers "
+                             "(values outside [-1, 1] are clipped)")
+        return a
+
+    def _observation(self) -> np.ndarray:
+        return self.layout.observation(self._state)[0].to(torch.float32).numpy().copy()
+
+    def _info(self, *, diverged: bool, clipped: bool) -> dict[str, Any]:
+        g = self._state[0, self.layout.state_slices["CUR_GRAD"]]
+        return {
+            "f": float(self._f[0]),
+            "f0": self._f_history[0],
+            "x": self.x.numpy().copy(),
+            "grad": g.numpy().copy(),
+            "grad_norm": float(g.norm()),
+            "t": self._t,
+            "diverged": diverged,
+            "action_clipped": clipped,
+            "seed": self._seed,
+            "episode": self._episode,
+        }

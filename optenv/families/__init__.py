@@ -1,0 +1,79 @@
+"""Objective families and the registry that maps names to them.
+
+``make_family("LogisticRegression", dim=2)`` builds a family by name; ``register_family`` adds a
+user's own, so that ``OptimizationEnv(family="MyFamily")`` and ``gym.make`` ids built on it work
+(also in sub-processes, as long as the module that registers it is imported there).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from optenv.families.base import ObjectiveFamily, ProblemData, index_problem, problem_to_numpy
+from optenv.families.custom import FunctionFamily
+from optenv.families.logistic_regression import LogisticRegression
+from optenv.families.neural_net import NeuralNet
+from optenv.families.quadratic import Quadratic
+from optenv.families.robust_regression import RobustRegression
+
+__all__ = [
+    "FAMILIES",
+    "FunctionFamily",
+    "LogisticRegression",
+    "NeuralNet",
+    "ObjectiveFamily",
+    "ProblemData",
+    "Quadratic",
+    "RobustRegression",
+    "index_problem",
+    "make_family",
+    "problem_to_numpy",
+    "register_family",
+]
+
+FAMILIES: dict[str, Callable[..., ObjectiveFamily]] = {
+    cls.name: cls for cls in (Quadratic, LogisticRegression, RobustRegression, NeuralNet)
+}
+
+
+def register_family(
+    name: str, factory: Callable[..., ObjectiveFamily], *, overwrite: bool = False
+) -> None:
+    """Make ``factory(**kwargs)`` available as family ``name`` (idempotent for the same factory)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: got {name!r}, allowed: a non-empty string")
+    if not callable(factory):
+        raise TypeError(f"factory: got {type(factory).__name__}, allowed: a callable")
+    if name in FAMILIES and FAMILIES[name] is not factory and not overwrite:
+        raise ValueError(f"name: family {name!r} is already registered; "
+                         "pass overwrite=True to replace it")
+    FAMILIES[name] = factory
+
+
+def make_family(family: str | ObjectiveFamily, **kwargs: Any) -> ObjectiveFamily:
+    """A family instance from a registered name and its arguments, or a ready instance.
+
+    Raises ValueError naming an unknown family or argument and listing the allowed ones.
+    """
+    if isinstance(family, ObjectiveFamily):
+        if kwargs:
+            raise ValueError(f"family arguments {sorted(kwargs)} given with a ready "
+                             f"{type(family).__name__} instance; allowed: none")
+        return family
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"family: got {family!r}, allowed: {', '.join(sorted(FAMILIES))} "
+                         "or an ObjectiveFamily instance")
+    factory = FAMILIES[family]
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ValueError(f"unknown argument(s) {', '.join(unknown)} for family {family}; "
+                             f"allowed: {', '.join(params) or 'none'}")
+    made = factory(**kwargs)
+    if not isinstance(made, ObjectiveFamily):
+        raise TypeError(f"family {family!r}: factory returned {type(made).__name__}, "
+                        "expected an ObjectiveFamily")
+    return made

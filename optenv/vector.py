@@ -1,0 +1,365 @@
+"""The torch-batched vector env: N optimisation runs stepped as one batch on one device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from optenv.core import CoreStep, OptimizationCore, StateLayout
+from optenv.env import DEFAULT_DIVERGENCE_PENALTY
+from optenv.families import ObjectiveFamily, make_family
+from optenv.render import render_ansi, render_rgb
+from optenv.rng import instance_keys, split_index
+from optenv.validation import (
+    check_int,
+    check_number,
+    parse_dtype,
+    problem_from_user,
+    x0_from_user,
+)
+
+__all__ = ["OptimizationVectorEnv"]
+
+_RESET_OPTIONS = ("reset_mask", "problem", "x0")
+
+
+def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[N] mask viewed to broadcast against a [N, ...] tensor."""
+    return mask.view(mask.shape[0], *([1] * (like.dim() - 1)))
+
+
+class OptimizationVectorEnv(VectorEnv):
+    """N copies of :class:`~optenv.env.OptimizationEnv` computed as one torch batch.
+
+    Same problems, spaces, rewards and seeding as the single env (env i after ``reset(seed=s)``
+    runs exactly the instances of a single env reset with seed s + i, and agrees with it step for
+    step in float64), but observations, rewards and flags are torch tensors on ``device``. Wrap
+    in ``gymnasium.wrappers.vector.TorchToNumpy`` for numpy.
+
+    Arguments beyond the single env's: ``num_envs``; ``device`` ("cpu", "cuda", ...);
+    ``max_episode_steps`` (the horizon; truncation is computed here, batched); ``autoreset_mode``
+    (NEXT_STEP default, SAME_STEP with ``infos["final_obs"]``/``infos["_final_obs"]``, or DISABLED
+    with ``reset(options={"reset_mask": mask})``); ``check_actions``.
+
+    ``step`` has no per-env Python loop, and on accelerators no host synchronisation: resets are
+    masked selects over freshly drawn instances (the draw is counter-based, see
+    :mod:`optenv.rng`) and buffers are updated in place. On CPU, where reading a mask costs
+    nothing, only the envs that do reset draw new instances. ``check_actions=True`` (default)
+    rejects NaN/inf actions with ValueError, which reads the actions back to the host; pass
+    False for the synchronisation-free path, where non-finite action entries become 0 and are
+    flagged in ``infos["invalid_action"]``.
+
+    ``infos`` of every step: ``f`` (objective at the new iterate), ``grad_norm``, ``t`` (steps
+    in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 10,
+                "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        family: str | ObjectiveFamily = "LogisticRegression",
+        num_envs: int = 1,
+        *,
+        history: int = 25,
+        max_step: float | None = None,
+        split: str = "train",
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float64",
+        max_episode_steps: int = 40,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        divergence_penalty: float = DEFAULT_DIVERGENCE_PENALTY,
+        check_actions: bool = True,
+        render_mode: str | None = None,
+        **family_kwargs: Any,
+    ) -> None:
+        self.family = make_family(family, **family_kwargs)
+        self.num_envs = check_int("num_envs", num_envs, 1)
+        check_int("history", history, 1)
+        self.max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
+        split_index(split)
+        try:
+            self.autoreset_mode = AutoresetMode(autoreset_mode)
+        except ValueError as err:
+            allowed = ", ".join(repr(m.value) for m in AutoresetMode)
+            raise ValueError(f"autoreset_mode: got {autoreset_mode!r}, allowed: {allowed}") \
+                from err
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode: got {render_mode!r}, allowed: None, "
+                             + ", ".join(map(repr, self.metadata["render_modes"])))
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device: got {device!r}, allowed: a torch device such as "
+                             "'cpu' or 'cuda'") from err
+        self.dtype = parse_dtype(dtype)
+        self.max_step = check_number(
+            "max_step", self.family.default_max_step if max_step is None else max_step
+        )
+        self.divergence_penalty = check_number("divergence_penalty", divergence_penalty,
+                                               strict=False)
+        self.check_actions = bool(check_actions)
+        self.split = split
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+
+        self.core = OptimizationCore(self.family, history)
+        self.layout: StateLayout = self.core.layout
+        self.observation_layout = self.layout.observation_slices
+        d, n = self.family.d, self.num_envs
+        self.single_action_space = spaces.Box(-1.0, 1.0, (d,), np.float32)
+        self.single_observation_space = spaces.Box(
+            -np.inf, np.inf, (self.layout.obs_dim,), np.float32
+        )
+        self.action_space = batch_space(self.single_action_space, n)
+        self.observation_space = batch_space(self.single_observation_space, n)
+
+        # Preallocated buffers, updated in place by step/reset.
+        dev, dt = self.device, self.dtype
+        self._seeds = torch.zeros(n, dtype=torch.int64, device=dev)
+        self._episodes = torch.zeros(n, dtype=torch.int64, device=dev)
+        self._data = {
+            k: torch.zeros(n, *shape, dtype=dt, device=dev)
+            for k, shape in self.family.problem_shapes().items()
+        }
+        self._state = torch.zeros(n, self.layout.state_dim, dtype=dt, device=dev)
+        self._f = torch.zeros(n, dtype=dt, device=dev)
+        self._f0 = torch.zeros(n, dtype=dt, device=dev)
+        self._t = torch.zeros(n, dtype=torch.int64, device=dev)
+        self._obs = torch.zeros(n, self.layout.obs_dim, dtype=torch.float32, device=dev)
+        self._reward = torch.zeros(n, dtype=dt, device=dev)
+        self._terminated = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._truncated = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._needs_reset = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._was_reset = False
+        self._f_history: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ reset
+    def reset(
+        self,
+        *,
+        seed: int | Sequence[int] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(_RESET_OPTIONS))
+        if unknown:
+            raise ValueError(f"options: unknown key(s) {unknown}, allowed: {list(_RESET_OPTIONS)}")
+        n, dev = self.num_envs, self.device
+        mask = self._parse_reset_mask(options.get("reset_mask"))
+        if seed is not None and not isinstance(seed, int | np.integer):
+            seeds = [int(s) for s in seed]
+            if len(seeds) != n:
+                raise ValueError(f"seed: got {len(seeds)} seeds, allowed: an int or {n} ints")
+            super().reset(seed=seeds[0])
+        else:
+            super().reset(seed=None if seed is None else int(seed))
+            seeds = None if seed is None else [int(seed) + i for i in range(n)]
+        if seeds is not None and min(seeds) < 0:
+            raise ValueError(f"seed: got a negative seed {min(seeds)}, allowed: ints >= 0")
+        # Parse every option first: a bad one raises before any buffer changes.
+        problem = x0 = None
+        if "problem" in options:
+            problem = problem_from_user(options["problem"], self.family, n, self.dtype, dev)
+        if "x0" in options:
+            x0 = x0_from_user(options["x0"], n, self.family.d, self.dtype, dev)
+
+        if seeds is not None:
+            new_seeds = torch.tensor(seeds, dtype=torch.int64, device=dev)
+            new_episodes = torch.zeros(n, dtype=torch.int64, device=dev)
+        elif not self._was_reset:
+            base = int(self.np_random.integers(0, 2**62))
+            new_seeds = base + torch.arange(n, dtype=torch.int64, device=dev)
+            new_episodes = torch.zeros(n, dtype=torch.int64, device=dev)
+        else:
+            new_seeds, new_episodes = self._seeds, self._episodes + 1
+        if mask is None:
+            mask = torch.ones(n, dtype=torch.bool, device=dev)
+        self._seeds.copy_(torch.where(mask, new_seeds, self._seeds))
+        self._episodes.copy_(torch.where(mask, new_episodes, self._episodes))
+        self._restart(mask, problem=problem, x0=x0)
+        self._was_reset = True
+        self._f_history = [self._f.clone()]
+        return self._obs, self._step_infos(torch.zeros_like(mask), torch.zeros_like(mask))
+
+    def _parse_reset_mask(self, value: Any) -> torch.Tensor | None:
+        if value is None:
+            return None
+        if self.autoreset_mode is not AutoresetMode.DISABLED and not self._was_reset:
+            raise ValueError("options['reset_mask']: the first reset must reset every env")
+        m = torch.as_tensor(value, device=self.device)
+        if m.dtype != torch.bool or tuple(m.shape) != (self.num_envs,):
+            raise ValueError(f"options['reset_mask']: got {m.dtype} of shape {tuple(m.shape)}, "
+                             f"allowed: a bool array of shape ({self.num_envs},)")
+        return m
+
+    def _restart(
+        self,
+        mask: torch.Tensor,
+        *,
+        problem: dict[str, torch.Tensor] | None = None,
+        x0: torch.Tensor | None = None,
+    ) -> None:
+        """Draw the instances (seed, episode) of the envs in ``mask`` and start them."""
+        keys = instance_keys(self._seeds, self._episodes, self.split)
+        if self.device.type == "cpu" and problem is None and x0 is None:
+            idx = mask.nonzero().squeeze(-1)
+            if idx.numel() == 0:
+                return
+            data, x0_new = self.family.sample_keys(keys[idx], dtype=self.dtype)
+            start = self.core.start(data, x0_new)
+            for k, v in data.items():
+                self._data[k].index_copy_(0, idx, v)
+            self._write_start(start, idx=idx)
+            return
+        data, x0_drawn = self.family.sample_keys(keys, dtype=self.dtype)
+        data = problem if problem is not None else data
+        start = self.core.start(data, x0 if x0 is not None else x0_drawn)
+        for k, v in data.items():
+            self._data[k].copy_(torch.where(_bcast(mask, v), v, self._data[k]))
+        self._write_start(start, mask=mask)
+
+    def _write_start(
+        self,
+        start: CoreStep,
+        *,
+        idx: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        """Write fresh episode starts into the buffers, by index (CPU) or by mask."""
+        zeros_b = torch.zeros_like(start.diverged)
+        fields = (
+            (self._state, start.state),
+            (self._f, start.f),
+            (self._f0, start.f),
+            (self._t, torch.zeros_like(start.f, dtype=torch.int64)),
+            (self._reward, torch.zeros_like(start.f)),
+            (self._terminated, zeros_b),
+            (self._truncated, zeros_b),
+            (self._needs_reset, zeros_b),
+        )
+        for buf, new in fields:
+            if idx is not None:
+                buf.index_copy_(0, idx, new)
+            else:
+                assert mask is not None
+                buf.copy_(torch.where(_bcast(mask, buf), new, buf))
+        self._obs.copy_(self.layout.observation(self._state))
+
+    # ------------------------------------------------------------------ step
+    def step(
+        self, actions: torch.Tensor | np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        if not self._was_reset:
+            raise RuntimeError("step: call reset() before the first step")
+        a = self._check_actions(actions)
+        invalid = ~torch.isfinite(a).all(-1)
+        a = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        clipped_a = a.clamp(-1.0, 1.0)
+        clipped = (clipped_a != a).any(-1)
+        res = self.core.step(self._data, self._state, self._f, self.max_step * clipped_a)
+        terminated = res.diverged
+        t = self._t + 1
+        truncated = (t >= self.max_episode_steps) & ~terminated
+        reward = torch.where(terminated, torch.full_like(res.f, -self.divergence_penalty), -res.f)
+        self._state.copy_(res.state)
+        self._f.copy_(res.f)
+        self._t.copy_(t)
+        self._reward.copy_(reward)
+        self._terminated.copy_(terminated)
+        self._truncated.copy_(truncated)
+        self._obs.copy_(self.layout.observation(self._state))
+
+        final: dict[str, Any] = {}
+        mode = self.autoreset_mode
+        if mode is AutoresetMode.NEXT_STEP:
+            # Envs that ended on the previous step start their next episode now (action ignored).
+            resetting = self._needs_reset.clone()
+            self._needs_reset.copy_(terminated | truncated)
+            self._autoreset(resetting)
+        elif mode is AutoresetMode.SAME_STEP:
+            done = terminated | truncated
+            final = {
+                "final_obs": self._obs.clone(),
+                "_final_obs": done,
+                "final_info": self._step_infos(clipped, invalid),
+                "_final_info": done,
+            }
+            reward, term, trunc = self._reward.clone(), terminated.clone(), truncated.clone()
+            self._autoreset(done)
+            self._reward.copy_(reward)
+            self._terminated.copy_(term)
+            self._truncated.copy_(trunc)
+        if self.render_mode is not None:
+            self._f_history.append(self._f.clone())
+        infos = {**self._step_infos(clipped, invalid), **final}
+        return self._obs, self._reward, self._terminated, self._truncated, infos
+
+    def _autoreset(self, mask: torch.Tensor) -> None:
+        """Start the next episode (same seed, episode + 1) of the envs in ``mask``."""
+        self._episodes.add_(mask.to(torch.int64))
+        self._restart(mask)
+
+    def _check_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        shape = (self.num_envs, self.family.d)
+        if not isinstance(actions, torch.Tensor):
+            try:
+                actions = torch.as_tensor(np.asarray(actions, dtype=np.float64))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"actions: got {type(actions).__name__}, allowed: an array "
+                                 f"of shape {shape}") from err
+        if tuple(actions.shape) != shape:
+            raise ValueError(f"actions: got shape {tuple(actions.shape)}, allowed: {shape}")
+        a = actions.to(device=self.device, dtype=self.dtype)
+        if self.check_actions and not bool(torch.isfinite(a).all()):
+            raise ValueError("actions: got non-finite values (NaN/inf), allowed: finite numbers "
+                             "(values outside [-1, 1] are clipped)")
+        return a
+
+    def _step_infos(self, clipped: torch.Tensor, invalid: torch.Tensor) -> dict[str, Any]:
+        return {
+            "f": self._f.clone(),
+            "grad_norm": self.core.grad_norm(self._state),
+            "t": self._t.clone(),
+            "action_clipped": clipped,
+            "invalid_action": invalid,
+        }
+
+    # ------------------------------------------------------------------ views
+    @property
+    def state(self) -> torch.Tensor:
+        """The full states [N, dX] (CUR_LOC first), in the env's dtype (a live buffer)."""
+        return self._state
+
+    @property
+    def problem(self) -> dict[str, torch.Tensor]:
+        """The current instances' data, each [N, ...] (live buffers)."""
+        return self._data
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The current iterates [N, d]."""
+        return self._state[:, self.layout.state_slices["CUR_LOC"]]
+
+    def render(self) -> tuple[Any, ...] | None:
+        """Frames of the first (at most 4) envs, in the single env's format."""
+        if self.render_mode is None or not self._was_reset:
+            return None
+        shown = min(self.num_envs, 4)
+        hist = torch.stack(self._f_history, dim=-1).cpu()  # [N, steps since reset()]
+        t = self._t.cpu()
+        if self.render_mode == "ansi":
+            gn = self.core.grad_norm(self._state).cpu()
+            return tuple(render_ansi(int(self._t[i]), float(self._f[i]), float(self._f0[i]),
+                                     float(gn[i])) for i in range(shown))
+        return tuple(
+            render_rgb(self.family, {k: v[i : i + 1].cpu() for k, v in self._data.items()},
+                       self.x[i].cpu(), hist[i, hist.shape[1] - 1 - int(t[i]):].tolist())
+            for i in range(shown)
+        )
