@@ -1,0 +1,146 @@
+"""Throughput benchmarks, one JSON object per line: ``optenv bench env``.
+
+Measures env-steps per second of: the single env (``gym.make``), Gymnasium's SyncVectorEnv of N
+single envs, and the batched :class:`~optenv.vector.OptimizationVectorEnv` at the same N, on the
+CPU, and on CUDA where present (float32, ``check_actions=False``: the synchronisation-free path).
+Random actions are drawn before the clock starts; every line names the device it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import optenv
+from optenv.validation import check_int
+
+__all__ = ["add_parser", "bench_env", "device_name", "run"]
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device a figure was measured on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def _timed(step: Callable[[int], None], steps: int, warmup: int, sync: Callable[[], None]) -> float:
+    for i in range(warmup):
+        step(i)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    sync()
+    return time.perf_counter() - t0
+
+
+def bench_env(env_id: str, num_envs: int, steps: int, *, devices: list[str],
+              sync_vector: bool = True, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows of env-steps/s for the single env, SyncVectorEnv and the batched env."""
+    rows: list[dict[str, Any]] = []
+    cpu = torch.device("cpu")
+    base = {"bench": "env", "env_id": env_id, "torch": torch.__version__}
+    rng = np.random.default_rng(seed)
+
+    single = gym.make(env_id)
+    single.reset(seed=seed)
+    acts = rng.uniform(-1, 1, (steps + 10, single.action_space.shape[0])).astype(np.float32)
+
+    def single_step(i: int) -> None:
+        _, _, term, trunc, _ = single.step(acts[i])
+        if term or trunc:
+            single.reset()
+
+    dt = _timed(single_step, steps, 10, lambda: None)
+    rows.append({**base, "impl": "single", "num_envs": 1, "device": "cpu",
+                 "device_name": device_name(cpu), "dtype": "float64",
+                 "env_steps_per_s": steps / dt})
+    sync_rate = None
+    if sync_vector:
+        sv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync")
+        sv.reset(seed=seed)
+        sv_steps = max(5, steps // 20)
+        sacts = rng.uniform(-1, 1, (sv_steps + 2, num_envs, single.action_space.shape[0]))
+        dt = _timed(lambda i: sv.step(sacts[i].astype(np.float32)), sv_steps, 2, lambda: None)
+        sync_rate = sv_steps * num_envs / dt
+        rows.append({**base, "impl": "gymnasium.SyncVectorEnv", "num_envs": num_envs,
+                     "device": "cpu", "device_name": device_name(cpu), "dtype": "float64",
+                     "env_steps_per_s": sync_rate})
+        sv.close()
+    for dev_s in devices:
+        dev = torch.device(dev_s)
+        sizes = [num_envs] if dev.type == "cpu" else sorted({num_envs, 65536})
+        dtypes = ["float64"] if dev.type == "cpu" else ["float32", "float64"]
+        for n in sizes:
+            for dt_name in dtypes:
+                venv = gym.make_vec(env_id, num_envs=n, device=dev, dtype=dt_name,
+                                    check_actions=dev.type == "cpu")
+                venv.reset(seed=seed)
+                g = torch.Generator(device=dev).manual_seed(seed)
+                vacts = torch.rand(8, n, single.action_space.shape[0], generator=g,
+                                   device=dev) * 2 - 1
+                sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+                dt = _timed(lambda i, v=venv, a=vacts: v.step(a[i % 8]), steps, 10, sync)
+                rate = steps * n / dt
+                row = {**base, "impl": "optenv.OptimizationVectorEnv", "num_envs": n,
+                       "device": dev.type, "device_name": device_name(dev), "dtype": dt_name,
+                       "env_steps_per_s": rate}
+                if sync_rate is not None and n == num_envs and dev.type == "cpu":
+                    row["speedup_vs_sync_vector"] = rate / sync_rate
+                rows.append(row)
+                venv.close()
+    return rows
+
+
+def add_parser(subparsers: Any) -> None:
+    """The ``optenv bench`` sub-command."""
+    p = subparsers.add_parser("bench", help="throughput benchmarks (JSON lines)")
+    p.add_argument("what", choices=["env"], help="what to measure")
+    p.add_argument("--env", default="optenv/LogisticRegression-v0", help="env id")
+    p.add_argument("--num-envs", type=int, default=256, help="N for the vector envs")
+    p.add_argument("--steps", type=int, default=400, help="timed steps per measurement")
+    p.add_argument("--device", action="append", default=None,
+                   help="device for the batched env (repeatable; default cpu, and cuda if present)")
+    p.add_argument("--no-sync-vector", action="store_true", help="skip SyncVectorEnv")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_int("--num-envs", args.num_envs, 1)
+    check_int("--steps", args.steps, 1)
+    if args.env not in gym.registry:
+        raise ValueError(f"--env: got {args.env!r}, allowed: {', '.join(optenv.BUILTIN_IDS)}")
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    for d in devices:
+        if d.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device: got {d!r}, but CUDA is not available here")
+    for row in bench_env(args.env, args.num_envs, args.steps, devices=devices,
+                         sync_vector=not args.no_sync_vector):
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from optenv.cli import main
+
+    sys.exit(main(["bench", *sys.argv[1:]]))

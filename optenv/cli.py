@@ -1,0 +1,65 @@
+"""The ``optenv`` command line: one entry point, one sub-command per job.
+
+A user error (a bad argument) prints one line naming it on stderr and exits with status 2, with
+no traceback: sub-commands raise ValueError for those, and argparse's own errors are folded into
+the same single line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# Sub-command modules; each has add_parser(subparsers) and sets func=run(args) -> int.
+SUBCOMMANDS: tuple[str, ...] = ("optenv.compare", "optenv.demo", "optenv.bench")
+
+
+class UserError(Exception):
+    """A command-line mistake; reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="optenv", description="Optimisation as reinforcement learning.")
+    from optenv import __version__
+
+    parser.add_argument("--version", action="version", version=f"optenv {__version__}")
+    subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help()
+            return 0
+        return int(args.func(args) or 0)
+    except (UserError, ValueError) as err:
+        print(f"optenv: error: {err}".replace("\n", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optenv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
