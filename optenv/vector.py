@@ -45,7 +45,9 @@ class OptimizationVectorEnv(VectorEnv):
     Arguments beyond the single env's: ``num_envs``; ``device`` ("cpu", "cuda", ...);
     ``max_episode_steps`` (the horizon; truncation is computed here, batched); ``autoreset_mode``
     (NEXT_STEP default, SAME_STEP with ``infos["final_obs"]``/``infos["_final_obs"]``, or DISABLED
-    with ``reset(options={"reset_mask": mask})``); ``check_actions``.
+    with ``reset(options={"reset_mask": mask})``); ``check_actions``; ``copy`` (default True:
+    ``step``/``reset`` return copies; False returns the live buffers, overwritten by the next
+    step, as Gymnasium's ``copy=False``).
 
     ``step`` has no per-env Python loop, and on accelerators no host synchronisation: resets are
     masked selects over freshly drawn instances (the draw is counter-based, see
@@ -76,6 +78,7 @@ class OptimizationVectorEnv(VectorEnv):
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         divergence_penalty: float = DEFAULT_DIVERGENCE_PENALTY,
         check_actions: bool = True,
+        copy: bool = True,
         render_mode: str | None = None,
         **family_kwargs: Any,
     ) -> None:
@@ -105,6 +108,7 @@ class OptimizationVectorEnv(VectorEnv):
         self.divergence_penalty = check_number("divergence_penalty", divergence_penalty,
                                                strict=False)
         self.check_actions = bool(check_actions)
+        self.copy = bool(copy)
         self.split = split
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
@@ -186,7 +190,8 @@ class OptimizationVectorEnv(VectorEnv):
         self._restart(mask, problem=problem, x0=x0)
         self._was_reset = True
         self._f_history = [self._f.clone()]
-        return self._obs, self._step_infos(torch.zeros_like(mask), torch.zeros_like(mask))
+        return self._out(self._obs), self._step_infos(torch.zeros_like(mask),
+                                                      torch.zeros_like(mask))
 
     def _parse_reset_mask(self, value: Any) -> torch.Tensor | None:
         if value is None:
@@ -299,7 +304,12 @@ class OptimizationVectorEnv(VectorEnv):
         if self.render_mode is not None:
             self._f_history.append(self._f.clone())
         infos = {**self._step_infos(clipped, invalid), **final}
-        return self._obs, self._reward, self._terminated, self._truncated, infos
+        return (self._out(self._obs), self._out(self._reward), self._out(self._terminated),
+                self._out(self._truncated), infos)
+
+    def _out(self, buf: torch.Tensor) -> torch.Tensor:
+        """What step/reset hand out: a copy of a buffer, or the live buffer if copy=False."""
+        return buf.clone() if self.copy else buf
 
     def _autoreset(self, mask: torch.Tensor) -> None:
         """Start the next episode (same seed, episode + 1) of the envs in ``mask``."""
