@@ -1,0 +1,261 @@
+"""A learned optimiser trained by back-propagation through the unrolled optimisation (BPTT).
+
+Andrychowicz et al. (2016), "Learning to learn by gradient descent by gradient descent": a
+two-layer LSTM, shared across coordinates, maps each coordinate's (preprocessed) gradient to its
+step; it is trained by minimising the meta-loss Σ_t f(x_t) over unrolled runs on TRAIN
+objectives, back-propagating through the optimisation itself. This is the supervised side of
+Li & Malik's comparison: it tends to do well early on unseen objectives and to diverge later.
+
+Every unroll steps the shared batched core (:class:`optenv.core.OptimizationCore`), so the
+iterate/gradient/history arithmetic is the one the envs use, and autograd flows through it.
+
+Second-order terms: the paper drops them (the gradient fed to the LSTM is treated as a
+constant, ``second_order=False``); ``second_order=True`` keeps them, differentiating through
+∇f as well (the families' closed-form gradients are differentiable).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from optenv.core import OptimizationCore
+from optenv.families import ObjectiveFamily
+from optenv.validation import check_int, check_number
+
+__all__ = [
+    "CoordinatewiseLSTM",
+    "MetaTrainConfig",
+    "MetaTrainLog",
+    "Unroll",
+    "meta_train",
+    "preprocess_gradients",
+    "unroll",
+    "unrolled_meta_loss",
+]
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+def preprocess_gradients(g: torch.Tensor, p: float = 10.0) -> torch.Tensor:
+    """Andrychowicz et al.'s gradient preprocessing, [..., 2].
+
+    (log|g| / p, sign g) when |g| ≥ e^(−p), else (−1, e^p · g): scales gradients of very
+    different magnitudes into a similar range while keeping small ones distinguishable.
+    Both branches give (−1, ±1) at the threshold, so the map is continuous there.
+    """
+    mag = g.abs()
+    big = mag >= math.exp(-p)
+    log_part = torch.where(big, torch.log(mag.clamp_min(math.exp(-p))) / p, -torch.ones_like(g))
+    lin_part = torch.where(big, torch.sign(g), math.exp(p) * g)
+    return torch.stack([log_part, lin_part], dim=-1)
+
+
+class CoordinatewiseLSTM(nn.Module):
+    """The coordinatewise LSTM optimiser: the same small LSTM runs on every coordinate.
+
+    Args:
+        hidden: cells per layer (paper: 20).
+        layers: LSTM layers (paper: 2).
+        preprocess_p: p of :func:`preprocess_gradients` (paper: 10).
+        output_scale: the step is the linear read-out times this (paper: 0.1).
+    """
+
+    def __init__(self, hidden: int = 20, layers: int = 2, preprocess_p: float = 10.0,
+                 output_scale: float = 0.1) -> None:
+        super().__init__()
+        check_int("hidden", hidden, 1)
+        check_int("layers", layers, 1)
+        self.hidden, self.layers = hidden, layers
+        self.preprocess_p = check_number("preprocess_p", preprocess_p)
+        self.output_scale = check_number("output_scale", output_scale)
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(2 if i == 0 else hidden, hidden) for i in range(layers)
+        )
+        self.readout = nn.Linear(hidden, 1)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (saved with checkpoints)."""
+        return {"hidden": self.hidden, "layers": self.layers,
+                "preprocess_p": self.preprocess_p, "output_scale": self.output_scale}
+
+    def initial_state(self, batch: int, d: int, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> list[LSTMState]:
+        """Zero (h, c) per layer for batch·d coordinates."""
+        z = torch.zeros(batch * d, self.hidden, device=device, dtype=dtype)
+        return [(z, z) for _ in range(self.layers)]
+
+    def forward(self, grad: torch.Tensor, state: list[LSTMState]
+                ) -> tuple[torch.Tensor, list[LSTMState]]:
+        """Steps [B, d] from gradients [B, d]; ``state`` from :meth:`initial_state`."""
+        b, d = grad.shape
+        inp = preprocess_gradients(grad, self.preprocess_p).reshape(b * d, 2).to(
+            self.readout.weight.dtype)
+        new_state = []
+        for cell, (h, c) in zip(self.cells, state, strict=True):
+            h, c = cell(inp, (h, c))
+            new_state.append((h, c))
+            inp = h
+        step = self.output_scale * self.readout(inp).reshape(b, d)
+        return step.to(grad.dtype), new_state
+
+
+class Unroll(NamedTuple):
+    """The end of a (truncated) unroll: its meta-loss and where the runs stand."""
+
+    loss: torch.Tensor  # Σ_t mean_b f(x_t) over the unrolled steps
+    state: torch.Tensor
+    f: torch.Tensor
+    hidden: list[LSTMState]
+    grads: list[torch.Tensor]  # the gradients the net was fed (detached)
+
+
+def unroll(
+    net: CoordinatewiseLSTM,
+    core: OptimizationCore,
+    data: dict[str, torch.Tensor],
+    state: torch.Tensor,
+    f: torch.Tensor,
+    hidden: list[LSTMState],
+    steps: int,
+    *,
+    second_order: bool = False,
+    frozen_grads: list[torch.Tensor] | None = None,
+) -> Unroll:
+    """Run the net as the optimiser for ``steps`` iterations through the shared core.
+
+    ``frozen_grads`` replaces the gradients fed to the net by given constants (used to check
+    the first-order meta-gradient against finite differences: dropping the second-order terms
+    is exactly treating those inputs as constants).
+    """
+    gslice = core.layout.state_slices["CUR_GRAD"]
+    loss = f.new_zeros(())
+    seen: list[torch.Tensor] = []
+    for t in range(steps):
+        g = state[:, gslice]
+        if frozen_grads is not None:
+            g = frozen_grads[t]
+        elif not second_order:
+            g = g.detach()
+        seen.append(g.detach())
+        delta, hidden = net(g, hidden)
+        res = core.step(data, state, f, delta)
+        state, f = res.state, res.f
+        loss = loss + f.mean()
+    return Unroll(loss, state, f, hidden, seen)
+
+
+def unrolled_meta_loss(
+    net: CoordinatewiseLSTM,
+    core: OptimizationCore,
+    data: dict[str, torch.Tensor],
+    x0: torch.Tensor,
+    steps: int,
+    *,
+    second_order: bool = False,
+    frozen_grads: list[torch.Tensor] | None = None,
+) -> Unroll:
+    """One whole unroll from x0 (fresh LSTM state): the meta-loss Σ_t mean_b f(x_t)."""
+    start = core.start(data, x0)
+    hidden = net.initial_state(x0.shape[0], x0.shape[1], x0.device, net.readout.weight.dtype)
+    return unroll(net, core, data, start.state, start.f, hidden, steps,
+                  second_order=second_order, frozen_grads=frozen_grads)
+
+
+@dataclass
+class MetaTrainConfig:
+    """Meta-training settings (defaults: Andrychowicz et al.'s)."""
+
+    iterations: int = 200
+    batch_size: int = 32
+    horizon: int = 40
+    unroll: int = 20
+    lr: float = 1e-3
+    second_order: bool = False
+    max_grad_norm: float = 1.0
+    history: int = 25
+    seed: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "horizon", "unroll", "history"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
+        check_number("lr", self.lr)
+        check_number("max_grad_norm", self.max_grad_norm)
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: got {self.dtype!r}, allowed: 'float32', 'float64'")
+
+
+@dataclass
+class MetaTrainLog:
+    """Per-iteration record: meta-loss (mean f over the applied unrolls' steps), mean clipped
+    meta-gradient norm, and how many unrolls were skipped as non-finite."""
+
+    meta_loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    skipped_unrolls: int = 0
+
+
+def meta_train(
+    net: CoordinatewiseLSTM,
+    family: ObjectiveFamily,
+    config: MetaTrainConfig,
+    *,
+    start_iteration: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_iteration: Callable[[int, float, float], None] | None = None,
+) -> MetaTrainLog:
+    """Train ``net`` by truncated BPTT on TRAIN objectives of ``family``.
+
+    Iteration i optimises the batch of TRAIN instances with seeds
+    [i·batch_size, (i+1)·batch_size) for ``horizon`` steps, updating the net (Adam) after each
+    truncated unroll of ``unroll`` steps. An unroll whose meta-loss or meta-gradient is not
+    finite (the inner optimisation diverged) is skipped and counted, never applied; meta-
+    gradients are clipped to ``max_grad_norm``.
+    """
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    device = next(net.parameters()).device
+    net.to(dtype)
+    core = OptimizationCore(family, config.history)
+    opt = optimizer or torch.optim.Adam(net.parameters(), lr=config.lr)
+    log = MetaTrainLog()
+    for it in range(start_iteration, start_iteration + config.iterations):
+        seeds = torch.arange(it * config.batch_size, (it + 1) * config.batch_size)
+        data, x0 = family.sample(seeds, split="train", dtype=dtype, device=device)
+        start = core.start(data, x0)
+        state, f = start.state, start.f
+        hidden = net.initial_state(config.batch_size, family.d, device, dtype)
+        total, counted, norms = 0.0, 0, []
+        for t0 in range(0, config.horizon, config.unroll):
+            steps = min(config.unroll, config.horizon - t0)
+            loss, state, f, hidden, _ = unroll(net, core, data, state, f, hidden, steps,
+                                               second_order=config.second_order)
+            opt.zero_grad(set_to_none=True)
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
+                ok = bool(torch.isfinite(gn))
+            if ok:
+                opt.step()
+                total += float(loss.detach())
+                counted += steps
+                norms.append(float(gn))
+            else:
+                opt.zero_grad(set_to_none=True)
+                log.skipped_unrolls += 1
+            state, f = state.detach(), f.detach()
+            hidden = [(h.detach(), c.detach()) for h, c in hidden]
+        mean_loss = total / counted if counted else float("nan")
+        mean_norm = sum(norms) / len(norms) if norms else float("nan")
+        log.meta_loss.append(mean_loss)
+        log.grad_norm.append(mean_norm)
+        if on_iteration is not None:
+            on_iteration(it, mean_loss, mean_norm)
+    return log

@@ -1,0 +1,115 @@
+"""The BPTT learned optimiser: preprocessing, exact meta-gradients, and that training learns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from baselines.bptt import (
+    CoordinatewiseLSTM,
+    MetaTrainConfig,
+    meta_train,
+    preprocess_gradients,
+    unrolled_meta_loss,
+)
+from optenv import OptimizationCore, make_family
+
+
+def test_preprocessing_matches_its_formula_on_both_sides_of_the_threshold() -> None:
+    p = 10.0
+    thr = math.exp(-p)
+    g = torch.tensor([3.0, -0.5, thr, -thr, thr * 0.5, -thr * 0.25, 0.0], dtype=torch.float64)
+    out = preprocess_gradients(g, p)
+    expected = torch.tensor([
+        [math.log(3.0) / p, 1.0],
+        [math.log(0.5) / p, -1.0],
+        [-1.0, 1.0],
+        [-1.0, -1.0],
+        [-1.0, 0.5],
+        [-1.0, -0.25],
+        [-1.0, 0.0],
+    ], dtype=torch.float64)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def _tiny_problem() -> tuple[CoordinatewiseLSTM, OptimizationCore, dict, torch.Tensor]:
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM(hidden=4, layers=2, output_scale=0.5).double()
+    fam = make_family("LogisticRegression", dim=2, n_points=8)
+    data, x0 = fam.sample([0, 1], split="train")
+    return net, OptimizationCore(fam, history=2), data, x0
+
+
+def _fd_check(net, loss_fn, n_checks: int = 6) -> None:
+    params = list(net.parameters())
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params)
+    gen = torch.Generator().manual_seed(1)
+    eps = 1e-6
+    for _ in range(n_checks):
+        k = int(torch.randint(len(params), (1,), generator=gen))
+        idx = int(torch.randint(params[k].numel(), (1,), generator=gen))
+        flat = params[k].data.view(-1)
+        orig = float(flat[idx])
+        with torch.no_grad():
+            flat[idx] = orig + eps
+            up = float(loss_fn())
+            flat[idx] = orig - eps
+            down = float(loss_fn())
+            flat[idx] = orig
+        fd = (up - down) / (2 * eps)
+        assert grads[k].view(-1)[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
+def test_meta_gradient_with_second_order_terms_matches_finite_differences() -> None:
+    net, core, data, x0 = _tiny_problem()
+    _fd_check(net, lambda: unrolled_meta_loss(net, core, data, x0, 4, second_order=True).loss)
+
+
+def test_first_order_meta_gradient_matches_finite_differences_with_gradients_held_fixed() -> None:
+    net, core, data, x0 = _tiny_problem()
+    frozen = unrolled_meta_loss(net, core, data, x0, 4).grads
+    first = torch.autograd.grad(unrolled_meta_loss(net, core, data, x0, 4).loss,
+                                list(net.parameters()))
+    fixed = torch.autograd.grad(
+        unrolled_meta_loss(net, core, data, x0, 4, frozen_grads=frozen).loss,
+        list(net.parameters()))
+    for a, b in zip(first, fixed, strict=True):
+        torch.testing.assert_close(a, b)
+    _fd_check(net, lambda: unrolled_meta_loss(net, core, data, x0, 4, frozen_grads=frozen).loss)
+    second = torch.autograd.grad(
+        unrolled_meta_loss(net, core, data, x0, 4, second_order=True).loss,
+        list(net.parameters()))
+    assert any(not torch.allclose(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_quick_meta_training_lowers_the_meta_loss() -> None:
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM()
+    fam = make_family("LogisticRegression")
+    log = meta_train(net, fam, MetaTrainConfig(iterations=30, batch_size=16))
+    assert log.skipped_unrolls == 0
+    first, last = sum(log.meta_loss[:5]) / 5, sum(log.meta_loss[-5:]) / 5
+    assert last < 0.8 * first
+
+
+def test_a_diverging_unroll_is_skipped_and_never_applied() -> None:
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM(output_scale=1e300)
+    before = [p.detach().clone() for p in net.parameters()]
+    fam = make_family("Quadratic", dim=3)
+    log = meta_train(net, fam, MetaTrainConfig(iterations=2, batch_size=4, horizon=4, unroll=2,
+                                               dtype="float64"))
+    assert log.skipped_unrolls == 4
+    for p, q in zip(net.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), q)
+        assert torch.isfinite(p).all()
+
+
+def test_meta_train_config_rejects_bad_arguments_by_name() -> None:
+    with pytest.raises(ValueError, match="unroll"):
+        MetaTrainConfig(unroll=0)
+    with pytest.raises(ValueError, match="dtype"):
+        MetaTrainConfig(dtype="float16")
