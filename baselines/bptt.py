@@ -17,6 +17,9 @@ constant, ``second_order=False``); ``second_order=True`` keeps them, differentia
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -30,11 +33,14 @@ from optenv.validation import check_int, check_number
 
 __all__ = [
     "CoordinatewiseLSTM",
+    "LSTMPolicy",
     "MetaTrainConfig",
     "MetaTrainLog",
     "Unroll",
+    "load_lstm",
     "meta_train",
     "preprocess_gradients",
+    "save_lstm",
     "unroll",
     "unrolled_meta_loss",
 ]
@@ -259,3 +265,75 @@ def meta_train(
         if on_iteration is not None:
             on_iteration(it, mean_loss, mean_norm)
     return log
+
+
+class LSTMPolicy:
+    """A trained :class:`CoordinatewiseLSTM` acting in an optenv env from observations alone.
+
+    Call it on a batch of observations [B, obs_dim] (numpy or torch); it returns actions
+    step / max_step. It reads CUR_GRAD through the env's observation layout and keeps one LSTM
+    state per row; a row whose history is all zero (the first observation of an episode) starts
+    from a fresh LSTM state, so it follows autoresets without being told.
+    """
+
+    def __init__(self, net: CoordinatewiseLSTM, observation_layout: dict[str, slice],
+                 max_step: float) -> None:
+        self.net = net.eval()
+        self.layout = observation_layout
+        self.max_step = check_number("max_step", max_step)
+        self._hidden: list[LSTMState] | None = None
+
+    def reset(self) -> None:
+        """Forget every row's LSTM state."""
+        self._hidden = None
+
+    @torch.no_grad()
+    def __call__(self, obs: Any) -> torch.Tensor:
+        param = self.net.readout.weight
+        o = torch.as_tensor(obs).to(device=param.device, dtype=param.dtype)
+        if o.dim() == 1:
+            o = o.unsqueeze(0)
+        g = o[:, self.layout["CUR_GRAD"]]
+        b, d = g.shape
+        fresh = self.net.initial_state(b, d, param.device, param.dtype)
+        if self._hidden is None or self._hidden[0][0].shape[0] != b * d:
+            self._hidden = fresh
+        hist = torch.cat([o[:, self.layout["PAST_OBJ_VAL_DELTAS"]],
+                          o[:, self.layout["PAST_LOC_DELTAS"]]], dim=-1)
+        new_episode = (hist == 0).all(-1).repeat_interleave(d).unsqueeze(-1)
+        hidden = [(torch.where(new_episode, h0, h), torch.where(new_episode, c0, c))
+                  for (h, c), (h0, c0) in zip(self._hidden, fresh, strict=True)]
+        step, self._hidden = self.net(g, hidden)
+        return step / self.max_step
+
+
+def save_lstm(path: str, net: CoordinatewiseLSTM, extra: dict[str, Any] | None = None) -> None:
+    """Write the net (config + weights + ``extra`` metadata) atomically to ``path``."""
+    payload = {"format": "optenv.bptt.lstm/1", "config": net.config(),
+               "state_dict": net.state_dict(), "extra": extra or {}}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_lstm(path: str, map_location: str | torch.device = "cpu"
+              ) -> tuple[CoordinatewiseLSTM, dict[str, Any]]:
+    """The net and its ``extra`` metadata from :func:`save_lstm`; ValueError if not one."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"path: cannot read a saved LSTM optimiser from {path!r} ({err})") \
+            from err
+    if not isinstance(payload, dict) or payload.get("format") != "optenv.bptt.lstm/1":
+        raise ValueError(f"path: {path!r} is not a saved optenv LSTM optimiser")
+    net = CoordinatewiseLSTM(**payload["config"])
+    sd = payload["state_dict"]
+    net.to(next(iter(sd.values())).dtype)
+    net.load_state_dict(sd)
+    return net, payload["extra"]

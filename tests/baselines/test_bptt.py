@@ -113,3 +113,46 @@ def test_meta_train_config_rejects_bad_arguments_by_name() -> None:
         MetaTrainConfig(unroll=0)
     with pytest.raises(ValueError, match="dtype"):
         MetaTrainConfig(dtype="float16")
+
+
+def test_saved_lstm_round_trips_and_a_bad_file_is_a_clear_error(tmp_path) -> None:
+    from baselines.bptt import load_lstm, save_lstm
+
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM(hidden=5)
+    path = str(tmp_path / "lstm.pt")
+    save_lstm(path, net, {"env_id": "optenv/LogisticRegression-v0"})
+    loaded, extra = load_lstm(path)
+    assert extra == {"env_id": "optenv/LogisticRegression-v0"}
+    g = torch.randn(3, 4)
+    s1, _ = net(g, net.initial_state(3, 4))
+    s2, _ = loaded(g, loaded.initial_state(3, 4))
+    torch.testing.assert_close(s1, s2)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="path"):
+        load_lstm(str(bad))
+
+
+def test_lstm_policy_in_the_vector_env_equals_the_direct_unroll() -> None:
+    import gymnasium as gym
+
+    from baselines.bptt import LSTMPolicy
+
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM().double()
+    venv = gym.make_vec("optenv/LogisticRegression-v0", num_envs=3, max_step=1e6,
+                        max_episode_steps=5)
+    obs, info = venv.reset(seed=7)
+    policy = LSTMPolicy(net, venv.unwrapped.observation_layout, venv.unwrapped.max_step)
+    for _ in range(5):
+        obs, *_ , info = venv.step(policy(obs))
+    fam = venv.unwrapped.family
+    data, x0 = fam.sample([7, 8, 9], split="train")
+    core = OptimizationCore(fam, history=25)
+    with torch.no_grad():
+        res = unrolled_meta_loss(net, core, data, x0, 5)
+    torch.testing.assert_close(info["f"], res.f)
+    # After the horizon the env starts new episodes; the policy restarts its LSTM state there.
+    obs, *_ = venv.step(policy(obs))
+    assert bool((venv.unwrapped._t == 0).all())
