@@ -27,7 +27,7 @@ from optenv.families import (
 )
 from optenv.registration import BUILTIN_IDS, family_of, register_envs, register_objective
 from optenv.rng import KeyedRNG, instance_keys
-from optenv.vector import OptimizationVectorEnv
+from optenv.vector import OptimizationVectorEnv, numpy_vector_env
 
 __version__ = "0.1.0"
 
@@ -50,6 +50,7 @@ __all__ = [
     "family_of",
     "instance_keys",
     "make_family",
+    "numpy_vector_env",
     "register_envs",
     "register_family",
     "register_objective",

@@ -16,6 +16,7 @@ from optenv.rng import instance_keys, split_index
 from optenv.validation import (
     check_int,
     check_number,
+    check_seed,
     parse_dtype,
     problem_from_user,
     x0_from_user,
@@ -128,6 +129,7 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         unknown = sorted(set(options) - set(_RESET_OPTIONS))
         if unknown:
             raise ValueError(f"options: unknown key(s) {unknown}, allowed: {list(_RESET_OPTIONS)}")
+        check_seed(seed)
         super().reset(seed=seed)
         if seed is not None:
             seed_, episode = int(seed), 0
@@ -227,5 +229,5 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
             "diverged": diverged,
             "action_clipped": clipped,
             "seed": self._seed,
-            "episode": self._episode,
+            "episode_index": self._episode,
         }

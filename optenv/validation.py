@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["check_int", "check_number", "parse_dtype", "problem_from_user", "x0_from_user"]
+__all__ = [
+    "check_int",
+    "check_number",
+    "check_seed",
+    "parse_dtype",
+    "problem_from_user",
+    "x0_from_user",
+]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -43,6 +50,15 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
         allowed = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
         raise ValueError(f"{name}: got {value!r}, allowed: {allowed}")
     return int(value)
+
+
+def check_seed(seed: Any) -> None:
+    """None, or an int in [0, 2**63) (seeds key the problem instances)."""
+    if seed is None:
+        return
+    ok = isinstance(seed, int | np.integer) and not isinstance(seed, bool)
+    if not ok or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed: got {seed!r}, allowed: None or an int in [0, 2**63)")
 
 
 def x0_from_user(

@@ -19,12 +19,13 @@ from optenv.rng import instance_keys, split_index
 from optenv.validation import (
     check_int,
     check_number,
+    check_seed,
     parse_dtype,
     problem_from_user,
     x0_from_user,
 )
 
-__all__ = ["OptimizationVectorEnv"]
+__all__ = ["OptimizationVectorEnv", "numpy_vector_env"]
 
 _RESET_OPTIONS = ("reset_mask", "problem", "x0")
 
@@ -39,8 +40,8 @@ class OptimizationVectorEnv(VectorEnv):
 
     Same problems, spaces, rewards and seeding as the single env (env i after ``reset(seed=s)``
     runs exactly the instances of a single env reset with seed s + i, and agrees with it step for
-    step in float64), but observations, rewards and flags are torch tensors on ``device``. Wrap
-    in ``gymnasium.wrappers.vector.TorchToNumpy`` for numpy.
+    step in float64), but observations, rewards and flags are torch tensors on ``device``.
+    :func:`numpy_vector_env` wraps one for numpy in and out.
 
     Arguments beyond the single env's: ``num_envs``; ``device`` ("cpu", "cuda", ...);
     ``max_episode_steps`` (the horizon; truncation is computed here, batched); ``autoreset_mode``
@@ -158,15 +159,18 @@ class OptimizationVectorEnv(VectorEnv):
         n, dev = self.num_envs, self.device
         mask = self._parse_reset_mask(options.get("reset_mask"))
         if seed is not None and not isinstance(seed, int | np.integer):
-            seeds = [int(s) for s in seed]
+            seeds = list(seed)
+            for s in seeds:
+                check_seed(s)
             if len(seeds) != n:
                 raise ValueError(f"seed: got {len(seeds)} seeds, allowed: an int or {n} ints")
             super().reset(seed=seeds[0])
         else:
+            check_seed(seed)
             super().reset(seed=None if seed is None else int(seed))
             seeds = None if seed is None else [int(seed) + i for i in range(n)]
-        if seeds is not None and min(seeds) < 0:
-            raise ValueError(f"seed: got a negative seed {min(seeds)}, allowed: ints >= 0")
+        for s in seeds or ():
+            check_seed(s)
         # Parse every option first: a bad one raises before any buffer changes.
         problem = x0 = None
         if "problem" in options:
@@ -266,9 +270,11 @@ class OptimizationVectorEnv(VectorEnv):
         a = self._check_actions(actions)
         invalid = ~torch.isfinite(a).all(-1)
         a = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        # Clip in the caller's precision, then cast: a finite 1e300 clips to 1, not to inf.
         clipped_a = a.clamp(-1.0, 1.0)
         clipped = (clipped_a != a).any(-1)
-        res = self.core.step(self._data, self._state, self._f, self.max_step * clipped_a)
+        step = self.max_step * clipped_a.to(self.dtype)
+        res = self.core.step(self._data, self._state, self._f, step)
         terminated = res.diverged
         t = self._t + 1
         truncated = (t >= self.max_episode_steps) & ~terminated
@@ -326,7 +332,9 @@ class OptimizationVectorEnv(VectorEnv):
                                  f"of shape {shape}") from err
         if tuple(actions.shape) != shape:
             raise ValueError(f"actions: got shape {tuple(actions.shape)}, allowed: {shape}")
-        a = actions.to(device=self.device, dtype=self.dtype)
+        a = actions.to(device=self.device)
+        if not a.is_floating_point():
+            a = a.to(self.dtype)
         if self.check_actions and not bool(torch.isfinite(a).all()):
             raise ValueError("actions: got non-finite values (NaN/inf), allowed: finite numbers "
                              "(values outside [-1, 1] are clipped)")
@@ -373,3 +381,16 @@ class OptimizationVectorEnv(VectorEnv):
                        self.x[i].cpu(), hist[i, hist.shape[1] - 1 - int(t[i]):].tolist())
             for i in range(shown)
         )
+
+
+def numpy_vector_env(env: VectorEnv) -> VectorEnv:
+    """``env`` (an :class:`OptimizationVectorEnv`, possibly wrapped) with numpy in and out.
+
+    Gymnasium's ``ArrayConversion`` wrapper from torch to numpy, on the env's device.
+    """
+    import array_api_compat.numpy as xnp
+    import array_api_compat.torch as xtorch
+    from gymnasium.wrappers.vector import ArrayConversion
+
+    device = getattr(env.unwrapped, "device", None)
+    return ArrayConversion(env, env_xp=xtorch, target_xp=xnp, env_device=device)

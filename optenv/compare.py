@@ -1,0 +1,314 @@
+"""``optenv compare``: tune optimisers on TRAIN objectives, evaluate on TEST ones, report.
+
+The package's main job. For one env id it grid-searches each hand-designed optimiser's
+hyper-parameters on ``--n-train`` training objectives (Li & Malik's protocol), runs every method
+on the same ``--n-test`` held-out objectives for ``--horizon`` iterations, prints a table, and
+writes ``results.json`` (schema in :mod:`optenv.results`) plus ``mean_f.png`` and
+``margin_of_victory.png`` into ``--out``.
+
+Methods (``--methods``, comma-separated): the hand-designed optimisers of
+``baselines.optimizers`` (gd, momentum, nesterov, adam, adagrad, rmsprop, cg, lbfgs) and
+``PREFIX:PATH`` specs for saved learned optimisers (``gps:DIR``, ``bptt:DIR``, ``ppo:DIR``).
+Loaders for prefixes are found through :data:`METHOD_LOADERS` — a "module:function" string or a
+callable per prefix, registered by the package that owns the format
+(:func:`register_method_loader`) — so optenv never imports ``gps`` or ``baselines`` at module
+level. A loader is called as ``loader(path, context)`` with ``context`` holding ``env_id``,
+``family``, ``history``, ``max_step``, ``device``, and returns anything
+:func:`optenv.evaluate.evaluate` accepts (a policy callable, an SB3 model, ...).
+
+User errors raise ValueError naming the argument (the CLI prints that one line and exits 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_ENV",
+    "DEFAULT_METHODS",
+    "METHOD_LOADERS",
+    "add_parser",
+    "format_table",
+    "parse_methods",
+    "register_method_loader",
+    "run",
+]
+
+DEFAULT_ENV = "optenv/LogisticRegression-v0"
+DEFAULT_METHODS = "gd,momentum,nesterov,cg,lbfgs,adam,adagrad,rmsprop"
+#: Where the hand-designed optimisers live (a string entry point: imported only when used).
+HAND_OPTIMIZERS = "baselines.optimizers:OPTIMIZERS"
+#: prefix → loader ("module:function" or a callable), None = known format, no loader yet.
+METHOD_LOADERS: dict[str, str | Callable[[str, dict[str, Any]], Any] | None] = {
+    "gps": None,
+    "bptt": None,
+    "ppo": None,
+}
+
+
+def register_method_loader(
+    prefix: str, loader: str | Callable[[str, dict[str, Any]], Any]
+) -> None:
+    """Make ``--methods PREFIX:PATH`` load a saved optimiser with ``loader(PATH, context)``."""
+    if not isinstance(prefix, str) or not prefix.isidentifier():
+        raise ValueError(f"prefix: got {prefix!r}, allowed: an identifier such as 'gps'")
+    if not (callable(loader) or (isinstance(loader, str) and ":" in loader)):
+        raise ValueError(f"loader: got {loader!r}, allowed: a callable or 'module:function'")
+    METHOD_LOADERS[prefix] = loader
+
+
+def _load_entry(ref: str | Callable[..., Any]) -> Any:
+    if callable(ref):
+        return ref
+    module, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _hand_optimizers() -> dict[str, Any]:
+    return _load_entry(HAND_OPTIMIZERS)
+
+
+def parse_methods(spec: str) -> list[tuple[str, str | None]]:
+    """``"gd,adam,gps:runs/gps"`` → [("gd", None), ("adam", None), ("gps", "runs/gps")].
+
+    Raises ValueError for empty or duplicate entries, unknown names and prefixes without a
+    loader.
+    """
+    hand = _hand_optimizers()
+    allowed = ", ".join(list(hand) + [f"{p}:DIR" for p in METHOD_LOADERS])
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"--methods: got {spec!r}, allowed: a comma-separated list of {allowed}")
+    out: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    for raw in spec.split(","):
+        item = raw.strip()
+        if not item:
+            raise ValueError(f"--methods: got an empty entry in {spec!r}, allowed: "
+                             f"a comma-separated list of {allowed}")
+        if item in seen:
+            raise ValueError(f"--methods: got {item!r} twice, allowed: each method once")
+        seen.add(item)
+        prefix, sep, path = item.partition(":")
+        if sep:
+            if prefix not in METHOD_LOADERS:
+                raise ValueError(f"--methods: got {item!r}, unknown prefix {prefix!r}; "
+                                 f"allowed: {allowed}")
+            if METHOD_LOADERS[prefix] is None:
+                raise ValueError(f"--methods: got {item!r}, but loading {prefix!r} optimisers "
+                                 "is not available yet (no loader registered); allowed now: "
+                                 + ", ".join(hand))
+            if not path:
+                raise ValueError(f"--methods: got {item!r}, allowed: {prefix}:DIR with a path")
+            out.append((prefix, path))
+        elif item in hand:
+            out.append((item, None))
+        else:
+            raise ValueError(f"--methods: got unknown method {item!r}, allowed: {allowed}")
+    return out
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the ``compare`` sub-command to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "compare",
+        help="tune optimisers on train objectives, compare them on held-out test objectives",
+        description=(
+            "Grid-search each hand-designed optimiser's hyper-parameters on TRAIN objectives, "
+            "evaluate every method on the same held-out TEST objectives, print a table and "
+            "write results.json, mean_f.png and margin_of_victory.png. With no arguments: "
+            f"{DEFAULT_ENV}, all hand-designed methods, 100 test objectives, horizon 40 "
+            "(well under two minutes on a CPU)."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--env", default=DEFAULT_ENV, help="optenv env id")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma-separated methods: gd, momentum, nesterov, adam, adagrad, "
+                        "rmsprop, cg, lbfgs, or PREFIX:DIR for saved learned optimisers")
+    p.add_argument("--n-test", type=int, default=100, help="held-out test objectives")
+    p.add_argument("--n-train", type=int, default=90,
+                   help="training objectives for the hyper-parameter grid search")
+    p.add_argument("--horizon", type=int, default=None,
+                   help="iterations per run (default: the env's, 40 for the built-in ids)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="first seed of the test (and train) objectives")
+    p.add_argument("--criterion", choices=("mean", "final"), default="mean",
+                   help="tuning score: mean f over the horizon, or final f")
+    p.add_argument("--no-tune", action="store_true",
+                   help="use each method's default hyper-parameters")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: runs/compare/<env name>)")
+    p.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out: got {str(out)!r}, which is not a writable directory "
+                         f"({err.strerror or err}); allowed: a directory you can write to") \
+            from err
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--n-test", args.n_test, 1), ("--n-train", args.n_train, 1),
+                             ("--seed", args.seed, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{flag}: got {value!r}, allowed: an int >= {low}")
+    if args.horizon is not None and (not isinstance(args.horizon, int) or args.horizon < 1):
+        raise ValueError(f"--horizon: got {args.horizon!r}, allowed: an int >= 1")
+    if args.threads is not None and (not isinstance(args.threads, int) or args.threads < 1):
+        raise ValueError(f"--threads: got {args.threads!r}, allowed: an int >= 1")
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    if v is None or not np.isfinite(v):
+        return "inf" if v is not None and v > 0 else "n/a"
+    return f"{v:.{digits}g}"
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    """A fixed-width text table of a results document (one row per method)."""
+    t = doc["horizon"]
+    head = ["method", f"mean f@{t} [95% CI]", f"median f@{t}", "mean f (1..T)", f"MoV@{t}",
+            "diverged", "extra evals", "hyper-parameters"]
+    rows = []
+    for name, m in doc["methods"].items():
+        mean = m["mean_f"][-1]
+        ci = f"{_fmt(mean)} [{_fmt(m['mean_f_low'][-1])}, {_fmt(m['mean_f_high'][-1])}]"
+        per_iter = [v for v in m["mean_f"][1:] if v is not None]
+        auc = float(np.mean(per_iter)) if per_iter else None
+        mov = m["margin_of_victory"][-1] if m["margin_of_victory"] else None
+        hyper = m["hyperparameters"] or {}
+        keys = list((m.get("tuning") or {}).get("grid") or {}) or [
+            k for k in _TUNED_KEYS if k in hyper]
+        shown = {k: hyper[k] for k in keys if k in hyper}
+        rows.append([
+            name, ci, _fmt(m["median_f"][-1]), _fmt(auc),
+            "n/a" if mov is None else f"{mov:+.3g}",
+            f"{100 * m['fraction_diverged']:.0f}%",
+            f"{m['extra_evals_mean'] / t:.2f}/it",
+            " ".join(f"{k}={v:g}" for k, v in shown.items()) or "-",
+        ])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+#: hyper-parameters worth showing in the table (the tuned ones; the rest are library defaults).
+_TUNED_KEYS = ("lr", "momentum", "beta1", "alpha", "history_size")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison ``args`` describe; returns the exit status (0)."""
+    import torch
+
+    from optenv.evaluate import evaluate, resolve_env
+    from optenv.results import make_results, plot_results, write_results
+
+    _check_args(args)
+    try:
+        label, family, defaults = resolve_env(args.env)
+    except ValueError as err:
+        raise ValueError(f"--{err}") from err  # "env: got ..." → "--env: got ..."
+    methods = parse_methods(args.methods)
+    horizon = args.horizon or defaults["horizon"]
+    env_name = args.env.split("/")[-1]
+    out = Path(args.out) if args.out is not None else Path("runs") / "compare" / env_name
+    _check_out_dir(out)
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device: got {args.device!r}, allowed: an available torch device "
+                         "such as 'cpu'") from err
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    from tqdm.auto import tqdm
+
+    hand = _hand_optimizers()
+    tune = not args.no_tune
+    evaluations, tuned, hyper, walls = {}, {}, {}, {}
+    context = {"env_id": args.env, "family": family, "history": defaults["history"],
+               "max_step": defaults["max_step"], "device": str(device)}
+    bar = tqdm(total=len(methods), desc="compare", disable=args.quiet, file=sys.stderr)
+    for name, path in methods:
+        label_m = name if path is None else f"{name}:{path}"
+        if path is None:
+            bar.set_postfix_str(f"{name}: tuning" if tune else name)
+            cls = hand[name]
+            if tune and cls.default_grid:
+                from baselines.tuning import grid_search
+
+                tr = grid_search(name, family, n_train=args.n_train, horizon=horizon,
+                                 seed=args.seed, history=defaults["history"],
+                                 criterion=args.criterion, device=device)
+                tuned[label_m] = tr.to_dict()
+                hp = tr.best
+            else:
+                hp = {k: float(v) for k, v in cls.defaults.items()}
+            hyper[label_m] = hp
+            method: Any = cls(**hp)
+        else:
+            method = _load_entry(METHOD_LOADERS[name])(path, context)  # type: ignore[arg-type]
+            hyper[label_m] = None
+        bar.set_postfix_str(f"{label_m}: evaluating")
+        t0 = time.perf_counter()
+        evaluations[label_m] = evaluate(method, args.env, n_test=args.n_test, horizon=horizon,
+                                        seed=args.seed, device=device, name=label_m)
+        walls[label_m] = time.perf_counter() - t0
+        bar.update(1)
+    bar.close()
+
+    doc = make_results(
+        evaluations, family=family, seed=args.seed, device=str(device), tuning=tuned,
+        hyperparameters=hyper, wall_s=walls,
+        tuning_setup={"split": "train", "n_train": args.n_train, "criterion": args.criterion}
+        if tune else None)
+    written = [write_results(doc, out / "results.json")]
+    if not args.no_plots:
+        written += plot_results(doc, out)
+    print(f"{label}: {args.n_test} test objectives, horizon {horizon}"
+          + (f", tuned on {args.n_train} train objectives" if tune else ", default settings"))
+    print(format_table(doc))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m optenv.compare``), for use before the CLI wires it in."""
+    parser = argparse.ArgumentParser(prog="optenv")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except ValueError as err:
+        print(f"optenv compare: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,304 @@
+"""Held-out evaluation: run any optimiser on N TEST objectives of a family, batched and seeded.
+
+What can be evaluated (``method`` of :func:`evaluate`):
+
+* a **hand-designed optimiser** — any object with ``propose(x, f, g, oracle) -> Δx`` and
+  ``reset()`` (``baselines.optimizers``), or its name (``"adam"``, ``"lbfgs"``, ...). It runs
+  directly on the batch, unclipped, with line-search evaluations counted (``extra_evals``);
+* a **Stable-Baselines3 model** (anything with ``predict(obs, deterministic=...)``), given numpy
+  observations [B, obs_dim];
+* a **policy callable** on batched torch observations [B, obs_dim] returning actions [B, d]
+  (torch or numpy); a ``reset()`` method, if any, is called before the run.
+
+Policies act with the env's semantics: the observation is the state without CUR_LOC, cast to
+``obs_dtype`` (float32 by default, as the env emits it), and the step is
+``max_step · clip(action, −1, 1)``. Everything steps through the one shared
+:class:`~optenv.core.OptimizationCore`, N objectives at once.
+
+Divergence: a run whose f or iterate becomes non-finite is frozen there (zero steps after), and
+its recorded f is +inf from that iteration on (``nonfinite``). Non-finite actions count as
+divergence here (the env raises ValueError instead), so one bad policy does not abort a
+comparison. ``Evaluation.diverged`` also flags runs that end above where they started
+(final f > f(x0)), Li & Malik's notion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from optenv.core import OptimizationCore
+from optenv.families import ObjectiveFamily
+from optenv.validation import check_int, parse_dtype
+
+__all__ = ["DirectOptimizer", "Evaluation", "Rollout", "evaluate", "resolve_env", "rollout"]
+
+Oracle = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+StepFn = Callable[[torch.Tensor, torch.Tensor, Oracle], torch.Tensor]
+
+
+@runtime_checkable
+class DirectOptimizer(Protocol):
+    """A hand-designed optimiser run directly on a batch (see ``baselines.optimizers``)."""
+
+    def reset(self) -> None: ...
+
+    def propose(
+        self, x: torch.Tensor, f: torch.Tensor, g: torch.Tensor, oracle: Oracle | None = None
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class Rollout:
+    """A batch of runs: ``f`` [B, T+1] (f(x0) first; +inf from divergence on), ``nonfinite`` [B],
+    ``extra_evals`` [B] (f/∇f evaluations beyond one per iteration), final iterate ``x`` [B, d]."""
+
+    f: torch.Tensor
+    nonfinite: torch.Tensor
+    extra_evals: torch.Tensor
+    x: torch.Tensor
+
+
+def rollout(
+    core: OptimizationCore,
+    data: Mapping[str, torch.Tensor],
+    x0: torch.Tensor,
+    horizon: int,
+    step: DirectOptimizer | StepFn,
+    *,
+    progress: bool = False,
+    desc: str | None = None,
+) -> Rollout:
+    """Run ``horizon`` iterations of a batch through ``core``.
+
+    ``step`` is a :class:`DirectOptimizer` (its ``propose`` gets x, f, ∇f from the state) or a
+    function ``(state [B, dX], f [B], oracle) -> Δx [B, d]``. ``oracle(x, active)`` evaluates
+    f and ∇f on the batch and counts one evaluation per ``active`` row; an iteration that makes
+    k ≥ 1 oracle calls for a row costs k − 1 extra evaluations (the core's own evaluation at the
+    accepted point is one the line search already made), one with none costs nothing extra.
+    """
+    family = core.family
+    lay = core.layout.state_slices
+    b = x0.shape[0]
+    counts = torch.zeros(b, dtype=torch.int64, device=x0.device)
+
+    def oracle(x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal counts
+        counts = counts + active.to(torch.int64)
+        return family.value_and_grad(x, data)
+
+    if isinstance(step, DirectOptimizer):
+        opt = step
+
+        def step_fn(state: torch.Tensor, f: torch.Tensor, orc: Oracle) -> torch.Tensor:
+            return opt.propose(state[:, lay["CUR_LOC"]], f, state[:, lay["CUR_GRAD"]], orc)
+    else:
+        step_fn = step
+
+    with torch.no_grad():
+        start = core.start(data, x0)
+        state, f = start.state, start.f
+        alive = ~start.diverged
+        inf = torch.full_like(f, math.inf)
+        fs = [torch.where(alive, f, inf)]
+        extra = torch.zeros_like(counts)
+        iterator: Any = range(horizon)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc=desc, leave=False)
+        for _ in iterator:
+            before = counts
+            delta = step_fn(state, f, oracle)
+            extra = extra + (counts - before - 1).clamp_min(0)
+            delta = torch.where(alive.unsqueeze(-1), delta.to(state.dtype),
+                                torch.zeros_like(delta, dtype=state.dtype))
+            res = core.step(data, state, f, delta)
+            alive = alive & ~res.diverged
+            state, f = res.state, res.f
+            fs.append(torch.where(alive, f, inf))
+    return Rollout(torch.stack(fs, dim=1), ~alive, extra, state[:, lay["CUR_LOC"]])
+
+
+@dataclass
+class Evaluation:
+    """Per-objective results of one method on held-out objectives.
+
+    ``f`` [N, T+1] float64 (column 0 is f(x0); +inf after a non-finite divergence),
+    ``nonfinite`` [N] bool, ``extra_evals`` [N] int (line-search evaluations beyond one per
+    iteration), ``seeds`` [N] (instance i is ``family.sample(seeds[i], split=split)``).
+    """
+
+    method: str
+    f: np.ndarray
+    nonfinite: np.ndarray
+    extra_evals: np.ndarray
+    seeds: np.ndarray
+    horizon: int
+    split: str
+    env: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """[N] bool: non-finite, or final f above f(x0) (Li & Malik's "diverged")."""
+        return self.nonfinite | ~(self.f[:, -1] <= self.f[:, 0])
+
+
+def resolve_env(env: Any) -> tuple[str, ObjectiveFamily, dict[str, Any]]:
+    """(label, family, defaults) for an env id, an ObjectiveFamily or an optenv env instance.
+
+    ``defaults`` holds the ``history``, ``max_step`` and ``horizon`` the env would use.
+    """
+    import gymnasium as gym
+
+    from optenv.registration import DEFAULT_HORIZON, family_of
+
+    if isinstance(env, str):
+        try:
+            spec = gym.spec(env)
+        except gym.error.Error as err:
+            allowed = sorted(k for k in gym.registry if k.startswith("optenv/"))
+            raise ValueError(f"env: got {env!r}, allowed: {', '.join(allowed)} "
+                             "(or another registered optenv id)") from err
+        if "family" not in spec.kwargs:
+            raise ValueError(f"env: got {env!r}, which is not an optenv objective id; allowed: "
+                             "ids registered with optenv.register_objective")
+        family = family_of(env)
+        max_step = spec.kwargs.get("max_step") or family.default_max_step
+        return env, family, {"history": int(spec.kwargs.get("history", 25)),
+                             "max_step": float(max_step),
+                             "horizon": int(spec.max_episode_steps or DEFAULT_HORIZON)}
+    if isinstance(env, ObjectiveFamily):
+        return repr(env), env, {"history": 25, "max_step": float(env.default_max_step),
+                                "horizon": DEFAULT_HORIZON}
+    base = getattr(env, "unwrapped", None)
+    if base is not None and isinstance(getattr(base, "family", None), ObjectiveFamily):
+        spec = getattr(env, "spec", None) or getattr(base, "spec", None)
+        horizon = getattr(spec, "max_episode_steps", None) or getattr(
+            base, "max_episode_steps", None) or DEFAULT_HORIZON
+        label = spec.id if spec is not None else repr(base.family)
+        return label, base.family, {"history": base.layout.history,
+                                    "max_step": float(base.max_step), "horizon": int(horizon)}
+    raise ValueError(f"env: got {type(env).__name__}, allowed: an optenv env id, an "
+                     "ObjectiveFamily or an optenv env")
+
+
+def _method_kind(method: Any) -> str:
+    if isinstance(method, DirectOptimizer):
+        return "direct"
+    if callable(getattr(method, "predict", None)):
+        return "predict"
+    if callable(method):
+        return "callable"
+    raise ValueError(f"method: got {type(method).__name__}, allowed: a hand-designed optimiser "
+                     "(name or object with propose/reset), an SB3 model (with .predict) or a "
+                     "callable on batched observations")
+
+
+def evaluate(
+    method: Any,
+    env: Any = "optenv/LogisticRegression-v0",
+    *,
+    n_test: int = 100,
+    horizon: int | None = None,
+    seed: int = 0,
+    split: str = "test",
+    history: int | None = None,
+    max_step: float | None = None,
+    dtype: str | torch.dtype = "float64",
+    obs_dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    deterministic: bool = True,
+    name: str | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Run ``method`` on the ``n_test`` held-out objectives ``seed, ..., seed + n_test − 1`` of
+    ``split`` (default TEST) for ``horizon`` iterations (default the env's, 40 for the
+    registered ids; any longer horizon on request), all at once.
+
+    ``env``: an optenv env id, an ObjectiveFamily or an env instance; ``history`` and
+    ``max_step`` default to the env's. ``method``: see the module docstring; a string names a
+    hand-designed optimiser of ``baselines.optimizers`` with its default hyper-parameters.
+    The same arguments give the same numbers (the instances are keyed by seed and split).
+    """
+    label, family, defaults = resolve_env(env)
+    check_int("n_test", n_test, 1)
+    check_int("seed", seed, 0)
+    horizon = check_int("horizon", defaults["horizon"] if horizon is None else horizon, 1)
+    history = check_int("history", defaults["history"] if history is None else history, 1)
+    max_step = float(defaults["max_step"] if max_step is None else max_step)
+    if not (math.isfinite(max_step) and max_step > 0):
+        raise ValueError(f"max_step: got {max_step!r}, allowed: a finite number > 0")
+    dt, odt = parse_dtype(dtype), parse_dtype(obs_dtype)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: got {device!r}, allowed: a torch device such as 'cpu'") \
+            from err
+    if isinstance(method, str):
+        from baselines.optimizers import make_optimizer  # lazy: optenv never imports baselines
+
+        name = name or method
+        method = make_optimizer(method)
+    kind = _method_kind(method)
+    if name is None:
+        name = getattr(method, "name", None) or type(method).__name__
+
+    seeds = torch.arange(seed, seed + n_test, dtype=torch.int64)
+    data, x0 = family.sample(seeds, split=split, dtype=dt, device=dev)
+    core = OptimizationCore(family, history)
+    if callable(getattr(method, "reset", None)):
+        method.reset()
+    if kind == "direct":
+        step: DirectOptimizer | StepFn = method
+    else:
+        step = _policy_step(method, kind, core, max_step, odt, family.d, deterministic)
+    res = rollout(core, data, x0, horizon, step, progress=progress, desc=name)
+    return Evaluation(
+        method=name,
+        f=res.f.detach().cpu().numpy().astype(np.float64),
+        nonfinite=res.nonfinite.cpu().numpy(),
+        extra_evals=res.extra_evals.cpu().numpy(),
+        seeds=seeds.numpy(),
+        horizon=horizon,
+        split=split,
+        env=label,
+        info={"kind": kind, "history": history, "max_step": max_step, "device": str(dev),
+              "dtype": str(dt).replace("torch.", ""),
+              "obs_dtype": str(odt).replace("torch.", "")},
+    )
+
+
+def _policy_step(
+    policy: Any,
+    kind: str,
+    core: OptimizationCore,
+    max_step: float,
+    obs_dtype: torch.dtype,
+    d: int,
+    deterministic: bool,
+) -> StepFn:
+    """The env's action semantics around a policy: obs → action → max_step · clip(action)."""
+
+    def step_fn(state: torch.Tensor, f: torch.Tensor, oracle: Oracle) -> torch.Tensor:
+        obs = core.layout.observation(state).to(obs_dtype)
+        if kind == "predict":
+            out = policy.predict(obs.cpu().numpy(), deterministic=deterministic)
+            action = out[0] if isinstance(out, tuple) else out
+        else:
+            action = policy(obs)
+        a = torch.as_tensor(np.asarray(action) if not isinstance(action, torch.Tensor)
+                            else action).to(dtype=state.dtype, device=state.device)
+        if tuple(a.shape) != (state.shape[0], d):
+            raise ValueError(f"method: returned actions of shape {tuple(a.shape)}, allowed: "
+                             f"({state.shape[0]}, {d})")
+        a = torch.where(torch.isfinite(a), a.clamp(-1.0, 1.0), a)
+        return max_step * a
+
+    return step_fn

@@ -1,0 +1,159 @@
+"""Summaries of evaluation curves: Li & Malik's mean margin of victory and plain statistics.
+
+Inputs are per-objective, per-iteration objective values ``f`` [N, T+1] (column 0 at x(0)) as
+:func:`optenv.evaluate.evaluate` returns them; non-finite entries mark diverged runs.
+
+Conventions for non-finite values (a run that blew up has no meaningful f afterwards):
+
+* means, their intervals and margins of victory are taken over the finite entries of each
+  iteration, and ``n_finite`` says how many there were — the fraction diverged is reported
+  next to them, so a method cannot hide divergence;
+* medians treat non-finite entries as +inf (the worst value), which order statistics handle.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "Summary",
+    "fraction_diverged",
+    "margin_of_victory",
+    "margin_of_victory_per_objective",
+    "mean_ci",
+    "median_ci",
+    "summarize",
+]
+
+
+def _as_curves(f: np.ndarray) -> np.ndarray:
+    a = np.asarray(f, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"f: got shape {a.shape}, allowed: [n_objectives >= 1, iterations >= 1]")
+    return a
+
+
+def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, ...]:
+    """Mean over axis 0 of the finite entries with a Student-t interval: (mean, low, high, n).
+
+    One finite value gives a zero-width interval; none gives NaN.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(a)
+    n = finite.sum(0)
+    z = np.where(finite, a, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = z.sum(0) / n
+        dev = np.where(finite, a - mean, 0.0)
+        var = (dev * dev).sum(0) / np.maximum(n - 1, 1)
+        half = stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * np.sqrt(var / n)
+    half = np.where(n > 1, half, 0.0)
+    mean = np.where(n > 0, mean, np.nan)
+    return mean, mean - half, mean + half, n
+
+
+def median_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, ...]:
+    """Median over axis 0 with a distribution-free interval from order statistics.
+
+    Why order statistics: objective values are skewed (a few hard instances), so a normal
+    interval around the median would be wrong; the ranks j < k with
+    P(j ≤ Binomial(n, ½) < k) ≥ ``confidence`` bound the median without assumptions. Non-finite
+    entries count as +inf. Returns (median, low, high); with too few values for the requested
+    confidence the bounds are the sample minimum and maximum.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    a = np.where(np.isnan(a), np.inf, a)
+    s = np.sort(a, axis=0)
+    n = s.shape[0]
+    median = np.median(s, axis=0)
+    cdf = stats.binom.cdf(np.arange(n + 1), n, 0.5)
+    j = int((cdf <= (1 - confidence) / 2).sum())  # 1-based rank of the lower bound
+    lo_rank, hi_rank = (0, n - 1) if j == 0 else (j - 1, n - j)
+    return median, s[lo_rank], s[hi_rank]
+
+
+def fraction_diverged(f: np.ndarray) -> float:
+    """Share of runs that end non-finite or above where they started (final f > f(x0))."""
+    a = _as_curves(f)
+    return float(np.mean(~(a[:, -1] <= a[:, 0]) | ~np.isfinite(a[:, -1])))
+
+
+def margin_of_victory_per_objective(
+    curves: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Per method, per objective and iteration: min over the OTHER methods of f minus its own f.
+
+    Positive = the method beats every other one on that objective at that iteration (Li &
+    Malik's margin of victory). NaN where the method's f is non-finite or no other method has a
+    finite f there. Needs at least two methods with curves of the same shape.
+    """
+    names = list(curves)
+    if len(names) < 2:
+        raise ValueError(f"curves: got {len(names)} method(s), allowed: at least 2 "
+                         "(the margin of victory compares each method with the others)")
+    arrs = [_as_curves(curves[k]) for k in names]
+    shape = arrs[0].shape
+    for k, a in zip(names, arrs, strict=True):
+        if a.shape != shape:
+            raise ValueError(f"curves[{k!r}]: got shape {a.shape}, allowed: {shape} (the same "
+                             "objectives and horizon for every method)")
+    stack = np.stack([np.where(np.isfinite(a), a, np.nan) for a in arrs])  # [M, N, T+1]
+    out = {}
+    for i, name in enumerate(names):
+        others = np.delete(stack, i, axis=0)
+        with warnings.catch_warnings():  # all-NaN slices are expected (everyone diverged)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            best_other = np.nanmin(others, axis=0)
+        out[name] = best_other - stack[i]
+    return out
+
+
+def margin_of_victory(curves: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mean margin of victory per iteration [T+1] for each method (mean over objectives of the
+    finite per-objective margins; see :func:`margin_of_victory_per_objective`)."""
+    return {k: mean_ci(v)[0] for k, v in margin_of_victory_per_objective(curves).items()}
+
+
+@dataclass
+class Summary:
+    """Per-iteration statistics of one method's curves ``f`` [N, T+1] (arrays of length T+1),
+    plus final-iterate figures."""
+
+    mean: np.ndarray
+    mean_low: np.ndarray
+    mean_high: np.ndarray
+    n_finite: np.ndarray
+    median: np.ndarray
+    median_low: np.ndarray
+    median_high: np.ndarray
+    final_f: np.ndarray  # [N], f at the last iteration of each objective
+    final_mean: float
+    final_median: float
+    fraction_diverged: float
+    fraction_nonfinite: float
+
+
+def summarize(f: np.ndarray, confidence: float = 0.95) -> Summary:
+    """Mean (Student-t interval) and median (order-statistic interval) of f at each iteration,
+    the final f of each objective, and the fractions diverged / non-finite."""
+    if not (isinstance(confidence, float) and 0 < confidence < 1):
+        raise ValueError(f"confidence: got {confidence!r}, allowed: a float in (0, 1)")
+    a = _as_curves(f)
+    mean, lo, hi, n = mean_ci(a, confidence)
+    med, mlo, mhi = median_ci(a, confidence)
+    final = a[:, -1]
+    return Summary(
+        mean=mean, mean_low=lo, mean_high=hi, n_finite=n,
+        median=med, median_low=mlo, median_high=mhi,
+        final_f=final,
+        final_mean=float(mean[-1]) if n[-1] > 0 else math.nan,
+        final_median=float(med[-1]),
+        fraction_diverged=fraction_diverged(a),
+        fraction_nonfinite=float(np.mean(~np.isfinite(final))),
+    )

@@ -1,0 +1,288 @@
+"""Comparison results: a JSON document (schema below) and PNG plots, both written atomically.
+
+JSON schema ``"optenv-compare/1"`` (one object; non-finite numbers are written as ``null``,
+since JSON has no inf/NaN; T = horizon, N = number of test objectives)::
+
+    {
+      "schema": "optenv-compare/1",
+      "env_id": "optenv/LogisticRegression-v0",      # or the family's repr for a bare family
+      "family": {"name": "LogisticRegression", "config": {"dim": 3, ...}},
+      "horizon": 40, "history": 25, "max_step": 1.0,
+      "split": "test", "n_test": 100, "seed": 0,      # test objectives: seeds seed .. seed+N-1
+      "device": "cpu", "dtype": "float64",
+      "optenv_version": "0.1.0", "torch_version": "2.x", "created": "2025-01-01T00:00:00Z",
+      "tuning": {"split": "train", "n_train": 90, "criterion": "mean"} | null,
+      "methods": {
+        "<name>": {
+          "kind": "direct" | "predict" | "callable",   # how it was run (see optenv.evaluate)
+          "hyperparameters": {"lr": 0.5, ...} | null,   # the values used (tuned or given)
+          "tuning": {...} | null,        # baselines.tuning.TuningResult.to_dict(): the grid,
+                                         # every grid point's train score, the best point
+          "mean_f": [T+1], "mean_f_low": [T+1], "mean_f_high": [T+1],   # 95% Student-t
+          "n_finite": [T+1],             # objectives with finite f at each iteration
+          "median_f": [T+1], "median_f_low": [T+1], "median_f_high": [T+1],
+          "final_f": [N],                # f at iteration T of each test objective
+          "margin_of_victory": [T+1] | null,   # Li & Malik's mean margin (>= 2 methods)
+          "fraction_diverged": 0.0,      # final f > f(x0), or non-finite
+          "fraction_nonfinite": 0.0,
+          "extra_evals_mean": 0.0,       # line-search f/∇f evaluations beyond 1 per iteration
+          "wall_s": 1.2                  # seconds spent evaluating (tuning excluded)
+        }, ...
+      }
+    }
+
+Why atomic writes: a comparison can take minutes and is often interrupted; a half-written JSON
+or PNG would look like a result. Each file goes to a temporary file in the target directory and
+is renamed into place with ``os.replace`` (atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optenv.evaluate import Evaluation
+from optenv.metrics import margin_of_victory, summarize
+
+__all__ = [
+    "SCHEMA",
+    "atomic_write",
+    "jsonable",
+    "make_results",
+    "plot_results",
+    "read_results",
+    "validate_results",
+    "write_results",
+]
+
+SCHEMA = "optenv-compare/1"
+_PER_ITER = ("mean_f", "mean_f_low", "mean_f_high", "n_finite", "median_f", "median_f_low",
+             "median_f_high")
+_METHOD_KEYS = (*_PER_ITER, "kind", "hyperparameters", "tuning", "final_f",
+                "margin_of_victory", "fraction_diverged", "fraction_nonfinite",
+                "extra_evals_mean", "wall_s")
+_TOP_KEYS = ("schema", "env_id", "family", "horizon", "history", "max_step", "split", "n_test",
+             "seed", "device", "dtype", "optenv_version", "torch_version", "created", "tuning",
+             "methods")
+
+
+def jsonable(obj: Any) -> Any:
+    """numpy/torch values → plain Python; non-finite floats → None (strict JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "detach"):  # torch tensor
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.bool_ | bool):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+def make_results(
+    evaluations: Mapping[str, Evaluation],
+    *,
+    family: Any,
+    seed: int,
+    device: str = "cpu",
+    dtype: str = "float64",
+    tuning: Mapping[str, Mapping[str, Any] | None] | None = None,
+    hyperparameters: Mapping[str, Mapping[str, float] | None] | None = None,
+    wall_s: Mapping[str, float] | None = None,
+    tuning_setup: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The results document (see the module docstring) for evaluations of the same objectives."""
+    import torch
+
+    from optenv import __version__
+
+    if not evaluations:
+        raise ValueError("evaluations: got none, allowed: at least one method's Evaluation")
+    evs = list(evaluations.values())
+    first = evs[0]
+    for ev in evs[1:]:
+        if ev.f.shape != first.f.shape or not np.array_equal(ev.seeds, first.seeds):
+            raise ValueError(f"evaluations: {ev.method!r} ran on other objectives or another "
+                             "horizon; allowed: the same test objectives for every method")
+    mov = margin_of_victory({k: v.f for k, v in evaluations.items()}) \
+        if len(evaluations) > 1 else {}
+    methods = {}
+    for name, ev in evaluations.items():
+        s = summarize(ev.f)
+        methods[name] = {
+            "kind": ev.info.get("kind"),
+            "hyperparameters": (hyperparameters or {}).get(name),
+            "tuning": (tuning or {}).get(name),
+            "mean_f": s.mean, "mean_f_low": s.mean_low, "mean_f_high": s.mean_high,
+            "n_finite": s.n_finite,
+            "median_f": s.median, "median_f_low": s.median_low, "median_f_high": s.median_high,
+            "final_f": s.final_f,
+            "margin_of_victory": mov.get(name),
+            "fraction_diverged": s.fraction_diverged,
+            "fraction_nonfinite": s.fraction_nonfinite,
+            "extra_evals_mean": float(np.mean(ev.extra_evals)),
+            "wall_s": (wall_s or {}).get(name),
+        }
+    config = family.config() if hasattr(family, "config") else {}
+    doc = {
+        "schema": SCHEMA,
+        "env_id": first.env,
+        "family": {"name": getattr(family, "name", type(family).__name__), "config": config},
+        "horizon": first.horizon,
+        "history": first.info.get("history"),
+        "max_step": first.info.get("max_step"),
+        "split": first.split,
+        "n_test": int(first.f.shape[0]),
+        "seed": int(seed),
+        "device": str(device),
+        "dtype": str(dtype),
+        "optenv_version": __version__,
+        "torch_version": torch.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tuning": dict(tuning_setup) if tuning_setup is not None else None,
+        "methods": methods,
+    }
+    return jsonable(doc)
+
+
+def validate_results(doc: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first field that does not follow the schema."""
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"results: got {type(doc).__name__}, allowed: a JSON object")
+    missing = [k for k in _TOP_KEYS if k not in doc]
+    if missing:
+        raise ValueError(f"results: missing field(s) {missing}")
+    if doc["schema"] != SCHEMA:
+        raise ValueError(f"results.schema: got {doc['schema']!r}, allowed: {SCHEMA!r}")
+    t, n = doc["horizon"], doc["n_test"]
+    if not isinstance(doc["methods"], Mapping) or not doc["methods"]:
+        raise ValueError("results.methods: allowed: a non-empty object of method → results")
+    for name, m in doc["methods"].items():
+        missing = [k for k in _METHOD_KEYS if k not in m]
+        if missing:
+            raise ValueError(f"results.methods[{name!r}]: missing field(s) {missing}")
+        for k in _PER_ITER:
+            if len(m[k]) != t + 1:
+                raise ValueError(f"results.methods[{name!r}].{k}: got {len(m[k])} values, "
+                                 f"allowed: horizon + 1 = {t + 1}")
+        if len(m["final_f"]) != n:
+            raise ValueError(f"results.methods[{name!r}].final_f: got {len(m['final_f'])} "
+                             f"values, allowed: n_test = {n}")
+        mov = m["margin_of_victory"]
+        if mov is not None and len(mov) != t + 1:
+            raise ValueError(f"results.methods[{name!r}].margin_of_victory: got {len(mov)} "
+                             f"values, allowed: horizon + 1 = {t + 1}")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None],
+                 *, binary: bool = False) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else
+                                                        {"encoding": "utf-8"})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def write_results(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Validate and write the results JSON atomically (strict JSON: no NaN/Infinity)."""
+    doc = jsonable(doc)
+    validate_results(doc)
+    text = json.dumps(doc, indent=1, allow_nan=False)
+    return atomic_write(path, lambda fh: fh.write(text + "\n"))
+
+
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate a results JSON."""
+    with open(path, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    validate_results(doc)
+    return doc
+
+
+def _arr(values: Any) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120),
+                        binary=True)
+
+
+def plot_results(doc: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write ``mean_f.png`` (mean f per iteration with 95% intervals, log scale when every mean
+    is positive and they span more than a decade) and, with two or more methods,
+    ``margin_of_victory.png``. Uses matplotlib's Agg canvas directly (no pyplot, no global
+    backend switch). Returns the paths written."""
+    from matplotlib.figure import Figure
+
+    out = Path(out_dir)
+    title = f"{doc['env_id']} — {doc['n_test']} test objectives"
+    paths = []
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    lows = []
+    for name, m in doc["methods"].items():
+        mean, lo, hi = _arr(m["mean_f"]), _arr(m["mean_f_low"]), _arr(m["mean_f_high"])
+        it = np.arange(mean.size)
+        (line,) = ax.plot(it, mean, label=name)
+        ax.fill_between(it, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        lows.append(mean[np.isfinite(mean)])
+    allv = np.concatenate(lows) if lows else np.array([])
+    if allv.size and (allv > 0).all() and allv.max() / allv.min() > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mean objective value f")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths.append(_save_figure(fig, out / "mean_f.png"))
+    movs = {k: m["margin_of_victory"] for k, m in doc["methods"].items()
+            if m.get("margin_of_victory") is not None}
+    if movs:
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.add_subplot()
+        for name, mov in movs.items():
+            ax.plot(np.arange(len(mov)), _arr(mov), label=name)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("mean margin of victory (best other f − own f)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        paths.append(_save_figure(fig, out / "margin_of_victory.png"))
+    return paths

@@ -1,0 +1,42 @@
+"""Shared helpers for the optenv test suite."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import optenv
+
+#: The only warnings the env checkers may emit: Gymnasium's (and SB3's) notes that the
+#: observation Box is unbounded, which it is by design (gradients and steps are unbounded).
+INFINITE_BOUND_WARNING = re.compile(
+    r"(minimum value is -infinity|maximum value is infinity|infinite.*bound|bound.*infinit)",
+    re.IGNORECASE,
+)
+
+
+@contextmanager
+def only_infinite_bound_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record every warning in the block; fail on any that is not an infinite-bound note."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+    unexpected = [str(w.message) for w in caught if not INFINITE_BOUND_WARNING.search(
+        str(w.message))]
+    assert not unexpected, f"unexpected warnings: {unexpected}"
+
+
+@pytest.fixture
+def no_unexpected_warnings():
+    """The context manager :func:`only_infinite_bound_warnings`, for tests to use."""
+    return only_infinite_bound_warnings
+
+
+@pytest.fixture(params=optenv.BUILTIN_IDS, ids=lambda i: i.split("/")[1])
+def env_id(request: pytest.FixtureRequest) -> str:
+    """Every registered built-in id."""
+    return request.param
