@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from optenv.core import CoreStep, OptimizationCore, StateLayout
 from optenv.env import OptimizationEnv
+from optenv.evaluate import Evaluation, evaluate
 from optenv.families import (
     FAMILIES,
     FunctionFamily,
@@ -35,6 +36,7 @@ __all__ = [
     "BUILTIN_IDS",
     "FAMILIES",
     "CoreStep",
+    "Evaluation",
     "FunctionFamily",
     "KeyedRNG",
     "LogisticRegression",
@@ -47,6 +49,7 @@ __all__ = [
     "RobustRegression",
     "StateLayout",
     "__version__",
+    "evaluate",
     "family_of",
     "instance_keys",
     "make_family",

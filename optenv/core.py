@@ -103,7 +103,7 @@ class CoreStep(NamedTuple):
 
     state: torch.Tensor  # [B, dX], finite
     f: torch.Tensor  # [B], f at the new iterate (may be non-finite on divergence)
-    diverged: torch.Tensor  # [B] bool: f or the iterate is non-finite
+    diverged: torch.Tensor  # [B] bool: f or the iterate is non-finite or beyond STATE_LIMIT
 
 
 class OptimizationCore:
@@ -148,7 +148,8 @@ class OptimizationCore:
 
     @staticmethod
     def _finish(state: torch.Tensor, f: torch.Tensor, x: torch.Tensor) -> CoreStep:
-        diverged = ~(torch.isfinite(f) & torch.isfinite(x).all(-1))
+        # Non-finite, or past the clamp (the clamp would otherwise hide a runaway iterate).
+        diverged = ~((f.abs() < STATE_LIMIT) & (x.abs() < STATE_LIMIT).all(-1))
         safe = torch.nan_to_num(state, nan=0.0, posinf=STATE_LIMIT, neginf=-STATE_LIMIT)
         safe = safe.clamp(-STATE_LIMIT, STATE_LIMIT)
         return CoreStep(safe, f, diverged)

@@ -1,0 +1,171 @@
+"""``optenv compare``: end-to-end on a tiny problem, results files, and argument errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optenv import compare
+from optenv.evaluate import evaluate
+from optenv.results import (
+    SCHEMA,
+    atomic_write,
+    make_results,
+    read_results,
+    validate_results,
+    write_results,
+)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="optenv")
+    sub = parser.add_subparsers(dest="command")
+    compare.add_parser(sub)
+    return parser.parse_args(["compare", *argv])
+
+
+def _small(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    return _args("--env", "optenv/Quadratic-v0", "--methods", "gd,momentum,lbfgs",
+                 "--n-test", "6", "--n-train", "4", "--horizon", "8", "--quiet",
+                 "--out", str(tmp_path / "out"), *extra)
+
+
+def test_compare_tunes_evaluates_prints_a_table_and_writes_results(tmp_path, capsys):
+    assert compare.run(_small(tmp_path)) == 0
+    out = capsys.readouterr().out
+    for name in ("gd", "momentum", "lbfgs", "mean f@8", "MoV@8"):
+        assert name in out
+    doc = read_results(tmp_path / "out" / "results.json")
+    assert doc["schema"] == SCHEMA and doc["n_test"] == 6 and doc["horizon"] == 8
+    assert doc["tuning"] == {"split": "train", "n_train": 4, "criterion": "mean"}
+    gd = doc["methods"]["gd"]
+    assert gd["hyperparameters"]["lr"] == gd["tuning"]["best"]["lr"]
+    assert len(gd["tuning"]["table"]) == len(gd["tuning"]["grid"]["lr"])
+    assert doc["methods"]["lbfgs"]["tuning"] is None  # no grid: the line search sets steps
+    assert doc["methods"]["lbfgs"]["extra_evals_mean"] > 0
+    for png in ("mean_f.png", "margin_of_victory.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The table's numbers are the JSON's.
+    final = np.mean(doc["methods"]["gd"]["final_f"])
+    assert doc["methods"]["gd"]["mean_f"][-1] == pytest.approx(final)
+
+
+def test_compare_without_tuning_uses_library_defaults(tmp_path):
+    assert compare.run(_small(tmp_path, "--no-tune", "--no-plots")) == 0
+    doc = read_results(tmp_path / "out" / "results.json")
+    assert doc["tuning"] is None and doc["methods"]["gd"]["hyperparameters"]["lr"] == 0.1
+    assert not (tmp_path / "out" / "mean_f.png").exists()
+
+
+def test_defaults_are_the_papers_setting():
+    a = _args()
+    assert (a.env, a.n_test, a.n_train, a.horizon) == ("optenv/LogisticRegression-v0", 100,
+                                                        90, None)
+    assert set(compare.parse_methods(a.methods)) >= {("gd", None), ("cg", None),
+                                                     ("lbfgs", None), ("adam", None)}
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (("--env", "optenv/Nope-v0"), "--env: got .optenv/Nope-v0."),
+    (("--methods", "gd,sgdx"), "--methods: got unknown method 'sgdx'"),
+    (("--methods", "gd,,adam"), "--methods: got an empty entry"),
+    (("--methods", "gd,gd"), "twice"),
+    (("--methods", "gps:runs/gps"), "not available yet"),
+    (("--methods", "zzz:dir"), "unknown prefix"),
+    (("--n-test", "0"), "--n-test: got 0"),
+    (("--n-train", "-1"), "--n-train"),
+    (("--horizon", "0"), "--horizon"),
+    (("--threads", "0"), "--threads"),
+])
+def test_bad_arguments_raise_value_error_naming_them(tmp_path, argv, match):
+    with pytest.raises(ValueError, match=match):
+        compare.run(_args(*argv, "--quiet", "--out", str(tmp_path)))
+
+
+def test_unwritable_out_dir_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"--out: got .*not a writable directory"):
+        compare.run(_args("--quiet", "--out", str(blocker / "sub")))
+
+
+def test_registered_loader_prefix_is_evaluated_like_any_policy(tmp_path, monkeypatch):
+    import torch
+
+    calls = []
+
+    def loader(path: str, context: dict) -> object:
+        calls.append((path, context["env_id"]))
+        return lambda obs: torch.zeros(obs.shape[0], context["family"].d)
+
+    monkeypatch.setitem(compare.METHOD_LOADERS, "fake", loader)
+    args = _args("--env", "optenv/Quadratic-v0", "--methods", "gd,fake:some/dir", "--n-test",
+                 "3", "--n-train", "2", "--horizon", "4", "--quiet", "--no-plots",
+                 "--out", str(tmp_path))
+    assert compare.run(args) == 0
+    assert calls == [("some/dir", "optenv/Quadratic-v0")]
+    doc = read_results(tmp_path / "results.json")
+    assert doc["methods"]["fake:some/dir"]["kind"] == "callable"
+
+
+# ---------------------------------------------------------------------- results files
+def _doc() -> dict:
+    from optenv.families import Quadratic
+
+    fam = Quadratic(dim=3)
+    evs = {m: evaluate(m, fam, n_test=4, horizon=5) for m in ("gd", "adam")}
+    return make_results(evs, family=fam, seed=0)
+
+
+def test_results_json_is_strict_and_follows_the_schema(tmp_path):
+    doc = _doc()
+    doc["methods"]["gd"]["final_f"][0] = float("inf")  # a diverged run
+    path = write_results(doc, tmp_path / "r.json")
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    loaded = json.loads(text)
+    assert loaded["methods"]["gd"]["final_f"][0] is None
+    validate_results(loaded)
+
+
+def test_results_schema_violations_are_named_and_nothing_is_written(tmp_path):
+    doc = _doc()
+    del doc["methods"]["adam"]["mean_f"]
+    with pytest.raises(ValueError, match=r"methods\['adam'\].*mean_f"):
+        write_results(doc, tmp_path / "r.json")
+    assert list(tmp_path.iterdir()) == []
+    doc = _doc()
+    doc["methods"]["gd"]["final_f"] = doc["methods"]["gd"]["final_f"][:2]
+    with pytest.raises(ValueError, match="final_f"):
+        validate_results(doc)
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+
+    def boom(fh: object) -> None:
+        fh.write("partial")  # type: ignore[attr-defined]
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["results.json"]  # no temporary file left behind
+    atomic_write(target, lambda fh: fh.write("new"))
+    assert target.read_text() == "new"
+
+
+def test_results_of_different_objectives_are_refused():
+    from optenv.families import Quadratic
+
+    fam = Quadratic(dim=3)
+    a = evaluate("gd", fam, n_test=4, horizon=5)
+    b = evaluate("gd", fam, n_test=4, horizon=5, seed=1)
+    with pytest.raises(ValueError, match="same test objectives"):
+        make_results({"a": a, "b": b}, family=fam, seed=0)
