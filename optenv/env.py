@@ -51,7 +51,8 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Rewards
     −f(x) after the step (the papers' cost is f summed over the horizon). On divergence (f or x
-    non-finite) the reward is −``divergence_penalty`` instead, a finite number.
+    non-finite, or beyond 1e30 in magnitude) the reward is −``divergence_penalty`` instead, a
+    finite number.
 
     ## Starting State
     A problem instance and x(0) drawn from the family's ``split`` ("train" or "test", disjoint
