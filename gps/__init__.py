@@ -2,4 +2,31 @@
 
 The trajectory-optimisation machinery of Levine & Abbeel (2014) and Levine et al. (2016), written
 to solve every condition (training objective) at once, on the GPU where one is present.
+
+Public API of the numerical core:
+
+* :func:`gps.lqr.kl_constrained_lqr` (and :func:`~gps.lqr.lqr_backward`,
+  :func:`~gps.lqr.lqr_forward`): the KL-constrained trajectory-optimisation step, with the
+  BADMM / mirror-descent cost terms.
+* :func:`gps.dynamics.fit_linear_gaussian` with :class:`gps.gmm.GMMPrior`: per-step
+  linear-Gaussian dynamics with a normal-inverse-Wishart prior from a batched-EM GMM.
+* :mod:`gps.reference`: the slow per-condition numpy implementation (test oracle, benchmark
+  baseline); ``python -m gps.bench lqr|dynamics`` times one against the other.
 """
+
+from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
+from gps.gmm import GMM, GMMPrior, fit_gmm
+from gps.lqr import LQRResult, LQRStatus, kl_constrained_lqr, lqr_backward, lqr_forward
+
+__all__ = [
+    "GMM",
+    "GMMPrior",
+    "LQRResult",
+    "LQRStatus",
+    "LinearGaussianDynamics",
+    "fit_gmm",
+    "fit_linear_gaussian",
+    "kl_constrained_lqr",
+    "lqr_backward",
+    "lqr_forward",
+]

@@ -1,0 +1,388 @@
+"""Benchmarks of the batched GPS numerics against the per-condition numpy loop.
+
+    python -m gps.bench lqr [--quick] [--device cpu|cuda] [--dtype float64|float32]
+    python -m gps.bench dynamics [--quick] [...]
+
+Each line of output is one JSON object naming the device. For every configuration (B conditions,
+T steps, dX, dU) ``lqr`` reports the time of a full :func:`gps.lqr.kl_constrained_lqr` call (eta
+search included) and of one backward pass, for the batched version and for the per-condition
+numpy loop of :mod:`gps.reference`, the FLOP count of one backward pass
+(B*T*(2 dX^2 n + 2 n^2 dX + 2 dX^2 dU), n = dX + dU) and the fraction of the device's peak.
+The loop is linear in B, so it is timed on at most ``--loop-conditions`` conditions or
+``--loop-seconds`` and scaled to B (``loop_extrapolated``). Configurations whose inputs would not
+fit in ``--max-gib`` of memory or whose estimated time exceeds ``--max-seconds`` are reported as
+skipped, not run. ``dynamics`` reports the same for the GMM prior (EM with a fixed iteration
+budget, from the same initialisation) and the per-step fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gps import reference
+from gps.dynamics import fit_linear_gaussian
+from gps.gmm import GMM, GMMPrior, _init, fit_gmm, n_clusters_for
+from gps.lqr import _backward_pass, _prepare, kl_constrained_lqr
+
+LQR_GRID = [(B, T, dX, dU) for (dX, dU) in ((20, 2), (100, 10), (233, 4))
+            for T in (40, 100) for B in (1, 64, 256, 1024)]
+LQR_QUICK = [(1, 40, 20, 2), (64, 40, 20, 2), (16, 40, 100, 10)]
+DYN_GRID = [(B, 20, T, dX, dU) for (dX, dU) in ((20, 2), (100, 10))
+            for T in (40, 100) for B in (1, 64, 256)]
+DYN_QUICK = [(1, 20, 40, 20, 2), (16, 20, 40, 20, 2)]
+
+# published dense peaks (FLOP/s) of data-centre GPUs: FP64 (tensor core) and FP32
+_GPU_PEAKS = {
+    "H100": {torch.float64: 67e12, torch.float32: 67e12},
+    "H200": {torch.float64: 67e12, torch.float32: 67e12},
+    "A100": {torch.float64: 19.5e12, torch.float32: 19.5e12},
+}
+
+
+def random_lqr_problem(B: int, T: int, dX: int, dU: int, *, seed: int = 0,
+                       dtype: torch.dtype = torch.float64,
+                       device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """A well-conditioned random batch for :func:`gps.lqr.kl_constrained_lqr` (keyword dict).
+
+    Stable dynamics (spectral radius about 0.95), PD costs, a random previous controller; with
+    kl_step = 0.5 the eta search typically converges in 3 to 10 iterations.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = dX + dU
+
+    def r(*s: int) -> Tensor:
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    def spd(*s: int, scale: float, floor: float) -> Tensor:
+        A = r(*s)
+        return scale * A @ A.mT / s[-1] + floor * torch.eye(s[-1], dtype=torch.float64)
+
+    Fx = 0.9 * torch.eye(dX, dtype=torch.float64) + 0.05 * r(B, T, dX, dX) / math.sqrt(dX)
+    Fu = 0.3 * r(B, T, dX, dU) / math.sqrt(dU)
+    out = {
+        "Fm": torch.cat([Fx, Fu], -1), "fv": 0.1 * r(B, T, dX),
+        "dyn_covar": spd(B, T, dX, dX, scale=0.01, floor=1e-3),
+        "x0mu": r(B, dX), "x0sigma": spd(B, dX, dX, scale=0.1, floor=0.01),
+        "Cm": spd(B, T, n, n, scale=1.0, floor=0.1), "cv": r(B, T, n),
+        "K_prev": 0.1 * r(B, T, dU, dX) / math.sqrt(dX), "k_prev": 0.1 * r(B, T, dU),
+        "pol_covar_prev": spd(B, T, dU, dU, scale=1.0, floor=0.5),
+    }
+    return {k: v.to(device=device, dtype=dtype) for k, v in out.items()}
+
+
+def random_linear_gaussian_data(B: int, N: int, T: int, dX: int, dU: int, *, seed: int = 0,
+                                noise: float = 0.05, dtype: torch.dtype = torch.float64,
+                                device: str | torch.device = "cpu",
+                                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Samples X [B,N,T,dX], U [B,N,T,dU] of a known time-invariant linear-Gaussian system per
+    condition; returns X, U, Fm_true [B,dX,dX+dU], fv_true [B,dX]."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s: int) -> Tensor:
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    A = 0.9 * torch.eye(dX, dtype=torch.float64) + 0.05 * r(B, dX, dX) / math.sqrt(dX)
+    Bu = 0.3 * r(B, dX, dU) / math.sqrt(dU)
+    c = 0.1 * r(B, dX)
+    X = torch.empty(B, N, T, dX, dtype=torch.float64)
+    U = r(B, N, T, dU)
+    X[:, :, 0] = r(B, N, dX)
+    for t in range(T - 1):
+        X[:, :, t + 1] = (X[:, :, t] @ A.mT + U[:, :, t] @ Bu.mT + c[:, None]
+                          + noise * r(B, N, dX))
+    conv = {"dtype": dtype, "device": device}
+    return X.to(**conv), U.to(**conv), torch.cat([A, Bu], -1).to(**conv), c.to(**conv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timeit(fn: Callable[[], object], device: torch.device, min_time: float = 0.2,
+            max_reps: int = 20) -> float:
+    """Best-of time of fn (seconds): repeats until min_time has elapsed or max_reps runs."""
+    best = math.inf
+    total, reps = 0.0, 0
+    while reps < max_reps and (reps == 0 or total < min_time):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        best, total, reps = min(best, dt), total + dt, reps + 1
+    return best
+
+
+def device_info(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
+    """Name of the device and its peak FLOP/s: published for known GPUs, else a measured
+    matmul (so 'fraction of peak' on a CPU means of its best dense-matmul throughput)."""
+    n = 2048 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    t = _timeit(lambda: a @ a, device, min_time=1.0, max_reps=50)
+    measured = 2 * n**3 / t
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((v[dtype] for k, v in _GPU_PEAKS.items() if k in name), None)
+    else:
+        threads = torch.get_num_threads()
+        name = f"{platform.processor() or platform.machine()} CPU, {threads} torch threads"
+        try:
+            with open("/proc/cpuinfo") as fh:
+                model = next((ln.split(":", 1)[1].strip() for ln in fh if "model name" in ln), "")
+            if model:
+                name = f"{model}, {threads} torch threads"
+        except OSError:
+            pass
+        peak = None
+    return {
+        "device": name,
+        "peak_flops": peak if peak is not None else measured,
+        "peak_source": "published" if peak is not None else "measured matmul",
+        "matmul_flops_measured": measured,
+    }
+
+
+_ARG_ORDER = ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma", "Cm", "cv", "K_prev", "k_prev",
+              "pol_covar_prev")
+
+
+def _time_loop(fn: Callable[[int], object], B: int, max_conditions: int,
+               max_seconds: float) -> tuple[int, float]:
+    """Time fn(b) for b = 0, 1, ... until B, max_conditions or max_seconds is reached; returns
+    (conditions timed, time scaled to all B conditions: the loop is linear in B)."""
+    total, nl = 0.0, 0
+    while nl < min(B, max_conditions) and (nl == 0 or total < max_seconds):
+        t0 = time.perf_counter()
+        fn(nl)
+        total += time.perf_counter() - t0
+        nl += 1
+    return nl, total * B / nl
+
+
+def backward_flops(B: int, T: int, dX: int, dU: int) -> float:
+    """FLOPs of one backward pass: per step and condition 2 dX^2 n + 2 n^2 dX + 2 dX^2 dU."""
+    n = dX + dU
+    return float(B * T * (2 * dX * dX * n + 2 * n * n * dX + 2 * dX * dX * dU))
+
+
+def _lqr_bytes(B: int, T: int, dX: int, dU: int, itemsize: int) -> float:
+    n = dX + dU
+    # inputs + their compute copies + the problem's precomputed G/PG/Cm (about 3x the inputs)
+    return 3.0 * itemsize * B * T * (dX * n + n * n + dX * dX + 4 * dU * n)
+
+
+def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype: torch.dtype,
+                loop_conditions: int, max_gib: float, max_seconds: float,
+                info: dict[str, object], loop_seconds: float, peak: float) -> dict[str, object]:
+    """Time one LQR configuration (batched and loop); a "skipped" record if it cannot fit."""
+    rec: dict[str, object] = {"bench": "lqr", "device": info["device"], "B": B, "T": T,
+                              "dX": dX, "dU": dU, "dtype": str(dtype).replace("torch.", "")}
+    flops = backward_flops(B, T, dX, dU)
+    rec["backward_gflop"] = flops / 1e9
+    mem = _lqr_bytes(B, T, dX, dU, torch.finfo(dtype).bits // 8) / 2**30
+    est = 20 * 2 * flops / (0.5 * peak)  # ~20 evaluations of backward + forward
+    if mem > max_gib or est > max_seconds:
+        rec["skipped"] = (f"needs ~{mem:.1f} GiB (limit {max_gib}) / ~{est:.0f} s "
+                          f"(limit {max_seconds})")
+        return rec
+    prob = random_lqr_problem(B, T, dX, dU, seed=B + T + dX, dtype=dtype, device=device)
+    kl_step = 0.5
+
+    def full(prob: dict[str, Tensor] = prob, kl_step: float = kl_step) -> object:
+        return kl_constrained_lqr(**prob, kl_step=kl_step)
+
+    if device.type == "cuda":  # first call captures the CUDA graph: time it separately
+        _sync(device)
+        t0 = time.perf_counter()
+        full()
+        _sync(device)
+        rec["batched_first_call_s"] = time.perf_counter() - t0
+    res = full()
+    rec["batched_full_s"] = _timeit(full, device, max_reps=5)
+    rec["n_evaluations"] = res.n_evaluations
+    rec["converged"] = int(res.converged.sum())
+    rec["used_cuda_graph"] = res.used_cuda_graph
+    p, _ = _prepare(prob["Fm"], prob["fv"], prob["dyn_covar"], prob["x0mu"], prob["x0sigma"],
+                    prob["Cm"], prob["cv"], prob["K_prev"], prob["k_prev"],
+                    prob["pol_covar_prev"], kl_step, None, None, None, None, None, None,
+                    0.0, None)
+    eta = torch.ones(B, dtype=p.Fm.dtype, device=device)
+    bufs = (torch.empty_like(p.K_prev), torch.empty_like(p.k_prev),
+            torch.empty_like(p.pol_covar_prev), torch.empty_like(p.pol_covar_prev),
+            torch.empty_like(p.logdet_prev))
+    tb = _timeit(lambda p=p, eta=eta, bufs=bufs: _backward_pass(p, eta, *bufs), device)
+    rec["batched_backward_s"] = tb
+    rec["batched_backward_gflops"] = flops / tb / 1e9
+    rec["batched_backward_frac_peak"] = flops / tb / peak
+
+    npy = {k: v.double().cpu().numpy() for k, v in prob.items()}
+    nl, loop_full = _time_loop(
+        lambda b: reference.kl_constrained_lqr_np(
+            *(npy[k][b] for k in _ARG_ORDER), kl_step=kl_step),
+        B, loop_conditions, loop_seconds)
+    _, loop_bwd = _time_loop(
+        lambda b: reference.lqr_backward_np(
+            npy["Fm"][b], npy["fv"][b], npy["Cm"][b], npy["cv"][b], npy["K_prev"][b],
+            npy["k_prev"][b], npy["pol_covar_prev"][b], 1.0),
+        B, loop_conditions, loop_seconds)
+    rec["loop_conditions_timed"] = nl
+    rec["loop_extrapolated"] = nl < B
+    rec["loop_full_s"] = loop_full
+    rec["loop_backward_s"] = loop_bwd
+    rec["loop_backward_frac_peak"] = flops / loop_bwd / peak
+    rec["speedup_full"] = loop_full / float(rec["batched_full_s"])  # type: ignore[arg-type]
+    rec["speedup_backward"] = loop_bwd / tb
+    return rec
+
+
+def bench_lqr(configs: Iterable[tuple[int, int, int, int]], device: torch.device,
+              dtype: torch.dtype, loop_conditions: int, max_gib: float, max_seconds: float,
+              info: dict[str, object], loop_seconds: float = 60.0) -> Iterable[dict[str, object]]:
+    """One JSON-able record per configuration (see the module docstring)."""
+    peak = float(info["peak_flops"])  # type: ignore[arg-type]
+    for cfg in configs:
+        yield _lqr_record(*cfg, device=device, dtype=dtype, loop_conditions=loop_conditions,
+                          max_gib=max_gib, max_seconds=max_seconds, info=info,
+                          loop_seconds=loop_seconds, peak=peak)
+
+
+def _dynamics_record(B: int, N: int, T: int, dX: int, dU: int, *, device: torch.device,
+                     dtype: torch.dtype, loop_conditions: int, max_gib: float,
+                     info: dict[str, object], loop_seconds: float,
+                     em_iters: int) -> dict[str, object]:
+    """Time one dynamics configuration (GMM EM + per-step fit, batched and loop)."""
+    rec: dict[str, object] = {"bench": "dynamics", "device": info["device"], "B": B, "N": N,
+                              "T": T, "dX": dX, "dU": dU,
+                              "dtype": str(dtype).replace("torch.", "")}
+    D = 2 * dX + dU
+    K = n_clusters_for(N * (T - 1))
+    mem = 3 * (torch.finfo(dtype).bits // 8) * B * (T * D * D + K * N * T * D) / 2**30
+    rec["em_iterations"] = em_iters
+    rec["clusters"] = K
+    if mem > max_gib:
+        rec["skipped"] = f"needs ~{mem:.1f} GiB (limit {max_gib})"
+        return rec
+    X, U, _, _ = random_linear_gaussian_data(B, N, T, dX, dU, seed=B + T, dtype=dtype,
+                                             device=device)
+    pts = torch.cat([X[:, :, :-1], U[:, :, :-1], X[:, :, 1:]], -1).reshape(B, -1, D)
+    init = _init(pts, K, torch.Generator().manual_seed(0), 1e-6)
+
+    def em(pts: Tensor = pts, K: int = K, init: GMM = init) -> object:
+        return fit_gmm(pts, K, init=init, max_iter=em_iters, tol=0.0)
+
+    gmm = em()
+    prior = GMMPrior(gmm, dX, dU)  # type: ignore[arg-type]
+    rec["batched_gmm_s"] = _timeit(em, device, max_reps=3)
+    rec["batched_fit_s"] = _timeit(
+        lambda X=X, U=U, prior=prior: fit_linear_gaussian(X, U, prior), device, max_reps=5)
+    Xn, Un = X.double().cpu().numpy(), U.double().cpu().numpy()
+    pn = pts.double().cpu().numpy()
+    gms: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    np_init = [x.double().cpu().numpy() for x in (init.mu, init.sigma, init.logmass)]
+    nl, rec["loop_gmm_s"] = _time_loop(
+        lambda b: gms.append(reference.gmm_em_np(
+            pn[b], np_init[0][b], np_init[1][b], np_init[2][b], max_iter=em_iters, tol=0.0)),
+        B, loop_conditions, loop_seconds)
+    _, rec["loop_fit_s"] = _time_loop(
+        lambda b: reference.fit_linear_gaussian_np(Xn[b], Un[b], 1e-6, gms[b]),
+        nl, loop_conditions, loop_seconds)
+    rec["loop_fit_s"] *= B / nl  # type: ignore[operator]
+    rec["loop_conditions_timed"] = nl
+    rec["loop_extrapolated"] = nl < B
+    rec["speedup_gmm"] = rec["loop_gmm_s"] / rec["batched_gmm_s"]  # type: ignore[operator]
+    rec["speedup_fit"] = rec["loop_fit_s"] / rec["batched_fit_s"]  # type: ignore[operator]
+    return rec
+
+
+def bench_dynamics(configs: Iterable[tuple[int, int, int, int, int]], device: torch.device,
+                   dtype: torch.dtype, loop_conditions: int, max_gib: float,
+                   info: dict[str, object], loop_seconds: float = 60.0,
+                   em_iters: int = 20) -> Iterable[dict[str, object]]:
+    """GMM prior (EM, fixed iteration budget) + per-step fit, batched vs per-condition loop."""
+    for cfg in configs:
+        yield _dynamics_record(*cfg, device=device, dtype=dtype,
+                               loop_conditions=loop_conditions, max_gib=max_gib, info=info,
+                               loop_seconds=loop_seconds, em_iters=em_iters)
+
+
+def _parse_configs(text: str | None, width: int) -> list[tuple[int, ...]] | None:
+    if not text:
+        return None
+    out = []
+    for item in text.split(";"):
+        try:
+            vals = tuple(int(v) for v in item.split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) != width or min(vals) < 1:
+            raise ValueError(f"--configs: each entry needs {width} comma-separated positive "
+                             f"ints; got {item!r}")
+        out.append(vals)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gps.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("which", choices=["lqr", "dynamics"])
+    ap.add_argument("--quick", action="store_true", help="small grid (under a minute on a CPU)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    ap.add_argument("--configs", default=None,
+                    help="';'-separated 'B,T,dX,dU' (lqr) or 'B,N,T,dX,dU' (dynamics) entries")
+    ap.add_argument("--loop-conditions", type=int, default=64,
+                    help="conditions the numpy loop is timed on (then scaled to B)")
+    ap.add_argument("--max-gib", type=float, default=16.0)
+    ap.add_argument("--max-seconds", type=float, default=120.0)
+    ap.add_argument("--loop-seconds", type=float, default=None,
+                    help="time budget per configuration for the numpy loop (default 60, quick 8)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for torch and numpy's BLAS (default 1: the reference loop "
+                         "is single-core, and tiny batched ops only lose from threads)")
+    args = ap.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda requested but CUDA is not available")
+        dtype = getattr(torch, args.dtype)
+        width = 4 if args.which == "lqr" else 5
+        configs = _parse_configs(args.configs, width)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    loop_seconds = args.loop_seconds or (8.0 if args.quick else 60.0)
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(max(1, args.threads))
+    except ImportError:  # numpy keeps its default BLAS threads; recorded below
+        pass
+    info = device_info(device, dtype)
+    print(json.dumps({"bench": "device", **info, "torch": torch.__version__,
+                      "numpy": np.__version__}), flush=True)
+    if args.which == "lqr":
+        grid = configs or (LQR_QUICK if args.quick else LQR_GRID)
+        records = bench_lqr(grid, device, dtype, args.loop_conditions,  # type: ignore[arg-type]
+                            args.max_gib, args.max_seconds, info, loop_seconds)
+    else:
+        grid = configs or (DYN_QUICK if args.quick else DYN_GRID)
+        records = bench_dynamics(grid, device, dtype,  # type: ignore[arg-type]
+                                 args.loop_conditions, args.max_gib, info, loop_seconds)
+    for rec in records:
+        print(json.dumps(rec), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

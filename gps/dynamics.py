@@ -1,0 +1,144 @@
+"""Per-time-step linear-Gaussian dynamics fitting, batched over conditions, with a GMM/NIW prior.
+
+For each condition b and step t the N sampled transitions [x_t, u_t, x_{t+1}] give a joint
+Gaussian; conditioning it on [x_t, u_t] yields x_{t+1} ~ N(Fm [x_t; u_t] + fv, dyn_covar)
+(Levine et al. 2016, appendix; the reference code's ``DynamicsLRPrior``). With few samples the
+empirical covariance is rank-deficient (N < 2 dX + dU), so it is combined with a
+normal-inverse-Wishart prior (mu0, Phi, m, n0) from a GMM fitted on all transitions
+(:class:`gps.gmm.GMMPrior`), the MAP estimate being::
+
+    Sigma = (N S_emp + Phi + N m / (N + m) (mu_emp - mu0)(mu_emp - mu0)^T) / (N + n0)
+
+Then ``reg * I`` is added to the [x_t, u_t] block (the identity: the reference code adds ``reg``
+to every entry of that block, which is not a ridge and can break positive definiteness).
+All conditions and steps are solved with batched Cholesky factorisations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gps.gmm import GMMPrior
+
+__all__ = ["LinearGaussianDynamics", "fit_linear_gaussian"]
+
+
+@dataclass
+class LinearGaussianDynamics:
+    """Fitted dynamics, shapes as :func:`gps.lqr.kl_constrained_lqr` takes them.
+
+    Fm [B,T,dX,dX+dU], fv [B,T,dX], dyn_covar [B,T,dX,dX] (step T-1 repeats step T-2: there is
+    no transition after the last step, and a copy keeps every entry well-defined), x0mu [B,dX],
+    x0sigma [B,dX,dX] (diagonal: the per-coordinate variance of the initial states, floored at
+    ``initial_state_var``).
+    """
+
+    Fm: Tensor
+    fv: Tensor
+    dyn_covar: Tensor
+    x0mu: Tensor
+    x0sigma: Tensor
+
+
+def _check_xu(X: object, U: object) -> tuple[int, int, int, int, int]:
+    """Validate X [B,N,T,dX], U [B,N,T,dU]; returns B, N, T, dX, dU."""
+    for name, x, dims in (("X", X, "[B,N,T,dX]"), ("U", U, "[B,N,T,dU]")):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor {dims}; got {type(x).__name__}")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"{name} has dtype {x.dtype}; allowed: torch.float32 or torch.float64")
+        if x.dim() != 4 or min(x.shape) < 1:
+            raise ValueError(f"{name} must be a 4-D tensor {dims}; got shape {list(x.shape)}")
+    assert isinstance(X, Tensor) and isinstance(U, Tensor)
+    if X.shape[:3] != U.shape[:3]:
+        raise ValueError(
+            f"U must share B, N, T with X: X is {list(X.shape)} [B,N,T,dX], U is {list(U.shape)}"
+        )
+    if U.dtype != X.dtype or U.device != X.device:
+        raise ValueError(
+            f"U ({U.dtype}, {U.device}) must have the dtype and device of X ({X.dtype}, {X.device})"
+        )
+    B, N, T, dX = X.shape
+    if T < 2:
+        raise ValueError(f"X needs T >= 2 time steps to contain a transition; got T={T}")
+    return B, N, T, dX, U.shape[3]
+
+
+def fit_linear_gaussian(
+    X: Tensor,
+    U: Tensor,
+    prior: GMMPrior | None = None,
+    reg: float = 1e-6,
+    *,
+    initial_state_var: float = 1e-6,
+    t_chunk: int | None = None,
+) -> LinearGaussianDynamics:
+    """Fit x_{t+1} ~ N(Fm[t] [x_t; u_t] + fv[t], dyn_covar[t]) for every condition and step.
+
+    Args:
+        X [B,N,T,dX], U [B,N,T,dU]: N sampled trajectories per condition.
+        prior: a :class:`gps.gmm.GMMPrior` (batch 1 or B) fitted on transitions, or None for the
+            plain regularised maximum-likelihood fit (needs N > 1; well-posed only for
+            N > dX + dU unless reg carries it).
+        reg: ridge added as reg * I to the [x, u] block of the joint covariance (the reference GPS
+            default is 1e-6; Li & Malik's optimiser experiments used 1e-3).
+        initial_state_var: floor of the initial-state variances.
+        t_chunk: time steps processed at once (bounds memory: B * t_chunk * D^2 entries); default
+            all of them.
+    """
+    B, N, T, dX, dU = _check_xu(X, U)
+    if prior is None and N < 2:
+        raise ValueError(f"X has N={N} sample per condition; the fit needs N >= 2 or a prior")
+    if not isinstance(reg, (int, float)) or reg < 0:
+        raise ValueError(f"reg must be a float >= 0; got {reg!r}")
+    if prior is not None:
+        if not isinstance(prior, GMMPrior):
+            raise TypeError(f"prior must be a GMMPrior or None; got {type(prior).__name__}")
+        if (prior.dX, prior.dU) != (dX, dU) or prior.gmm.mu.shape[0] not in (1, B):
+            raise ValueError(
+                f"prior was fitted for dX={prior.dX}, dU={prior.dU}, batch "
+                f"{prior.gmm.mu.shape[0]}; the data has dX={dX}, dU={dU}, B={B} (batch 1 or B)"
+            )
+    n = dX + dU
+    dev, dt = X.device, X.dtype
+    Fm = torch.empty(B, T, dX, n, dtype=dt, device=dev)
+    fv = torch.empty(B, T, dX, dtype=dt, device=dev)
+    dyn_covar = torch.empty(B, T, dX, dX, dtype=dt, device=dev)
+    eye_n = torch.eye(n, dtype=dt, device=dev)
+    chunk = T - 1 if t_chunk is None else max(1, int(t_chunk))
+    for t0 in range(0, T - 1, chunk):
+        t1 = min(T - 1, t0 + chunk)
+        # [B,S,N,D] points of steps t0..t1-1
+        pts = torch.cat([X[:, :, t0:t1], U[:, :, t0:t1], X[:, :, t0 + 1:t1 + 1]], dim=-1)
+        pts = pts.transpose(1, 2)
+        mun = pts.mean(2)
+        diff = pts - mun[:, :, None, :]
+        empsig = diff.mT @ diff / N
+        if prior is None:
+            sigma = empsig
+        else:
+            mu0, Phi, m, n0 = prior.eval(pts)
+            dm = mun - mu0
+            sigma = (N * empsig + Phi + (N * m / (N + m)) * dm[..., :, None] * dm[..., None, :])
+            sigma = sigma / (N + n0)
+        sigma = 0.5 * (sigma + sigma.mT)
+        Sxx = sigma[..., :n, :n] + reg * eye_n
+        Sxy = sigma[..., :n, n:]
+        L, info = torch.linalg.cholesky_ex(Sxx)
+        if bool((info == 0).all()):
+            fd = torch.cholesky_solve(Sxy, L).mT
+        else:  # singular [x, u] covariance (reg = 0, no prior, N small): minimum-norm solution
+            fd = (torch.linalg.pinv(Sxx, hermitian=True) @ Sxy).mT
+        Fm[:, t0:t1] = fd
+        fv[:, t0:t1] = mun[..., n:] - (fd @ mun[..., :n, None]).squeeze(-1)
+        dc = sigma[..., n:, n:] - fd @ Sxy
+        dyn_covar[:, t0:t1] = 0.5 * (dc + dc.mT)
+    for out in (Fm, fv, dyn_covar):
+        out[:, T - 1] = out[:, T - 2]
+    x0 = X[:, :, 0]
+    x0mu = x0.mean(1)
+    var = x0.var(1, unbiased=False).clamp_min(initial_state_var)
+    return LinearGaussianDynamics(Fm, fv, dyn_covar, x0mu, torch.diag_embed(var))

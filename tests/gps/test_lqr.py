@@ -1,0 +1,292 @@
+"""Tests of the batched KL-constrained LQR (gps.lqr) against scipy and the numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg as sla
+import torch
+
+from gps import reference
+from gps.bench import random_lqr_problem
+from gps.lqr import (
+    LQRStatus,
+    _DualSearch,
+    _prepare,
+    kl_constrained_lqr,
+    lqr_backward,
+    lqr_forward,
+)
+
+ARGS = ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma", "Cm", "cv", "K_prev", "k_prev",
+        "pol_covar_prev")
+
+
+def _np(prob: dict[str, torch.Tensor], b: int) -> list[np.ndarray]:
+    return [prob[k][b].numpy() for k in ARGS]
+
+
+def _assert_matches_reference(res, ref: list[reference.RefLQRResult], atol: float = 1e-8) -> None:
+    for b, r in enumerate(ref):
+        assert int(res.status[b]) == r.status, f"condition {b}"
+        assert int(res.iterations[b]) == r.iterations, f"condition {b}"
+        np.testing.assert_allclose(res.K[b].numpy(), r.K, rtol=0, atol=atol)
+        np.testing.assert_allclose(res.k[b].numpy(), r.k, rtol=0, atol=atol)
+        np.testing.assert_allclose(res.pol_covar[b].numpy(), r.pol_covar, rtol=0, atol=atol)
+        np.testing.assert_allclose(float(res.eta[b]), r.eta, rtol=1e-8)
+        np.testing.assert_allclose(float(res.kl[b]), r.kl, rtol=1e-8, atol=atol)
+
+
+def _time_invariant_lq(T: int, dX: int, dU: int, seed: int):
+    rng = np.random.default_rng(seed)
+    A = np.eye(dX) + 0.1 * rng.standard_normal((dX, dX))
+    Bu = rng.standard_normal((dX, dU))
+    Qh = rng.standard_normal((dX, dX))
+    Q = Qh @ Qh.T / dX + 0.5 * np.eye(dX)
+    R = 0.5 * np.eye(dU)
+    n = dX + dU
+    Cm = np.zeros((n, n))
+    Cm[:dX, :dX], Cm[dX:, dX:] = Q, R
+
+    def rep(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.broadcast_to(x, (1, T, *x.shape)).copy())
+
+    prob = {
+        "Fm": rep(np.hstack([A, Bu])), "fv": torch.zeros(1, T, dX, dtype=torch.float64),
+        "dyn_covar": rep(1e-2 * np.eye(dX)), "x0mu": torch.ones(1, dX, dtype=torch.float64),
+        "x0sigma": torch.eye(dX, dtype=torch.float64)[None], "Cm": rep(Cm),
+        "cv": torch.zeros(1, T, n, dtype=torch.float64),
+        "K_prev": torch.zeros(1, T, dU, dX, dtype=torch.float64),
+        "k_prev": torch.zeros(1, T, dU, dtype=torch.float64),
+        "pol_covar_prev": rep(np.eye(dU)),
+    }
+    P = sla.solve_discrete_are(A, Bu, Q, R)
+    K_dare = -np.linalg.solve(R + Bu.T @ P @ Bu, Bu.T @ P @ A)
+    return prob, K_dare
+
+
+def test_first_step_gain_matches_discrete_are_for_long_horizon_and_tiny_kl_weight():
+    prob, K_dare = _time_invariant_lq(T=150, dX=3, dU=2, seed=0)
+    bwd = lqr_backward(prob["Fm"], prob["fv"], prob["Cm"], prob["cv"], prob["K_prev"],
+                       prob["k_prev"], prob["pol_covar_prev"], eta=1e-9)
+    assert not bool(bwd.failed.any())
+    np.testing.assert_allclose(bwd.K[0, 0].numpy(), K_dare, atol=1e-7)
+    # the full solver with a bound that never binds drives eta to the bottom of its bracket
+    res = kl_constrained_lqr(**prob, kl_step=1e6, max_iter=14)
+    assert int(res.status[0]) == LQRStatus.MAX_ITER_KL_BELOW
+    assert float(res.eta[0]) < 1e-7
+    np.testing.assert_allclose(res.K[0, 0].numpy(), K_dare, atol=1e-5)
+
+
+def test_batched_solution_matches_per_condition_numpy_reference_to_1e_8():
+    B = 6
+    prob = random_lqr_problem(B, 12, 5, 2, seed=1)
+    kl_step = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 0.3], dtype=torch.float64)
+    eta0 = torch.tensor([1.0, 0.1, 10.0, 1.0, 1e-3, 1e3], dtype=torch.float64)
+    res = kl_constrained_lqr(**prob, kl_step=kl_step, eta0=eta0)
+    ref = [reference.kl_constrained_lqr_np(*_np(prob, b), float(kl_step[b]), eta0=float(eta0[b]))
+           for b in range(B)]
+    _assert_matches_reference(res, ref)
+    assert bool(res.converged.all())
+
+
+def test_kl_constraint_holds_within_tolerance_for_every_converged_condition():
+    B, T = 8, 10
+    prob = random_lqr_problem(B, T, 4, 2, seed=2)
+    kl_step = torch.linspace(0.05, 1.0, B, dtype=torch.float64)
+    res = kl_constrained_lqr(**prob, kl_step=kl_step)
+    assert bool(res.converged.any())
+    for b in torch.nonzero(res.converged).flatten().tolist():
+        npb = _np(prob, b)
+        K, k, S = res.K[b].numpy(), res.k[b].numpy(), res.pol_covar[b].numpy()
+        mu, sigma = reference.lqr_forward_np(*npb[:5], K, k, S)
+        kl = reference.traj_kl_np(mu, sigma, K, k, S, *npb[7:]).sum()
+        bound = float(kl_step[b]) * T
+        assert abs(kl - bound) < 0.1 * bound
+        np.testing.assert_allclose(float(res.kl[b]), kl, rtol=1e-9)
+        # the returned policy covariance is the inverse of the returned precision
+        eye = np.broadcast_to(np.eye(2), (T, 2, 2))
+        np.testing.assert_allclose(S @ res.inv_pol_covar[b].numpy(), eye, atol=1e-9)
+
+
+def test_indefinite_quu_raises_that_conditions_eta_and_recovers():
+    prob = random_lqr_problem(3, 8, 4, 2, seed=3)
+    # concave in u for condition 1: Q_uu = Cm_uu/eta + P_prev is indefinite until eta > ~3
+    prob["Cm"][1, :, 4:, 4:] = -3.0 * torch.eye(2, dtype=torch.float64)
+    prob["Cm"][1, :, 4:, :4] = 0.0
+    prob["Cm"][1, :, :4, 4:] = 0.0
+    prob["pol_covar_prev"][1] = torch.eye(2, dtype=torch.float64)
+    res = kl_constrained_lqr(**prob, kl_step=0.2, eta0=1.0)
+    ref = [reference.kl_constrained_lqr_np(*_np(prob, b), 0.2, eta0=1.0) for b in range(3)]
+    _assert_matches_reference(res, ref)
+    assert float(res.eta[1]) > 3.0
+    assert int(res.status[1]) == LQRStatus.CONVERGED
+    assert res.n_evaluations > int(res.iterations.max())  # retries happened in lock-step
+
+
+def test_unsolvable_conditions_are_reported_per_condition_without_nan():
+    B = 4
+    prob = random_lqr_problem(B, 8, 4, 2, seed=4)
+    alone = kl_constrained_lqr(**{k: v[3:] for k, v in prob.items()}, kl_step=0.3)
+    prob["Cm"][0, :, 4:, 4:] = -1e20 * torch.eye(2, dtype=torch.float64)  # PD only for eta > 1e20
+    prob["Fm"][1, 3, 0, 0] = float("nan")
+    prob["pol_covar_prev"][2, 5] = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    res = kl_constrained_lqr(**prob, kl_step=0.3)
+    assert res.status.tolist()[:3] == [LQRStatus.PD_FAILURE, LQRStatus.NONFINITE_INPUT,
+                                       LQRStatus.BAD_PREV_COVAR]
+    assert res.converged.tolist() == [False, False, False, True]
+    assert "PD" in res.reason[0] and "non-finite" in res.reason[1]
+    assert "pol_covar_prev" in res.reason[2] and res.reason[3].startswith("converged")
+    for x in (res.K, res.k, res.pol_covar, res.inv_pol_covar, res.eta, res.kl):
+        assert bool(torch.isfinite(x).all())
+    # the failed conditions fall back to the previous controller; the healthy one is unaffected
+    torch.testing.assert_close(res.K[0], prob["K_prev"][0])
+    torch.testing.assert_close(res.K[3], alone.K[0], rtol=0, atol=1e-12)
+    assert float(res.eta[3]) == pytest.approx(float(alone.eta[0]), rel=1e-12)
+
+
+def test_lagrange_multiplier_shift_equals_adding_the_linear_cost_term():
+    B, T, dX, dU = 3, 8, 4, 2
+    prob = random_lqr_problem(B, T, dX, dU, seed=5)
+    g = torch.Generator().manual_seed(0)
+    lam_K = 0.3 * torch.randn(B, T, dU, dX, generator=g, dtype=torch.float64)
+    lam_k = 0.3 * torch.randn(B, T, dU, generator=g, dtype=torch.float64)
+    shifted = kl_constrained_lqr(**prob, kl_step=0.3, lagrange_K=lam_K, lagrange_k=lam_k)
+    Cm, cv = prob["Cm"].clone(), prob["cv"].clone()
+    cv[..., dX:] -= lam_k
+    Cm[..., dX:, :dX] -= lam_K
+    Cm[..., :dX, dX:] -= lam_K.mT
+    direct = kl_constrained_lqr(**{**prob, "Cm": Cm, "cv": cv}, kl_step=0.3)
+    for a, b in ((shifted.K, direct.K), (shifted.k, direct.k), (shifted.eta, direct.eta)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    plain = kl_constrained_lqr(**prob, kl_step=0.3)
+    assert not torch.allclose(plain.k, shifted.k)
+
+
+def test_policy_kl_term_matches_reference_and_pulls_the_controller_toward_the_policy():
+    B, T, dX, dU = 3, 8, 4, 2
+    prob = random_lqr_problem(B, T, dX, dU, seed=6)
+    g = torch.Generator().manual_seed(1)
+    pol_K = 0.5 * torch.randn(B, T, dU, dX, generator=g, dtype=torch.float64)
+    pol_k = torch.randn(B, T, dU, generator=g, dtype=torch.float64)
+    pol_S = 0.2 * torch.eye(dU, dtype=torch.float64).repeat(B, T, 1, 1)
+    nu = torch.rand(B, T, generator=g, dtype=torch.float64) + 0.5  # time-varying weights
+    lam_K = 0.1 * torch.randn(B, T, dU, dX, generator=g, dtype=torch.float64)
+    lam_k = 0.1 * torch.randn(B, T, dU, generator=g, dtype=torch.float64)
+    res = kl_constrained_lqr(**prob, kl_step=0.5, policy_K=pol_K, policy_k=pol_k,
+                             policy_covar=pol_S, policy_weight=nu, lagrange_K=lam_K,
+                             lagrange_k=lam_k, max_ent=0.1)
+    ref = [reference.kl_constrained_lqr_np(
+        *_np(prob, b), 0.5, policy=(pol_K[b].numpy(), pol_k[b].numpy(), pol_S[b].numpy(),
+                                    nu[b].numpy()),
+        lagrange=(lam_K[b].numpy(), lam_k[b].numpy()), max_ent=0.1) for b in range(B)]
+    _assert_matches_reference(res, ref)
+
+    def distance(weight: float) -> float:
+        out = lqr_backward(prob["Fm"], prob["fv"], prob["Cm"], prob["cv"], prob["K_prev"],
+                           prob["k_prev"], prob["pol_covar_prev"], 1.0, policy_K=pol_K,
+                           policy_k=pol_k, policy_covar=pol_S, policy_weight=weight)
+        return float((out.K - pol_K).norm() + (out.k - pol_k).norm())
+
+    assert distance(100.0) < distance(1.0) < distance(0.0)
+    assert distance(1e6) < 1e-3
+
+
+def test_lqr_forward_marginals_match_reference():
+    prob = random_lqr_problem(2, 6, 3, 2, seed=7)
+    g = torch.Generator().manual_seed(2)
+    K = 0.3 * torch.randn(2, 6, 2, 3, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 6, 2, generator=g, dtype=torch.float64)
+    marg = lqr_forward(prob["Fm"], prob["fv"], prob["dyn_covar"], prob["x0mu"], prob["x0sigma"],
+                       K, k, prob["pol_covar_prev"], prob["K_prev"], prob["k_prev"],
+                       prob["pol_covar_prev"])
+    for b in range(2):
+        npb = _np(prob, b)
+        mu, sigma = reference.lqr_forward_np(*npb[:5], K[b].numpy(), k[b].numpy(), npb[9])
+        np.testing.assert_allclose(marg.mu[b].numpy(), mu, atol=1e-10)
+        np.testing.assert_allclose(marg.sigma[b].numpy(), sigma, atol=1e-10)
+        kl = reference.traj_kl_np(mu, sigma, K[b].numpy(), k[b].numpy(), npb[9], *npb[7:])
+        assert marg.kl is not None
+        np.testing.assert_allclose(marg.kl[b].numpy(), kl, atol=1e-10)
+
+
+def test_float32_inputs_give_float32_results_computed_in_float64_on_cpu():
+    prob = random_lqr_problem(2, 6, 3, 2, seed=8)
+    res64 = kl_constrained_lqr(**{k: v.float().double() for k, v in prob.items()}, kl_step=0.4)
+    res32 = kl_constrained_lqr(**{k: v.float() for k, v in prob.items()}, kl_step=0.4)
+    assert res32.K.dtype == torch.float32 and res32.eta.dtype == torch.float32
+    torch.testing.assert_close(res32.K, res64.K.float())
+
+
+def test_search_state_reloaded_with_a_new_problem_gives_the_fresh_answer():
+    """The CUDA-graph cache refills static buffers with load(); the same logic runs on CPU."""
+    probs = [random_lqr_problem(3, 6, 3, 2, seed=s) for s in (9, 10)]
+    prepared = [_prepare(*(p[k] for k in ARGS), 0.3, None, None, None, None, None, None, 0.0,
+                         None)[0] for p in probs]
+    eta0 = torch.ones(3, dtype=torch.float64)
+    search = _DualSearch(prepared[0], eta0, 1e-8, 1e16, 50, 0.1, 1e-4)
+    while not bool(search.done.all()):
+        search.step()
+    search.load(prepared[1], eta0)
+    while not bool(search.done.all()):
+        search.step()
+    fresh = kl_constrained_lqr(**probs[1], kl_step=0.3)
+    torch.testing.assert_close(search.K, fresh.K, rtol=0, atol=0)
+    torch.testing.assert_close(search.eta_out, fresh.eta, rtol=0, atol=0)
+
+
+def test_same_inputs_give_bitwise_identical_results():
+    prob = random_lqr_problem(3, 6, 3, 2, seed=11)
+    a = kl_constrained_lqr(**prob, kl_step=0.3)
+    b = kl_constrained_lqr(**prob, kl_step=0.3)
+    assert torch.equal(a.K, b.K) and torch.equal(a.eta, b.eta)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"Cm": torch.zeros(2, 5, 4, 4, dtype=torch.float64)}, ["Cm", "[B,T,dX+dU,dX+dU]",
+                                                                "[2, 5, 4, 4]"]),
+        ({"fv": torch.zeros(2, 5, 3, dtype=torch.int64)}, ["fv", "int64", "float32"]),
+        ({"x0mu": torch.zeros(2, 3, dtype=torch.float32)}, ["x0mu", "float32", "float64"]),
+        ({"K_prev": np.zeros((2, 5, 2, 3))}, ["K_prev", "torch.Tensor", "ndarray"]),
+        ({"Fm": torch.zeros(2, 5, 3, dtype=torch.float64)}, ["Fm", "4-D", "[2, 5, 3]"]),
+    ],
+)
+def test_wrong_shapes_and_dtypes_raise_naming_the_argument(change, words):
+    prob = {**random_lqr_problem(2, 5, 3, 2, seed=12), **change}
+    with pytest.raises((ValueError, TypeError)) as info:
+        kl_constrained_lqr(**prob, kl_step=0.3)
+    for w in words:
+        assert w in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"kl_step": -1.0}, "kl_step"),
+        ({"kl_step": torch.ones(3, dtype=torch.float64)}, "kl_step"),
+        ({"kl_step": 0.3, "eta0": 0.0}, "eta0"),
+        ({"kl_step": 0.3, "policy_K": torch.zeros(2, 5, 2, 3, dtype=torch.float64)}, "policy_k"),
+        ({"kl_step": 0.3, "lagrange_k": torch.zeros(2, 5, 2, dtype=torch.float64)}, "lagrange_K"),
+        ({"kl_step": 0.3, "use_cuda_graph": True}, "use_cuda_graph"),
+        ({"kl_step": 0.3, "max_iter": 0}, "max_iter"),
+    ],
+)
+def test_bad_options_raise_value_error_naming_the_option(kwargs, word):
+    prob = random_lqr_problem(2, 5, 3, 2, seed=13)
+    with pytest.raises(ValueError, match=word):
+        kl_constrained_lqr(**prob, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_solution_matches_cpu_including_a_cached_second_call():
+    for seed in (14, 15):  # the second problem reuses the captured graph with reloaded buffers
+        prob = random_lqr_problem(8, 10, 5, 2, seed=seed)
+        prob["Cm"][1, :, 5:, 5:] = -3.0 * torch.eye(2, dtype=torch.float64)  # PD retries too
+        cpu = kl_constrained_lqr(**prob, kl_step=0.3)
+        gpu = kl_constrained_lqr(**{k: v.cuda() for k, v in prob.items()}, kl_step=0.3)
+        assert gpu.used_cuda_graph
+        assert torch.equal(gpu.status.cpu(), cpu.status)
+        torch.testing.assert_close(gpu.K.cpu(), cpu.K, rtol=0, atol=1e-8)
+        torch.testing.assert_close(gpu.eta.cpu(), cpu.eta, rtol=1e-8, atol=0)
