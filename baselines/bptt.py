@@ -17,9 +17,6 @@ constant, ``second_order=False``); ``second_order=True`` keeps them, differentia
 from __future__ import annotations
 
 import math
-import os
-import pickle
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -27,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from optenv.checkpoint import load_tagged, save_tagged
 from optenv.core import OptimizationCore
 from optenv.families import ObjectiveFamily
 from optenv.validation import check_int, check_number
@@ -307,31 +305,20 @@ class LSTMPolicy:
         return step / self.max_step
 
 
+LSTM_FORMAT = "optenv.bptt.lstm/1"
+
+
 def save_lstm(path: str, net: CoordinatewiseLSTM, extra: dict[str, Any] | None = None) -> None:
     """Write the net (config + weights + ``extra`` metadata) atomically to ``path``."""
-    payload = {"format": "optenv.bptt.lstm/1", "config": net.config(),
-               "state_dict": net.state_dict(), "extra": extra or {}}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_tagged(path, LSTM_FORMAT, {"config": net.config(), "state_dict": net.state_dict(),
+                                    "extra": extra or {}})
 
 
 def load_lstm(path: str, map_location: str | torch.device = "cpu"
               ) -> tuple[CoordinatewiseLSTM, dict[str, Any]]:
     """The net and its ``extra`` metadata from :func:`save_lstm`; ValueError if not one."""
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"path: cannot read a saved LSTM optimiser from {path!r} ({err})") \
-            from err
-    if not isinstance(payload, dict) or payload.get("format") != "optenv.bptt.lstm/1":
-        raise ValueError(f"path: {path!r} is not a saved optenv LSTM optimiser")
+    payload = load_tagged(path, LSTM_FORMAT, "a saved optenv LSTM optimiser",
+                          map_location=map_location)
     net = CoordinatewiseLSTM(**payload["config"])
     sd = payload["state_dict"]
     net.to(next(iter(sd.values())).dtype)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # Sub-command modules; each has add_parser(subparsers) and sets func=run(args) -> int.
-SUBCOMMANDS: tuple[str, ...] = ("optenv.compare", "optenv.demo", "optenv.bench")
+SUBCOMMANDS: tuple[str, ...] = ("optenv.compare", "optenv.training", "optenv.demo", "optenv.bench")
 
 
 class UserError(Exception):

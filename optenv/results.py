@@ -38,18 +38,17 @@ is renamed into place with ``os.replace`` (atomic on POSIX and Windows).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from optenv.checkpoint import atomic_write
 from optenv.evaluate import Evaluation
 from optenv.metrics import margin_of_victory, summarize
 
@@ -188,29 +187,6 @@ def validate_results(doc: Mapping[str, Any]) -> None:
         if mov is not None and len(mov) != t + 1:
             raise ValueError(f"results.methods[{name!r}].margin_of_victory: got {len(mov)} "
                              f"values, allowed: horizon + 1 = {t + 1}")
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None],
-                 *, binary: bool = False) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place.
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else
-                                                        {"encoding": "utf-8"})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return target
 
 
 def write_results(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
