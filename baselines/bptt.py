@@ -25,13 +25,16 @@ import torch
 from torch import nn
 
 from optenv.checkpoint import load_tagged, save_tagged
-from optenv.core import OptimizationCore
+from optenv.core import OptimizationCore, StateLayout
 from optenv.families import ObjectiveFamily
+from optenv.policy import GaussianMLPPolicy
 from optenv.validation import check_int, check_number
 
 __all__ = [
     "CoordinatewiseLSTM",
     "LSTMPolicy",
+    "LearnedOptimizer",
+    "MLPOptimizer",
     "MetaTrainConfig",
     "MetaTrainLog",
     "Unroll",
@@ -88,6 +91,10 @@ class CoordinatewiseLSTM(nn.Module):
         return {"hidden": self.hidden, "layers": self.layers,
                 "preprocess_p": self.preprocess_p, "output_scale": self.output_scale}
 
+    def inputs(self, layout: StateLayout, state: torch.Tensor) -> torch.Tensor:
+        """What the net reads from a batch of states: the current gradient [B, d]."""
+        return state[:, layout.state_slices["CUR_GRAD"]]
+
     def initial_state(self, batch: int, d: int, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32) -> list[LSTMState]:
         """Zero (h, c) per layer for batch·d coordinates."""
@@ -109,6 +116,39 @@ class CoordinatewiseLSTM(nn.Module):
         return step.to(grad.dtype), new_state
 
 
+class MLPOptimizer(nn.Module):
+    """The GPS policy class (:class:`optenv.policy.GaussianMLPPolicy`) as a BPTT-trained optimiser.
+
+    It reads the observation Φ (the state without CUR_LOC) and outputs the policy's mean step,
+    so the study can compare GPS and BPTT training on one architecture. No recurrent state.
+    """
+
+    def __init__(self, policy: GaussianMLPPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def inputs(self, layout: StateLayout, state: torch.Tensor) -> torch.Tensor:
+        """The observation Φ [B, obs_dim]."""
+        return layout.observation(state)
+
+    def initial_state(self, batch: int, d: int, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> list[LSTMState]:
+        """No recurrent state."""
+        return []
+
+    def forward(self, obs: torch.Tensor, state: list[LSTMState]
+                ) -> tuple[torch.Tensor, list[LSTMState]]:
+        """Steps [B, d] from observations [B, obs_dim]."""
+        return self.policy(obs).to(obs.dtype), state
+
+
+LearnedOptimizer = CoordinatewiseLSTM | MLPOptimizer
+
+
+def _dtype_of(net: nn.Module) -> torch.dtype:
+    return next(net.parameters()).dtype
+
+
 class Unroll(NamedTuple):
     """The end of a (truncated) unroll: its meta-loss and where the runs stand."""
 
@@ -120,7 +160,7 @@ class Unroll(NamedTuple):
 
 
 def unroll(
-    net: CoordinatewiseLSTM,
+    net: LearnedOptimizer,
     core: OptimizationCore,
     data: dict[str, torch.Tensor],
     state: torch.Tensor,
@@ -133,15 +173,15 @@ def unroll(
 ) -> Unroll:
     """Run the net as the optimiser for ``steps`` iterations through the shared core.
 
-    ``frozen_grads`` replaces the gradients fed to the net by given constants (used to check
-    the first-order meta-gradient against finite differences: dropping the second-order terms
-    is exactly treating those inputs as constants).
+    Without ``second_order`` the net's inputs (gradients, or the whole observation for the
+    MLP) are treated as constants, dropping the second-order terms as Andrychowicz et al. did.
+    ``frozen_grads`` replaces the inputs by given constants (used to check the first-order
+    meta-gradient against finite differences: that is exactly what dropping those terms means).
     """
-    gslice = core.layout.state_slices["CUR_GRAD"]
     loss = f.new_zeros(())
     seen: list[torch.Tensor] = []
     for t in range(steps):
-        g = state[:, gslice]
+        g = net.inputs(core.layout, state)
         if frozen_grads is not None:
             g = frozen_grads[t]
         elif not second_order:
@@ -155,7 +195,7 @@ def unroll(
 
 
 def unrolled_meta_loss(
-    net: CoordinatewiseLSTM,
+    net: LearnedOptimizer,
     core: OptimizationCore,
     data: dict[str, torch.Tensor],
     x0: torch.Tensor,
@@ -166,7 +206,7 @@ def unrolled_meta_loss(
 ) -> Unroll:
     """One whole unroll from x0 (fresh LSTM state): the meta-loss Σ_t mean_b f(x_t)."""
     start = core.start(data, x0)
-    hidden = net.initial_state(x0.shape[0], x0.shape[1], x0.device, net.readout.weight.dtype)
+    hidden = net.initial_state(x0.shape[0], x0.shape[1], x0.device, _dtype_of(net))
     return unroll(net, core, data, start.state, start.f, hidden, steps,
                   second_order=second_order, frozen_grads=frozen_grads)
 
@@ -207,7 +247,7 @@ class MetaTrainLog:
 
 
 def meta_train(
-    net: CoordinatewiseLSTM,
+    net: LearnedOptimizer,
     family: ObjectiveFamily,
     config: MetaTrainConfig,
     *,
@@ -218,10 +258,10 @@ def meta_train(
     """Train ``net`` by truncated BPTT on TRAIN objectives of ``family``.
 
     Iteration i optimises the batch of TRAIN instances with seeds
-    [i·batch_size, (i+1)·batch_size) for ``horizon`` steps, updating the net (Adam) after each
-    truncated unroll of ``unroll`` steps. An unroll whose meta-loss or meta-gradient is not
-    finite (the inner optimisation diverged) is skipped and counted, never applied; meta-
-    gradients are clipped to ``max_grad_norm``.
+    seed·2⁴⁰ + [i·batch_size, (i+1)·batch_size) for ``horizon`` steps, updating the net (Adam)
+    after each truncated unroll of ``unroll`` steps. An unroll whose meta-loss or meta-gradient
+    is not finite (the inner optimisation diverged) is skipped and counted, never applied;
+    meta-gradients are clipped to ``max_grad_norm``.
     """
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     device = next(net.parameters()).device
@@ -230,7 +270,8 @@ def meta_train(
     opt = optimizer or torch.optim.Adam(net.parameters(), lr=config.lr)
     log = MetaTrainLog()
     for it in range(start_iteration, start_iteration + config.iterations):
-        seeds = torch.arange(it * config.batch_size, (it + 1) * config.batch_size)
+        first = config.seed * 2**40 + it * config.batch_size
+        seeds = torch.arange(first, first + config.batch_size)
         data, x0 = family.sample(seeds, split="train", dtype=dtype, device=device)
         start = core.start(data, x0)
         state, f = start.state, start.f

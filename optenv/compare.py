@@ -50,7 +50,7 @@ HAND_OPTIMIZERS = "baselines.optimizers:OPTIMIZERS"
 #: prefix → loader ("module:function" or a callable), None = known format, no loader yet.
 METHOD_LOADERS: dict[str, str | Callable[[str, dict[str, Any]], Any] | None] = {
     "gps": None,
-    "bptt": None,
+    "bptt": "baselines.bptt_train:load_for_compare",
     "ppo": None,
 }
 

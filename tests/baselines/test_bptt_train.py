@@ -1,0 +1,104 @@
+"""``optenv train bptt``: run folders, resume, errors, and evaluation through optenv compare."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from baselines.bptt import MLPOptimizer, unrolled_meta_loss
+from baselines.bptt_train import load_for_compare, observation_scale
+from optenv import OptimizationCore, make_family
+from optenv.cli import main
+from optenv.policy import GaussianMLPPolicy
+
+TINY = ["--iterations", "3", "--batch-size", "4", "--horizon", "6", "--quiet"]
+
+
+@pytest.mark.parametrize("arch", ["lstm", "mlp"])
+def test_train_bptt_writes_a_run_folder_that_compare_can_load(tmp_path, arch) -> None:
+    out = tmp_path / arch
+    assert main(["train", "bptt", "--arch", arch, "--out", str(out), *TINY]) == 0
+    for name in ("config.json", "checkpoint.pt", "log.csv", "curves.png", "optimizer.pt"):
+        assert (out / name).exists(), name
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("iteration,meta_loss") and len(rows) == 4
+    fam = make_family("LogisticRegression")
+    policy = load_for_compare(str(out), {"family": fam, "history": 25, "max_step": 1.0,
+                                         "device": "cpu"})
+    obs = torch.zeros(3, OptimizationCore(fam, 25).layout.obs_dim)
+    assert policy(obs).shape == (3, fam.d)
+
+
+def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path) -> None:
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    base = ["train", "bptt", "--batch-size", "4", "--horizon", "6", "--quiet"]
+    assert main([*base, "--iterations", "4", "--out", str(whole)]) == 0
+    assert main([*base, "--iterations", "2", "--out", str(part)]) == 0
+    assert main([*base, "--iterations", "4", "--out", str(part), "--resume"]) == 0
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)
+    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    for k, v in a["state"]["net"].items():
+        torch.testing.assert_close(v, b["state"]["net"][k], rtol=0, atol=0)
+    assert [r["meta_loss"] for r in a["log"]] == [r["meta_loss"] for r in b["log"]]
+
+
+def test_existing_run_is_not_overwritten_and_mismatched_resume_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "bptt", "--out", str(out), *TINY]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(["train", "bptt", "--out", str(out), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "bptt", "--out", str(out), "--resume", "--lr", "0.1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "lr" in err and err.count("\n") == 1
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-3
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "bptt", "--out", str(out), *TINY]) == 0
+    (out / "checkpoint.pt").write_bytes(b"garbage")
+    assert main(["train", "bptt", "--out", str(out), "--resume", *TINY]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["--env", "CartPole-v1"], "--env"),
+    (["--iterations", "0"], "--iterations"),
+    (["--device", "nonsense"], "--device"),
+])
+def test_bad_arguments_name_themselves(tmp_path, capsys, argv, word) -> None:
+    assert main(["train", "bptt", "--out", str(tmp_path / "r"), "--quiet", *argv]) == 2
+    assert word in capsys.readouterr().err
+
+
+def test_mlp_meta_gradient_with_second_order_terms_matches_finite_differences() -> None:
+    torch.manual_seed(0)
+    fam = make_family("Quadratic", dim=2)
+    core = OptimizationCore(fam, history=2)
+    net = MLPOptimizer(GaussianMLPPolicy(core.layout.obs_dim, 2, hidden=(5,))).double()
+    data, x0 = fam.sample([0, 1])
+    loss = unrolled_meta_loss(net, core, data, x0, 3, second_order=True).loss
+    w = net.policy.mean_net[0].weight
+    (grad,) = torch.autograd.grad(loss, [w])
+    eps = 1e-6
+    for idx in [(0, 0), (2, 5), (4, 9)]:
+        with torch.no_grad():
+            w[idx] += eps
+            up = float(unrolled_meta_loss(net, core, data, x0, 3, second_order=True).loss)
+            w[idx] -= 2 * eps
+            down = float(unrolled_meta_loss(net, core, data, x0, 3, second_order=True).loss)
+            w[idx] += eps
+        assert grad[idx].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+def test_observation_scale_is_finite_positive_and_one_on_always_zero_features() -> None:
+    fam = make_family("LogisticRegression")
+    scale = observation_scale(fam, history=25, horizon=3, n=8)
+    assert scale.shape == (OptimizationCore(fam, 25).layout.obs_dim,)
+    assert torch.isfinite(scale).all() and (scale > 0).all()
+    # With horizon 3 the oldest history slots are never filled: their scale stays 1.
+    assert scale[0] == 1.0
