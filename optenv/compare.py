@@ -49,7 +49,7 @@ DEFAULT_METHODS = "gd,momentum,nesterov,cg,lbfgs,adam,adagrad,rmsprop"
 HAND_OPTIMIZERS = "baselines.optimizers:OPTIMIZERS"
 #: prefix → loader ("module:function" or a callable), None = known format, no loader yet.
 METHOD_LOADERS: dict[str, str | Callable[[str, dict[str, Any]], Any] | None] = {
-    "gps": None,
+    "gps": "gps.train:load_for_compare",
     "bptt": "baselines.bptt_train:load_for_compare",
     "ppo": None,
 }

@@ -75,7 +75,7 @@ def test_defaults_are_the_papers_setting():
     (("--methods", "gd,sgdx"), "--methods: got unknown method 'sgdx'"),
     (("--methods", "gd,,adam"), "--methods: got an empty entry"),
     (("--methods", "gd,gd"), "twice"),
-    (("--methods", "gps:runs/gps"), "not available yet"),
+    (("--methods", "gps:no/such/run"), r"policy\.pt"),
     (("--methods", "zzz:dir"), "unknown prefix"),
     (("--n-test", "0"), "--n-test: got 0"),
     (("--n-train", "-1"), "--n-train"),

@@ -1,0 +1,579 @@
+"""The Guided Policy Search agent: BADMM (Li & Malik's variant) and mirror-descent GPS.
+
+One GPS iteration, every per-condition computation batched over the M conditions:
+
+1. **Sample** N trajectories per condition from its linear-Gaussian controller, all M·N runs in
+   one batched rollout on :class:`optenv.core.OptimizationCore` (the env's own arithmetic).
+2. **Fit dynamics** (:func:`gps.model.fit_dynamics`, GMM/NIW prior) and **expand the cost**
+   (:func:`gps.model.expand_cost`: f's exact gradient and Hessian at the sampled means).
+3. **Adapt the step size** per condition from predicted vs actual improvement (Levine & Abbeel
+   2014, as the reference code's ``_stepadjust``): ``mult = pred / (2 max(1e-4, pred − actual))``
+   clipped to [0.1, 5], ``step_mult`` kept in [min_step_mult, max_step_mult], and the LQR's KL
+   bound is ``kl_step · step_mult``.
+4. **BADMM** (Levine et al. 2016; Li & Malik used 4 inner iterations, policy_dual_rate 0.2): per
+   inner iteration, train the policy on the controllers' dual-adjusted actions, linearise it,
+   take the dual steps (λ on the mean actions: ``λ_t −= rate · ν_t · P_t · mean(u_traj − u_pol)``;
+   on the last inner iteration the per-step KL weights ``ν_t ← max(ν_t + lg_step · KL_t, 0)``),
+   and re-solve the KL-constrained LQR with the KL-to-policy and Lagrange terms, KL measured to
+   the controller that produced the samples.
+   **MDGPS** (Montgomery & Levine 2016): linearise the policy, solve the LQR with the policy's
+   linearisation as the KL anchor (C-step), train the policy on the new controllers (S-step).
+
+Numerical failures (diverged samples, non-finite fits, LQR statuses) are reported per condition
+in the iteration's ``failures``; such a condition keeps its previous controller and is left out of
+the policy's training data for that iteration, and the run goes on.
+
+All randomness comes from three ``torch.Generator`` s (sampling, GMM initialisation, policy
+minibatches) whose states are in :meth:`GPSAgent.state_dict`, so a resumed run repeats the
+uninterrupted one exactly on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gps.controller import LinearGaussianController, LQRStateMap, momentum_controller
+from gps.dynamics import LinearGaussianDynamics
+from gps.lqr import LQRStatus, kl_constrained_lqr
+from gps.model import QuadraticCost, expand_cost, expected_cost, fit_dynamics
+from gps.policy_fit import linearise_policy, policy_means, train_policy
+from optenv.core import OptimizationCore
+from optenv.families.base import ObjectiveFamily
+from optenv.policy import GaussianMLPPolicy
+
+__all__ = ["ALGORITHMS", "GPSAgent", "GPSConfig", "SampleBatch"]
+
+ALGORITHMS = ("badmm", "mdgps")
+#: Samples whose |state| exceeds this are treated as diverged (the GMM and fits need sane data).
+SAMPLE_LIMIT = 1e8
+
+
+@dataclass
+class GPSConfig:
+    """Hyper-parameters of a GPS run. Defaults: Li & Malik's settings (DESIGN.md).
+
+    Where the authors' value is not known, the reference GPS code's default is used
+    (min/max step multipliers, lg_step, init_pol_wt, GMM sizes).
+    """
+
+    algorithm: str = "badmm"
+    conditions: int = 90
+    samples: int = 20
+    horizon: int = 40
+    iterations: int = 20
+    kl_step: float = 0.2
+    min_step_mult: float = 0.01
+    max_step_mult: float = 10.0
+    inner_iterations: int = 4
+    policy_dual_rate: float = 0.2
+    lg_step: float = 10.0
+    init_pol_wt: float = 0.01
+    init_var: float = 0.01
+    lqr_history: int | None = None  # None = the env's history (the full state)
+    lqr_max_iter: int = 50
+    dynamics_reg: float = 1e-3
+    gmm_clusters: int = 20
+    gmm_min_samples: int = 20
+    gmm_iters: int = 100
+    prior_strength: float = 1.0
+    policy_hidden: tuple[int, ...] = (50,)
+    policy_lr: float = 1e-4
+    policy_weight_decay: float = 0.005
+    policy_steps: int = 4000
+    policy_batch: int = 25
+    momentum_lr_grid: tuple[float, ...] = field(
+        default_factory=lambda: tuple(2.0**k for k in range(-10, 5)))
+    momentum_grid: tuple[float, ...] = (0.5, 0.7, 0.9, 0.95, 0.99)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: got {self.algorithm!r}, allowed: "
+                             f"{', '.join(ALGORITHMS)}")
+        ints = {"conditions": 1, "samples": 2, "horizon": 2, "iterations": 0,
+                "inner_iterations": 1, "lqr_max_iter": 1, "gmm_clusters": 1,
+                "gmm_min_samples": 1, "gmm_iters": 1, "policy_steps": 1, "policy_batch": 1,
+                "seed": 0}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"{name}: got {v!r}, allowed: an int >= {low}")
+        positive = ("kl_step", "min_step_mult", "max_step_mult", "init_var", "policy_lr",
+                    "prior_strength")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name}: got {v!r}, allowed: a finite number > 0")
+        for name in ("policy_dual_rate", "lg_step", "init_pol_wt", "dynamics_reg",
+                     "policy_weight_decay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: got {v!r}, allowed: a finite number >= 0")
+        if self.min_step_mult > self.max_step_mult:
+            raise ValueError(f"min_step_mult: got {self.min_step_mult} > max_step_mult "
+                             f"{self.max_step_mult}, allowed: min <= max")
+        self.policy_hidden = tuple(int(h) for h in self.policy_hidden)
+        self.momentum_lr_grid = tuple(float(v) for v in self.momentum_lr_grid)
+        self.momentum_grid = tuple(float(v) for v in self.momentum_grid)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GPSConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+                      if k in names})
+
+
+@dataclass
+class SampleBatch:
+    """One iteration's samples: Z [M,N,T,dX] LQR states, U [M,N,T,dU] actions, obs [M,N,T,obs_dim]
+    full observations (policy inputs), F [M,N,T] objective after each step, bad [M] conditions
+    with a diverged sample (their data are replaced by finite copies)."""
+
+    Z: Tensor
+    U: Tensor
+    obs: Tensor
+    F: Tensor
+    bad: Tensor
+
+
+def _dyn_state(dyn: LinearGaussianDynamics) -> dict[str, Tensor]:
+    return {k: getattr(dyn, k).cpu() for k in ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma")}
+
+
+class GPSAgent:
+    """A GPS run on M training conditions of a family.
+
+    Args:
+        family: the objective family (any :class:`~optenv.families.base.ObjectiveFamily`).
+        config: the hyper-parameters.
+        history: the env's history H (the policy's observation is the env's).
+        max_step: the env's max_step (the policy's mean is clipped to ±max_step when its cost on
+            the conditions is measured, as the env does).
+        device: where everything runs.
+
+    Call :meth:`initialise` (grid-searches the momentum controller) or
+    :meth:`load_state_dict`, then :meth:`iteration` repeatedly.
+    """
+
+    def __init__(self, family: ObjectiveFamily, config: GPSConfig, *, history: int = 25,
+                 max_step: float = 1.0, device: str | torch.device = "cpu") -> None:
+        self.family, self.cfg = family, config
+        self.device = torch.device(device)
+        self.dtype = torch.float64
+        self.core = OptimizationCore(family, history)
+        lqr_h = history if config.lqr_history is None else config.lqr_history
+        self.smap = LQRStateMap(self.core.layout, lqr_h)
+        self.max_step = float(max_step)
+        M, T, d = config.conditions, config.horizon, family.d
+        seeds = torch.arange(config.seed, config.seed + M, dtype=torch.int64)
+        self.data, self.x0 = family.sample(seeds, split="train", dtype=self.dtype,
+                                           device=self.device)
+        self.gen_sample = torch.Generator().manual_seed(config.seed * 3 + 1)
+        self.gen_gmm = torch.Generator().manual_seed(config.seed * 3 + 2)
+        self.gen_policy = torch.Generator().manual_seed(config.seed * 3 + 3)
+        torch_state = torch.random.get_rng_state()
+        torch.manual_seed(config.seed)
+        self.policy = GaussianMLPPolicy(self.core.layout.obs_dim, d, config.policy_hidden,
+                                        init_std=math.sqrt(config.init_var)).to(self.device)
+        torch.random.set_rng_state(torch_state)
+        self.policy.eval()
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.policy_lr,
+                                          weight_decay=config.policy_weight_decay)
+        self.iteration_count = 0
+        self.obs_scaled = False
+        self.ctrl: LinearGaussianController | None = None
+        dt, dev = self.dtype, self.device
+        self.eta = torch.ones(M, dtype=dt, device=dev)
+        self.step_mult = torch.ones(M, dtype=dt, device=dev)
+        self.lam_k = torch.zeros(M, T, d, dtype=dt, device=dev)
+        self.nu = torch.full((M, T), config.init_pol_wt, dtype=dt, device=dev)
+        self.prev: dict[str, Any] | None = None
+        self.init_info: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------- setup
+    def initialise(self) -> dict[str, Any]:
+        """Initial controllers: the best momentum (lr, momentum) on the training conditions."""
+        from baselines.tuning import grid_search
+
+        cfg = self.cfg
+        res = grid_search("momentum", self.family,
+                          grid={"lr": list(cfg.momentum_lr_grid),
+                                "momentum": list(cfg.momentum_grid)},
+                          n_train=cfg.conditions, horizon=cfg.horizon, seed=cfg.seed,
+                          history=self.core.layout.history, device=self.device)
+        lr, mom = float(res.best["lr"]), float(res.best["momentum"])
+        self.ctrl = momentum_controller(self.smap, cfg.conditions, cfg.horizon, lr, mom,
+                                        cfg.init_var, dtype=self.dtype, device=self.device)
+        self.init_info = {"momentum_lr": lr, "momentum": mom, "momentum_score": res.score}
+        return self.init_info
+
+    # ----------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, ctrl: LinearGaussianController) -> SampleBatch:
+        """N noisy runs per condition of ``ctrl``, all M·N in one batched rollout."""
+        M, N, T = self.cfg.conditions, self.cfg.samples, self.cfg.horizon
+        d = self.family.d
+        data = {k: v.repeat_interleave(N, 0) for k, v in self.data.items()}
+        x0 = self.x0.repeat_interleave(N, 0)
+        step = self.core.start(data, x0)
+        state, f = step.state, step.f
+        diverged = step.diverged.clone()
+        noise = torch.randn(T, M, N, d, generator=self.gen_sample, dtype=self.dtype)
+        noise = noise.to(self.device)
+        chol = ctrl.chol
+        Zs, Us, Os, Fs = [], [], [], []
+        for t in range(T):
+            z = self.smap(state).reshape(M, N, -1)
+            u = ctrl.act(z, t, noise[t], chol)
+            Zs.append(z)
+            Us.append(u)
+            Os.append(self.core.layout.observation(state).reshape(M, N, -1))
+            step = self.core.step(data, state, f, u.reshape(M * N, d))
+            state, f = step.state, step.f
+            diverged |= step.diverged
+            Fs.append(f.reshape(M, N))
+        Z, U, obs = torch.stack(Zs, 2), torch.stack(Us, 2), torch.stack(Os, 2)
+        F = torch.stack(Fs, 2)
+        bad_s = diverged.reshape(M, N) | ~torch.isfinite(F).all(-1)
+        for X in (Z, U, obs):
+            bad_s |= ~(X.abs() < SAMPLE_LIMIT).reshape(M, N, -1).all(-1)
+        bad = bad_s.any(1)
+        if bool(bad.any()):
+            # replace each bad sample by its condition's first good one (zeros if none)
+            good_first = torch.argmax((~bad_s).to(torch.int64), dim=1)  # [M]
+            any_good = (~bad_s).any(1)
+            for X in (Z, U, obs, F):
+                src = X[torch.arange(M, device=X.device), good_first]
+                src = torch.where(any_good.reshape(M, *([1] * (src.dim() - 1))), src,
+                                  torch.zeros_like(src))
+                mask = bad_s.reshape(M, N, *([1] * (X.dim() - 2)))
+                X.copy_(torch.where(mask, src[:, None].expand_as(X), X))
+        return SampleBatch(Z, U, obs, F, bad)
+
+    @torch.no_grad()
+    def policy_cost(self, data: Mapping[str, Tensor] | None = None,
+                    x0: Tensor | None = None, horizon: int | None = None) -> Tensor:
+        """Mean f over iterations 1..T of the policy's mean (clipped to ±max_step, as in the
+        env) on the training conditions (or on ``data``, ``x0``): [M], +inf where it diverged."""
+        data = self.data if data is None else data
+        x0 = self.x0 if x0 is None else x0
+        T = self.cfg.horizon if horizon is None else horizon
+        step = self.core.start(data, x0)
+        state, f = step.state, step.f
+        alive = ~step.diverged
+        total = torch.zeros_like(f)
+        for _ in range(T):
+            obs = self.core.layout.observation(state).to(torch.float32)
+            u = self.policy(obs).to(self.dtype).clamp(-self.max_step, self.max_step)
+            u = torch.where(alive[:, None], u, torch.zeros_like(u))
+            step = self.core.step(data, state, f, u)
+            alive &= ~step.diverged
+            state, f = step.state, step.f
+            total = total + torch.where(alive, f, torch.zeros_like(f))
+        return torch.where(alive, total / T, torch.full_like(total, math.inf))
+
+    # ----------------------------------------------------------------------------- pieces
+    def _lqr(self, dyn: LinearGaussianDynamics, cost: QuadraticCost,
+             prev: LinearGaussianController, kl_step: Tensor, **extra: Tensor) -> Any:
+        return kl_constrained_lqr(dyn.Fm, dyn.fv, dyn.dyn_covar, dyn.x0mu, dyn.x0sigma,
+                                  cost.Cm, cost.cv, prev.K, prev.k, prev.covar, kl_step,
+                                  eta0=self.eta.clamp(1e-8, 1e16),
+                                  max_iter=self.cfg.lqr_max_iter, **extra)
+
+    def _train(self, batch: SampleBatch, target: Tensor, prec: Tensor, weight: Tensor) -> float:
+        """Train the policy on per-sample targets [M,N,T,dU], precisions [M,T,dU,dU] and
+        weights [M,T] (bad conditions get weight 0)."""
+        M, N, T, dU = target.shape
+        if not self.obs_scaled:
+            rms = batch.obs[~batch.bad].pow(2).mean((0, 1, 2)).sqrt() if bool(
+                (~batch.bad).any()) else torch.ones(batch.obs.shape[-1], dtype=self.dtype)
+            self.policy.obs_scale.copy_((1.0 / rms.clamp_min(1e-3)).to(self.policy.obs_scale))
+            self.obs_scaled = True
+        w = torch.where(batch.bad[:, None], torch.zeros_like(weight), weight)
+        return train_policy(
+            self.policy, self.optimizer, batch.obs.reshape(-1, batch.obs.shape[-1]),
+            target.reshape(-1, dU),
+            prec[:, None].expand(M, N, T, dU, dU).reshape(-1, dU, dU),
+            w[:, None].expand(M, N, T).reshape(-1),
+            steps=self.cfg.policy_steps, batch_size=self.cfg.policy_batch,
+            generator=self.gen_policy)
+
+    def _policy_kl(self, traj: LinearGaussianController, batch: SampleBatch,
+                   pol_mu: Tensor) -> Tensor:
+        """Per-step KL(traj || policy) at the samples, averaged over samples: [M,T]."""
+        dU = pol_mu.shape[-1]
+        diff = pol_mu - traj.mean(batch.Z)  # [M,N,T,dU]
+        var = self.policy.variance.detach().to(self.dtype)
+        tr = (torch.diagonal(traj.covar, dim1=-2, dim2=-1) / var).sum(-1)  # [M,T]
+        logdet_pol = torch.log(var).sum()
+        logdet_traj = torch.logdet(traj.covar)
+        quad = (diff.pow(2) / var).sum(-1).mean(1)
+        return 0.5 * (tr - dU + logdet_pol - logdet_traj + quad)
+
+    def _estimate(self, model: Mapping[str, Any], ctrl: LinearGaussianController) -> Tensor:
+        return expected_cost(model["cost"], model["dyn"], ctrl.K, ctrl.k, ctrl.covar)
+
+    def _step_adjust(self, cur: Mapping[str, Any], anchor_now: LinearGaussianController
+                     ) -> None:
+        """Levine & Abbeel's step-size rule from predicted vs actual improvement (per
+        condition). ``prev`` holds last iteration's model, the controller (BADMM) or policy
+        linearisation (MDGPS) it started from, and the controller it produced; ``anchor_now``
+        is this iteration's counterpart of that start (the sampling controller for BADMM, the
+        new policy linearisation for MDGPS)."""
+        prev = self.prev
+        assert prev is not None
+        prev_laplace = self._estimate(prev, prev["anchor"])
+        pred_laplace = self._estimate(prev, prev["result"])
+        actual_laplace = self._estimate(cur, anchor_now)
+        pred = prev_laplace - pred_laplace
+        actual = prev_laplace - actual_laplace
+        mult = pred / (2.0 * torch.clamp(pred - actual, min=1e-4))
+        mult = mult.nan_to_num(0.1).clamp(0.1, 5.0)
+        new = (mult * self.step_mult).clamp(self.cfg.min_step_mult, self.cfg.max_step_mult)
+        ok = torch.isfinite(pred) & torch.isfinite(actual)
+        self.step_mult = torch.where(ok, new, self.step_mult)
+
+    # ----------------------------------------------------------------------------- iteration
+    def iteration(self) -> dict[str, Any]:
+        """Run one GPS iteration; returns its report row."""
+        if self.ctrl is None:
+            raise RuntimeError("GPSAgent.initialise() or load_state_dict() must come first")
+        cfg = self.cfg
+        times = {"sampling": 0.0, "dynamics": 0.0, "cost": 0.0, "lqr": 0.0, "policy": 0.0}
+        t_start = time.perf_counter()
+
+        def lap(key: str, t0: float) -> float:
+            now = time.perf_counter()
+            times[key] += now - t0
+            return now
+
+        t0 = time.perf_counter()
+        batch = self.sample(self.ctrl)
+        t0 = lap("sampling", t0)
+        dyn, residual = fit_dynamics(
+            batch.Z, batch.U, self.smap, reg=cfg.dynamics_reg, max_clusters=cfg.gmm_clusters,
+            min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
+            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm)
+        t0 = lap("dynamics", t0)
+        cost = expand_cost(self.family, self.data, batch.Z, batch.U, self.smap)
+        t0 = lap("cost", t0)
+        cur = {"dyn": dyn, "cost": cost}
+        bad = batch.bad.clone()
+        bad |= ~torch.isfinite(dyn.Fm).reshape(bad.shape[0], -1).all(1)
+        bad |= ~torch.isfinite(cost.Cm).reshape(bad.shape[0], -1).all(1)
+        sampler = self.ctrl
+        statuses: list[Tensor] = []
+        if cfg.algorithm == "badmm":
+            if self.prev is not None:
+                self._step_adjust(cur, sampler)
+            new, res, pol_kl, t_extra = self._badmm(batch, dyn, cost, statuses)
+            anchor = sampler
+        else:
+            new, res, pol_kl, anchor, t_extra = self._mdgps(batch, dyn, cost, statuses, cur)
+        for k, v in t_extra.items():
+            times[k] += v
+        bad |= ~torch.isfinite(new.K).reshape(bad.shape[0], -1).all(1)
+        new = new.where(bad, sampler)
+        self.prev = {"dyn": dyn, "cost": cost, "anchor": anchor, "result": new}
+        self.ctrl = new
+        self.iteration_count += 1
+
+        t0 = time.perf_counter()
+        pcost = self.policy_cost()
+        lap("policy", t0)
+        failures = self._failures(batch.bad, statuses, bad)
+        T = cfg.horizon
+        finite_pc = pcost[torch.isfinite(pcost)]
+        row = {
+            "iteration": self.iteration_count,
+            "sampled_cost": float(batch.F[~batch.bad].mean()) if bool((~batch.bad).any())
+            else math.nan,
+            "policy_cost": float(finite_pc.mean()) if finite_pc.numel() else math.nan,
+            "policy_diverged": int((~torch.isfinite(pcost)).sum()),
+            "kl": float((res.kl / T).mean()),
+            "policy_kl": float(pol_kl.mean()) if pol_kl is not None else math.nan,
+            "eta": float(res.eta.log().mean().exp()),
+            "step_mult": float(self.step_mult.mean()),
+            "nu": float(self.nu.mean()),
+            "dyn_residual": float(residual.mean()),
+            "lqr_converged": float(res.converged.double().mean()),
+            "bad_conditions": int(bad.sum()),
+            "wall_s": time.perf_counter() - t_start,
+            **{f"t_{k}": v for k, v in times.items()},
+            "failures": failures,
+        }
+        return row
+
+    def _failures(self, sample_bad: Tensor, statuses: list[Tensor], bad: Tensor) -> str:
+        """'kind: conditions; ...' for every numerical problem of this iteration."""
+        parts = []
+        if bool(sample_bad.any()):
+            parts.append(f"diverged samples: {sample_bad.nonzero().flatten().tolist()}")
+        serious = (LQRStatus.MAX_ITER_KL_ABOVE, LQRStatus.PD_FAILURE, LQRStatus.NONFINITE_INPUT,
+                   LQRStatus.BAD_PREV_COVAR, LQRStatus.BAD_POLICY_COVAR)
+        for code in serious:
+            conds = sorted({int(i) for s in statuses for i in (s == int(code)).nonzero()
+                            .flatten().tolist()})
+            if conds:
+                parts.append(f"LQR {code.name}: {conds}")
+        other = bad & ~sample_bad
+        if bool(other.any()):
+            parts.append(f"kept previous controller: {other.nonzero().flatten().tolist()}")
+        return "; ".join(parts)
+
+    def _badmm(self, batch: SampleBatch, dyn: LinearGaussianDynamics, cost: QuadraticCost,
+               statuses: list[Tensor]) -> tuple[LinearGaussianController, Any, Tensor,
+                                                dict[str, float]]:
+        cfg = self.cfg
+        sampler = self.ctrl
+        assert sampler is not None
+        traj = sampler
+        kl_step = cfg.kl_step * self.step_mult
+        times = {"lqr": 0.0, "policy": 0.0}
+        res = None
+        pol_kl = torch.zeros_like(self.nu)
+        for inner in range(cfg.inner_iterations):
+            t0 = time.perf_counter()
+            started = self.iteration_count > 0 or inner > 0
+            if started:
+                prec = traj.inv_covar
+                # policy step's minimiser for λ^T E_pi[u] + ν KL(pi || p): μ_p − S λ / ν. (The
+                # reference code multiplies by ν instead, marked "TODO: divide" there; that makes
+                # the dual step's effect grow as ν², and it diverged in our runs.)
+                adj = (traj.covar @ self.lam_k[..., None]).squeeze(-1)
+                adj = adj / self.nu.clamp_min(1e-8)[..., None]
+                target = traj.mean(batch.Z) - adj[:, None]
+                self._train(batch, target, prec, self.nu)
+            pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
+            pol_var = self.policy.variance.detach().to(self.dtype)
+            pol_lin = linearise_policy(
+                batch.Z, pol_mu, pol_var, max_clusters=cfg.gmm_clusters,
+                min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
+                gmm_iters=cfg.gmm_iters, generator=self.gen_gmm)
+            pol_kl = self._policy_kl(traj, batch, pol_mu)
+            if started:
+                gap = (traj.mean(batch.Z) - pol_mu).mean(1)  # [M,T,dU]
+                step = (traj.inv_covar @ gap[..., None]).squeeze(-1)
+                self.lam_k = self.lam_k - cfg.policy_dual_rate * self.nu[..., None] * step
+                if inner == cfg.inner_iterations - 1:
+                    self.nu = (self.nu + cfg.lg_step * pol_kl).clamp_min(0.0)
+            t0 = self._tick(times, "policy", t0)
+            res = self._lqr(dyn, cost, sampler, kl_step, policy_K=pol_lin.K,
+                            policy_k=pol_lin.k, policy_covar=pol_lin.covar,
+                            policy_weight=self.nu, lagrange_K=torch.zeros_like(pol_lin.K),
+                            lagrange_k=self.lam_k)
+            statuses.append(res.status)
+            self.eta = res.eta
+            traj = LinearGaussianController(res.K, res.k, res.pol_covar)
+            self._tick(times, "lqr", t0)
+        return traj, res, pol_kl, times
+
+    def _mdgps(self, batch: SampleBatch, dyn: LinearGaussianDynamics, cost: QuadraticCost,
+               statuses: list[Tensor], cur: dict[str, Any]
+               ) -> tuple[LinearGaussianController, Any, Tensor, LinearGaussianController,
+                          dict[str, float]]:
+        cfg = self.cfg
+        sampler = self.ctrl
+        assert sampler is not None
+        times = {"lqr": 0.0, "policy": 0.0}
+        ones = torch.ones(cfg.conditions, cfg.horizon, dtype=self.dtype, device=self.device)
+        t0 = time.perf_counter()
+        if self.iteration_count == 0:  # catch the policy up with the initial controllers
+            self._train(batch, sampler.mean(batch.Z), sampler.inv_covar, ones)
+        pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
+        pol_var = self.policy.variance.detach().to(self.dtype)
+        pol_lin = linearise_policy(
+            batch.Z, pol_mu, pol_var, max_clusters=cfg.gmm_clusters,
+            min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
+            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm)
+        t0 = self._tick(times, "policy", t0)
+        if self.prev is not None:
+            self._step_adjust(cur, pol_lin)
+        res = self._lqr(dyn, cost, pol_lin, cfg.kl_step * self.step_mult)
+        statuses.append(res.status)
+        self.eta = res.eta
+        traj = LinearGaussianController(res.K, res.k, res.pol_covar)
+        t0 = self._tick(times, "lqr", t0)
+        self._train(batch, traj.mean(batch.Z), traj.inv_covar, ones)
+        pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
+        pol_kl = self._policy_kl(traj, batch, pol_mu)
+        self._tick(times, "policy", t0)
+        return traj, res, pol_kl, pol_lin, times
+
+    @staticmethod
+    def _tick(times: dict[str, float], key: str, t0: float) -> float:
+        now = time.perf_counter()
+        times[key] += now - t0
+        return now
+
+    # ----------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (CPU tensors, RNG states included)."""
+        assert self.ctrl is not None
+        prev = None
+        if self.prev is not None:
+            prev = {"dyn": _dyn_state(self.prev["dyn"]),
+                    "cost": {k: getattr(self.prev["cost"], k).cpu() for k in ("Cm", "cv", "c0")},
+                    "anchor": self.prev["anchor"].state_dict(),
+                    "result": self.prev["result"].state_dict()}
+        return {
+            "iteration": self.iteration_count,
+            "obs_scaled": self.obs_scaled,
+            "ctrl": self.ctrl.state_dict(),
+            "eta": self.eta.cpu(), "step_mult": self.step_mult.cpu(),
+            "lam_k": self.lam_k.cpu(), "nu": self.nu.cpu(),
+            "prev": prev,
+            "policy": {k: v.cpu() for k, v in self.policy.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"sample": self.gen_sample.get_state(), "gmm": self.gen_gmm.get_state(),
+                    "policy": self.gen_policy.get_state()},
+            "init_info": dict(self.init_info),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; ValueError if it does not fit this configuration."""
+        dev, dt = self.device, self.dtype
+        try:
+            ctrl = LinearGaussianController.from_state_dict(state["ctrl"], dev, dt)
+            M, T, dU, dX = ctrl.K.shape
+            want = (self.cfg.conditions, self.cfg.horizon, self.family.d, self.smap.dim)
+            if (M, T, dU, dX) != want:
+                raise ValueError(f"controllers have shape {(M, T, dU, dX)}, this run needs "
+                                 f"{want}")
+            self.policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.ctrl = ctrl
+            self.iteration_count = int(state["iteration"])
+            self.obs_scaled = bool(state["obs_scaled"])
+            self.eta = state["eta"].to(dev, dt)
+            self.step_mult = state["step_mult"].to(dev, dt)
+            self.lam_k = state["lam_k"].to(dev, dt)
+            self.nu = state["nu"].to(dev, dt)
+            prev = state["prev"]
+            if prev is None:
+                self.prev = None
+            else:
+                self.prev = {
+                    "dyn": LinearGaussianDynamics(**{k: v.to(dev, dt)
+                                                     for k, v in prev["dyn"].items()}),
+                    "cost": QuadraticCost(**{k: v.to(dev, dt) for k, v in prev["cost"].items()}),
+                    "anchor": LinearGaussianController.from_state_dict(prev["anchor"], dev, dt),
+                    "result": LinearGaussianController.from_state_dict(prev["result"], dev, dt),
+                }
+            self.gen_sample.set_state(state["rng"]["sample"])
+            self.gen_gmm.set_state(state["rng"]["gmm"])
+            self.gen_policy.set_state(state["rng"]["policy"])
+            self.init_info = dict(state.get("init_info", {}))
+        except (KeyError, TypeError, RuntimeError, AttributeError) as err:
+            raise ValueError(f"checkpoint: does not fit this run ({err!r})") from err

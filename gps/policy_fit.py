@@ -1,0 +1,117 @@
+"""The neural policy's side of GPS: its local linearisation and its precision-weighted training.
+
+* :func:`linearise_policy` fits, for every condition and step at once, the linear-Gaussian
+  ``pi(u|z) ≈ N(K z + k, S)`` that BADMM's KL-to-policy term and mirror-descent GPS's KL anchor
+  need. As the reference code's ``PolicyPriorGMM``: a GMM over all of a condition's
+  [z, pi(z)] points gives a normal-inverse-Wishart prior for the per-step Gaussian fit (N samples
+  per step would not determine it alone); S adds the policy's own variance to the residual.
+  Batched as :mod:`gps.dynamics` (the authors' code spends 44% of an iteration here, one
+  condition and one step at a time).
+* :func:`train_policy` regresses the policy's mean on the controllers' (BADMM: dual-adjusted)
+  mean actions with the precision-weighted loss (u − μ)ᵀ P (u − μ), Adam, minibatches drawn
+  from a seeded generator, and sets the policy's variance to the inverse of the mean precision
+  (the closed-form optimum of the Gaussian's covariance, as the reference code).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from gps.controller import LinearGaussianController
+from gps.gmm import GMMPrior, fit_gmm, n_clusters_for
+from optenv.policy import GaussianMLPPolicy
+
+__all__ = ["linearise_policy", "policy_means", "train_policy"]
+
+
+@torch.no_grad()
+def policy_means(policy: GaussianMLPPolicy, obs: Tensor, chunk: int = 65536) -> Tensor:
+    """The policy's mean actions at observations obs [..., obs_dim], in obs's dtype."""
+    flat = obs.reshape(-1, obs.shape[-1])
+    out = torch.cat([policy(flat[i:i + chunk]) for i in range(0, flat.shape[0], chunk)])
+    return out.to(obs.dtype).reshape(*obs.shape[:-1], -1)
+
+
+def linearise_policy(Z: Tensor, Upol: Tensor, pol_var: Tensor, *, prior: bool = True,
+                     max_clusters: int = 20, min_samples_per_cluster: int = 20,
+                     strength: float = 1.0, gmm_iters: int = 100, reg: float = 1e-6,
+                     generator: torch.Generator | None = None) -> LinearGaussianController:
+    """pi(u|z) ≈ N(K_t z + k_t, S_t) per condition and step from Z [M,N,T,dX] and the policy's
+    mean actions Upol [M,N,T,dU]; pol_var [dU] is the policy's own (diagonal) variance."""
+    M, N, T, dX = Z.shape
+    dU = Upol.shape[-1]
+    pts = torch.cat([Z, Upol], -1).transpose(1, 2)  # [M,T,N,D]
+    mean = pts.mean(2)
+    diff = pts - mean[:, :, None]
+    sigma = diff.mT @ diff / N
+    if prior:
+        K = n_clusters_for(N * T, max_clusters, min_samples_per_cluster)
+        gmm = fit_gmm(pts.reshape(M, T * N, -1), K, generator=generator, max_iter=gmm_iters)
+        mu0, Phi, m, n0 = GMMPrior(gmm, dX, dU, strength).eval(pts)
+        dm = mean - mu0
+        sigma = (N * sigma + Phi + (N * m / (N + m)) * dm[..., :, None] * dm[..., None, :])
+        sigma = sigma / (N + n0)
+    sigma = 0.5 * (sigma + sigma.mT)
+    eye = torch.eye(dX, dtype=Z.dtype, device=Z.device)
+    Sxx = sigma[..., :dX, :dX] + reg * eye
+    Sxu = sigma[..., :dX, dX:]
+    L, info = torch.linalg.cholesky_ex(Sxx)
+    if bool((info == 0).all()):
+        Kt = torch.cholesky_solve(Sxu, L).mT
+    else:
+        Kt = (torch.linalg.pinv(Sxx, hermitian=True) @ Sxu).mT
+    kt = mean[..., dX:] - (Kt @ mean[..., :dX, None]).squeeze(-1)
+    S = sigma[..., dX:, dX:] - Kt @ Sxu
+    S = 0.5 * (S + S.mT) + torch.diag_embed(pol_var.to(Z).expand(M, T, dU))
+    return LinearGaussianController(Kt, kt, S)
+
+
+def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, obs: Tensor,
+                 target: Tensor, prec: Tensor, weight: Tensor, *, steps: int, batch_size: int,
+                 generator: torch.Generator) -> float:
+    """Fit the policy mean to ``target`` with the precision-weighted loss; returns the last
+    epoch's mean loss.
+
+    obs [R,obs_dim], target [R,dU], prec [R,dU,dU], weight [R] (>= 0; rows with weight 0 are
+    ignored). Weights are normalised to mean 1 over the used rows and capped at twice their
+    median (the reference code's guard against a few huge BADMM weights). Precisions are divided
+    by their mean trace / dU in the loss, so weight decay means the same whatever the
+    controllers' scale; the policy's variance is set to 1 / diag(mean precision).
+    """
+    use = weight > 0
+    if not bool(use.any()):
+        return math.nan
+    obs, target, prec, weight = obs[use], target[use], prec[use], weight[use]
+    med = weight.median()
+    weight = weight.clamp(max=2.0 * float(med)) if float(med) > 0 else weight
+    weight = weight / weight.mean()
+    mean_prec = prec.mean(0)
+    scale = torch.diagonal(mean_prec).mean().clamp_min(1e-12)
+    w = policy.mean_net[0].weight
+    dev, dt = w.device, w.dtype
+    obs = obs.to(device=dev, dtype=dt)
+    target = target.to(device=dev, dtype=dt)
+    prec_n = (prec / scale).to(device=dev, dtype=dt)
+    weight = weight.to(device=dev, dtype=dt)
+    R = obs.shape[0]
+    bs = min(batch_size, R)
+    policy.train()
+    losses: list[Tensor] = []
+    for i in range(steps):
+        rows = torch.randint(0, R, (bs,), generator=generator).to(dev)
+        err = policy(obs[rows]) - target[rows]
+        quad = (err[:, None, :] @ prec_n[rows] @ err[:, :, None]).reshape(-1)
+        loss = (weight[rows] * quad).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= steps - max(1, steps // 10):
+            losses.append(loss.detach())
+    policy.eval()
+    var = 1.0 / torch.diagonal(mean_prec).clamp_min(1e-12)
+    with torch.no_grad():
+        policy.log_std.copy_(0.5 * torch.log(var).to(policy.log_std))
+    return float(torch.stack(losses).mean())

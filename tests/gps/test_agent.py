@@ -1,0 +1,244 @@
+"""Tests of the GPS agent (gps.agent, gps.model, gps.controller, gps.policy_fit, gps.train).
+
+Everything small and on CPU: a few conditions, samples and steps, short policy updates.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import optenv
+from gps.agent import GPSAgent, GPSConfig
+from gps.controller import LQRStateMap, momentum_controller
+from gps.model import expand_cost, fit_dynamics
+from gps.train import load_for_compare, load_optimizer, make_config, train
+from optenv.core import OptimizationCore, StateLayout
+from optenv.families import FunctionFamily
+from optenv.registration import family_of
+
+SMALL = {"conditions": 2, "samples": 3, "horizon": 4, "iterations": 1, "lqr_history": 2,
+         "inner_iterations": 2, "policy_steps": 5, "policy_batch": 16, "gmm_iters": 5,
+         "lqr_max_iter": 10, "momentum_lr_grid": (0.1, 1.0), "momentum_grid": (0.5, 0.9)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The problems are tiny: one torch thread avoids oversubscription on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _quadratic_family(scales: tuple[float, ...] = (1.0, 0.3)) -> FunctionFamily:
+    a = torch.tensor(scales, dtype=torch.float64)
+
+    def f(x: torch.Tensor, data: dict) -> torch.Tensor:
+        return 0.5 * (a.to(x) * x * x).sum(-1)
+
+    return FunctionFamily(f, d=len(scales), name="TinyLQ")
+
+
+def test_momentum_controller_is_exact() -> None:
+    """The encoded controller reproduces torch-style momentum step for step."""
+    fam = family_of("optenv/Quadratic-v0")
+    core = OptimizationCore(fam, history=3)
+    smap = LQRStateMap(core.layout, 2)
+    ctrl = momentum_controller(smap, 2, 5, lr=0.1, momentum=0.9)
+    data, x0 = fam.sample([0, 1], split="train")
+    step = core.start(data, x0)
+    state, f = step.state, step.f
+    buf = torch.zeros_like(x0)
+    for t in range(5):
+        z = smap(state)[:, None]
+        u = ctrl.act(z, t, torch.zeros(2, 1, fam.d, dtype=z.dtype))[:, 0]
+        g = state[:, core.layout.state_slices["CUR_GRAD"]]
+        buf = 0.9 * buf + g
+        torch.testing.assert_close(u, -0.1 * buf)
+        step = core.step(data, state, f, u)
+        state, f = step.state, step.f
+
+
+def test_lifted_dynamics_exact_on_quadratic() -> None:
+    """On a quadratic, x' = x + u and g' = A(x + u) are linear: the lifted fit predicts the
+    next LQR state (all but the nonlinear objective delta) to high accuracy."""
+    fam = _quadratic_family()
+    cfg = GPSConfig(conditions=2, samples=12, horizon=5, lqr_history=2,
+                    momentum_lr_grid=(0.5,), momentum_grid=(0.5,))
+    agent = GPSAgent(fam, cfg, history=2)
+    agent.initialise()
+    batch = agent.sample(agent.ctrl)
+    dyn, _res = fit_dynamics(batch.Z, batch.U, agent.smap, reg=1e-9, prior=False)
+    lay = agent.smap.layout
+    keep = torch.ones(lay.state_dim, dtype=torch.bool)
+    keep[lay.state_slices["PAST_OBJ_VAL_DELTAS"]] = False
+    zu = torch.cat([batch.Z[:, :, :-1], batch.U[:, :, :-1]], -1)
+    pred = torch.einsum("mtij,mntj->mnti", dyn.Fm[:, :-1], zu) + dyn.fv[:, None, :-1]
+    err = (pred - batch.Z[:, :, 1:])[..., keep].abs().max()
+    assert float(err) < 1e-6
+
+
+def test_cost_expansion_is_exact_for_quadratic() -> None:
+    fam = _quadratic_family()
+    cfg = GPSConfig(conditions=2, samples=4, horizon=3, lqr_history=1,
+                    momentum_lr_grid=(0.5,), momentum_grid=(0.5,))
+    agent = GPSAgent(fam, cfg, history=1)
+    agent.initialise()
+    b = agent.sample(agent.ctrl)
+    cost = expand_cost(fam, agent.data, b.Z, b.U, agent.smap)
+    zu = torch.cat([b.Z, b.U], -1)
+    quad = 0.5 * torch.einsum("mnti,mtij,mntj->mnt", zu, cost.Cm, zu)
+    model = quad + torch.einsum("mti,mnti->mnt", cost.cv, zu) + cost.c0[:, None]
+    torch.testing.assert_close(model, b.F)
+
+
+def test_trajectory_optimisation_converges_to_known_optimum() -> None:
+    """Tiny linear-quadratic problem: cost_t = f(x_t + u_t) = 1/2 (x+u)^T A (x+u), x' = x + u.
+    The optimal time-varying controller's mean is u_t = −x_t (jump to the minimiser), which no
+    momentum setting reproduces for A = diag(1, 0.3). GPS's trajectory optimisation (BADMM with
+    the policy terms switched off) must converge to it."""
+    fam = _quadratic_family()
+    cfg = GPSConfig(conditions=3, samples=8, horizon=5, iterations=12, lqr_history=1,
+                    kl_step=2.0, init_pol_wt=0.0, lg_step=0.0, policy_dual_rate=0.0,
+                    inner_iterations=1, policy_steps=1, gmm_iters=10,
+                    momentum_lr_grid=(0.25, 0.5), momentum_grid=(0.5,))
+    agent = GPSAgent(fam, cfg, history=1)
+    agent.initialise()
+
+    def gap() -> float:
+        b = agent.sample(agent.ctrl)
+        x = b.Z[..., agent.smap.layout.state_slices["CUR_LOC"]]
+        u_mean = agent.ctrl.mean(b.Z)
+        return float((u_mean + x).abs().mean() / x.abs().mean())
+
+    start = gap()
+    for _ in range(cfg.iterations):
+        row = agent.iteration()
+    assert start > 0.2
+    assert gap() < 0.05, row
+    assert row["sampled_cost"] < 0.02
+
+
+FAMILIES = [*optenv.BUILTIN_IDS, "custom"]
+
+
+@pytest.mark.parametrize("algorithm", ["badmm", "mdgps"])
+@pytest.mark.parametrize("env_id", FAMILIES, ids=lambda i: i.split("/")[-1])
+def test_one_iteration_each_family(env_id: str, algorithm: str) -> None:
+    fam = _quadratic_family((1.0, 0.5, 0.2)) if env_id == "custom" else family_of(env_id)
+    cfg = GPSConfig(algorithm=algorithm, **SMALL)
+    agent = GPSAgent(fam, cfg, history=25)
+    agent.initialise()
+    row = agent.iteration()
+    for key in ("sampled_cost", "policy_cost", "kl", "eta", "step_mult", "dyn_residual",
+                "wall_s", "t_sampling", "t_dynamics", "t_lqr", "t_policy"):
+        assert math.isfinite(row[key]), (key, row)
+    assert row["bad_conditions"] == 0
+    assert agent.ctrl is not None and bool(torch.isfinite(agent.ctrl.K).all())
+    obs = torch.zeros(5, StateLayout(fam.d, 25).obs_dim)
+    assert agent.policy(obs).shape == (5, fam.d)
+
+
+def test_diverging_condition_is_reported_and_kept() -> None:
+    """A condition whose samples blow up is reported and keeps its controller; others go on."""
+    fam = _quadratic_family((1.0, 0.5))
+    cfg = GPSConfig(**{**SMALL, "conditions": 3})
+    agent = GPSAgent(fam, cfg, history=25)
+    agent.initialise()
+    assert agent.ctrl is not None
+    agent.ctrl.k[1] = 1e40  # condition 1 jumps out of range at once
+    before = agent.ctrl.k[1].clone()
+    row = agent.iteration()
+    assert "diverged samples: [1]" in row["failures"]
+    assert row["bad_conditions"] == 1
+    torch.testing.assert_close(agent.ctrl.k[1], before)
+    assert bool(torch.isfinite(agent.ctrl.K).all())
+    assert math.isfinite(row["sampled_cost"])
+
+
+def _tiny_args(out: Path, *extra: str) -> list[str]:
+    return ["train", "gps", "--env", "optenv/LogisticRegression-v0", "--out", str(out),
+            "--conditions", "2", "--samples", "3", "--horizon", "4", "--lqr-history", "2",
+            "--inner-iterations", "2", "--policy-steps", "5", "--policy-batch", "16",
+            "--quiet", *extra]
+
+
+def _tiny_config(iterations: int, algorithm: str = "badmm") -> GPSConfig:
+    return make_config(algorithm, **{**SMALL, "iterations": iterations})
+
+
+def _strip(log: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "wall_s" and not k.startswith("t_")}
+            for r in log]
+
+
+@pytest.mark.parametrize("algorithm", ["badmm", "mdgps"])
+def test_resume_reproduces_uninterrupted_run(tmp_path: Path, algorithm: str) -> None:
+    env = "optenv/LogisticRegression-v0"
+    full = train(env, tmp_path / "a", _tiny_config(2, algorithm), quiet=True)
+    train(env, tmp_path / "b", _tiny_config(1, algorithm), quiet=True)  # "interrupted" here
+    resumed = train(env, tmp_path / "b", _tiny_config(2, algorithm), quiet=True, resume=True)
+    assert _strip(full) == _strip(resumed)
+    pa = torch.load(tmp_path / "a" / "policy.pt", weights_only=True)["state_dict"]
+    pb = torch.load(tmp_path / "b" / "policy.pt", weights_only=True)["state_dict"]
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=0, atol=0)
+    for name in ("log.csv", "curves.png", "checkpoint.pt", "config.json"):
+        assert (tmp_path / "b" / name).exists()
+
+
+def test_policy_roundtrip_and_compare_loader(tmp_path: Path) -> None:
+    env = "optenv/LogisticRegression-v0"
+    cfg = _tiny_config(1)
+    train(env, tmp_path / "run", cfg, quiet=True)
+    pol = load_optimizer(tmp_path / "run")  # one call
+    fam = family_of(env)
+    obs = torch.randn(7, StateLayout(fam.d, 25).obs_dim)
+    out = pol(obs)
+    assert out.shape == (7, fam.d) and bool(torch.isfinite(out).all())
+    torch.testing.assert_close(load_optimizer(tmp_path / "run" / "policy.pt")(obs), out)
+    ctx = {"env_id": env, "family": fam, "history": 25, "max_step": 1.0, "device": "cpu"}
+    method = load_for_compare(str(tmp_path / "run"), ctx)
+    ev = optenv.evaluate(method, env, n_test=3, horizon=5)
+    assert ev.f.shape == (3, 6) and np.isfinite(ev.f).all()
+    other = family_of("optenv/NeuralNet-v0")
+    with pytest.raises(ValueError, match="trained for d="):
+        load_for_compare(str(tmp_path / "run"), {**ctx, "family": other,
+                                                 "env_id": "optenv/NeuralNet-v0"})
+    with pytest.raises(ValueError, match=r"policy\.pt"):
+        load_optimizer(tmp_path / "nothing")
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from optenv.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code, err = _cli(_tiny_args(out, "--algorithm", "sgd"), capsys)
+    assert code == 2 and "--algorithm" in err and err.count("\n") == 1
+    code, err = _cli(_tiny_args(out, "--resume"), capsys)
+    assert code == 2 and "--resume" in err
+    code, err = _cli(_tiny_args(out, "--env", "optenv/Nope-v0"), capsys)
+    assert code == 2 and "--env" in err
+    code, _ = _cli(_tiny_args(out, "--iterations", "1"), capsys)
+    assert code == 0 and (out / "policy.pt").exists()
+    code, err = _cli(_tiny_args(out, "--iterations", "1"), capsys)
+    assert code == 2 and "already holds a run" in err
+    code, err = _cli(_tiny_args(out, "--iterations", "2", "--kl-step", "0.5", "--resume"),
+                     capsys)
+    assert code == 2 and "kl_step" in err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    before["checkpoint.pt"] = b"not a checkpoint"
+    code, err = _cli(_tiny_args(out, "--iterations", "2", "--resume"), capsys)
+    assert code == 2 and "checkpoint" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
