@@ -8,7 +8,8 @@ writes ``results.json`` (schema in :mod:`optenv.results`) plus ``mean_f.png`` an
 
 Methods (``--methods``, comma-separated): the hand-designed optimisers of
 ``baselines.optimizers`` (gd, momentum, nesterov, adam, adagrad, rmsprop, cg, lbfgs) and
-``PREFIX:PATH`` specs for saved learned optimisers (``gps:DIR``, ``bptt:DIR``, ``ppo:DIR``).
+``PREFIX:PATH`` specs for saved learned optimisers: the run folders of ``optenv train``
+(``gps:DIR``, ``bptt:DIR``, ``ppo:DIR``, ``sac:DIR``, ``td3:DIR``, ``recurrent-ppo:DIR``).
 Loaders for prefixes are found through :data:`METHOD_LOADERS` — a "module:function" string or a
 callable per prefix, registered by the package that owns the format
 (:func:`register_method_loader`) — so optenv never imports ``gps`` or ``baselines`` at module
@@ -47,11 +48,14 @@ DEFAULT_ENV = "optenv/LogisticRegression-v0"
 DEFAULT_METHODS = "gd,momentum,nesterov,cg,lbfgs,adam,adagrad,rmsprop"
 #: Where the hand-designed optimisers live (a string entry point: imported only when used).
 HAND_OPTIMIZERS = "baselines.optimizers:OPTIMIZERS"
-#: prefix → loader ("module:function" or a callable), None = known format, no loader yet.
+#: prefix → loader ("module:function" or a callable); None = a known format with no loader.
 METHOD_LOADERS: dict[str, str | Callable[[str, dict[str, Any]], Any] | None] = {
     "gps": "gps.train:load_for_compare",
     "bptt": "baselines.bptt_train:load_for_compare",
-    "ppo": None,
+    "ppo": "baselines.sb3_policy:load_ppo",
+    "sac": "baselines.sb3_policy:load_sac",
+    "td3": "baselines.sb3_policy:load_td3",
+    "recurrent-ppo": "baselines.sb3_policy:load_recurrent_ppo",
 }
 
 
@@ -59,8 +63,9 @@ def register_method_loader(
     prefix: str, loader: str | Callable[[str, dict[str, Any]], Any]
 ) -> None:
     """Make ``--methods PREFIX:PATH`` load a saved optimiser with ``loader(PATH, context)``."""
-    if not isinstance(prefix, str) or not prefix.isidentifier():
-        raise ValueError(f"prefix: got {prefix!r}, allowed: an identifier such as 'gps'")
+    if not isinstance(prefix, str) or not prefix.replace("-", "_").isidentifier():
+        raise ValueError(f"prefix: got {prefix!r}, allowed: a name such as 'gps' or "
+                         "'recurrent-ppo'")
     if not (callable(loader) or (isinstance(loader, str) and ":" in loader)):
         raise ValueError(f"loader: got {loader!r}, allowed: a callable or 'module:function'")
     METHOD_LOADERS[prefix] = loader

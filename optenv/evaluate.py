@@ -6,7 +6,9 @@ What can be evaluated (``method`` of :func:`evaluate`):
   ``reset()`` (``baselines.optimizers``), or its name (``"adam"``, ``"lbfgs"``, ...). It runs
   directly on the batch, unclipped, with line-search evaluations counted (``extra_evals``);
 * a **Stable-Baselines3 model** (anything with ``predict(obs, deterministic=...)``), given numpy
-  observations [B, obs_dim];
+  observations [B, obs_dim] as the env emits them — a model trained behind ``VecNormalize``
+  needs its saved statistics: load its run folder with ``baselines.sb3_policy`` (what
+  ``optenv compare --methods ppo:DIR`` does), which normalises before calling the model;
 * a **policy callable** on batched torch observations [B, obs_dim] returning actions [B, d]
   (torch or numpy); a ``reset()`` method, if any, is called before the run.
 
