@@ -12,21 +12,32 @@ Public API of the numerical core:
   linear-Gaussian dynamics with a normal-inverse-Wishart prior from a batched-EM GMM.
 * :mod:`gps.reference`: the slow per-condition numpy implementation (test oracle, benchmark
   baseline); ``python -m gps.bench lqr|dynamics`` times one against the other.
+
+The learner built on it:
+
+* :class:`gps.agent.GPSAgent` with :class:`gps.agent.GPSConfig` (BADMM or mirror-descent GPS),
+  ``optenv train gps`` (:mod:`gps.train`), and :func:`gps.train.load_optimizer` to load a
+  trained policy in one call.
 """
 
+from gps.agent import GPSAgent, GPSConfig
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
 from gps.gmm import GMM, GMMPrior, fit_gmm
 from gps.lqr import LQRResult, LQRStatus, kl_constrained_lqr, lqr_backward, lqr_forward
+from gps.train import load_optimizer
 
 __all__ = [
     "GMM",
     "GMMPrior",
+    "GPSAgent",
+    "GPSConfig",
     "LQRResult",
     "LQRStatus",
     "LinearGaussianDynamics",
     "fit_gmm",
     "fit_linear_gaussian",
     "kl_constrained_lqr",
+    "load_optimizer",
     "lqr_backward",
     "lqr_forward",
 ]
