@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from optenv.checkpoint import load_tagged, save_tagged
+from optenv.checkpoint import load_module, save_module
 from optenv.core import OptimizationCore, StateLayout
 from optenv.families import ObjectiveFamily
 from optenv.policy import GaussianMLPPolicy
@@ -351,17 +351,11 @@ LSTM_FORMAT = "optenv.bptt.lstm/1"
 
 def save_lstm(path: str, net: CoordinatewiseLSTM, extra: dict[str, Any] | None = None) -> None:
     """Write the net (config + weights + ``extra`` metadata) atomically to ``path``."""
-    save_tagged(path, LSTM_FORMAT, {"config": net.config(), "state_dict": net.state_dict(),
-                                    "extra": extra or {}})
+    save_module(path, LSTM_FORMAT, net, extra)
 
 
 def load_lstm(path: str, map_location: str | torch.device = "cpu"
               ) -> tuple[CoordinatewiseLSTM, dict[str, Any]]:
     """The net and its ``extra`` metadata from :func:`save_lstm`; ValueError if not one."""
-    payload = load_tagged(path, LSTM_FORMAT, "a saved optenv LSTM optimiser",
-                          map_location=map_location)
-    net = CoordinatewiseLSTM(**payload["config"])
-    sd = payload["state_dict"]
-    net.to(next(iter(sd.values())).dtype)
-    net.load_state_dict(sd)
-    return net, payload["extra"]
+    return load_module(path, LSTM_FORMAT, "a saved optenv LSTM optimiser", CoordinatewiseLSTM,
+                       map_location)

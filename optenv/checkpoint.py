@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write", "load_tagged", "save_tagged"]
+__all__ = ["atomic_write", "load_module", "load_tagged", "save_module", "save_tagged"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None],
@@ -64,3 +64,22 @@ def load_tagged(path: str | os.PathLike[str], fmt: str, what: str, *,
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise ValueError(f"path: {str(path)!r} is not {what} (expected format {fmt!r})")
     return payload
+
+
+def save_module(path: str | os.PathLike[str], fmt: str, module: torch.nn.Module,
+                extra: dict[str, Any] | None = None) -> Path:
+    """Save a module that has ``config()`` (its constructor arguments) with its weights."""
+    return save_tagged(path, fmt, {"config": module.config(), "state_dict": module.state_dict(),
+                                   "extra": extra or {}})
+
+
+def load_module(path: str | os.PathLike[str], fmt: str, what: str,
+                factory: Callable[..., torch.nn.Module],
+                map_location: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """``(factory(**config) with the saved weights, extra)`` from :func:`save_module`."""
+    payload = load_tagged(path, fmt, what, map_location=map_location)
+    module = factory(**payload["config"])
+    state = payload["state_dict"]
+    module.to(next(iter(state.values())).dtype)
+    module.load_state_dict(state)
+    return module, payload["extra"]

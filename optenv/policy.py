@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from optenv.checkpoint import load_tagged, save_tagged
+from optenv.checkpoint import load_module, save_module
 from optenv.validation import check_int, check_number
 
 __all__ = ["GaussianMLPPolicy", "load_policy", "save_policy"]
@@ -103,17 +103,11 @@ class EnvPolicy:
 
 def save_policy(path: str, policy: GaussianMLPPolicy, extra: dict[str, Any] | None = None) -> None:
     """Write the policy (config, weights, ``extra`` metadata) atomically to ``path``."""
-    save_tagged(path, POLICY_FORMAT, {"config": policy.config(),
-                                      "state_dict": policy.state_dict(), "extra": extra or {}})
+    save_module(path, POLICY_FORMAT, policy, extra)
 
 
 def load_policy(path: str, map_location: str | torch.device = "cpu"
                 ) -> tuple[GaussianMLPPolicy, dict[str, Any]]:
     """The policy and its ``extra`` metadata from :func:`save_policy`; ValueError if not one."""
-    payload = load_tagged(path, POLICY_FORMAT, "a saved optenv GaussianMLPPolicy",
-                          map_location=map_location)
-    policy = GaussianMLPPolicy(**payload["config"])
-    sd = payload["state_dict"]
-    policy.to(sd["log_std"].dtype)
-    policy.load_state_dict(sd)
-    return policy, payload["extra"]
+    return load_module(path, POLICY_FORMAT, "a saved optenv GaussianMLPPolicy",
+                       GaussianMLPPolicy, map_location)

@@ -155,13 +155,7 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train a learned optimiser (gps, bptt, SB3 agents)")
     algos = p.add_subparsers(dest="algorithm", parser_class=type(p))
     for module_name in TRAINERS.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue
-        module.add_train_parser(algos)
+        importlib.import_module(module_name).add_train_parser(algos)
     p.set_defaults(func=lambda args: _missing_algorithm(p, args))
 
 
