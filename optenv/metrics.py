@@ -28,6 +28,7 @@ __all__ = [
     "margin_of_victory_per_objective",
     "mean_ci",
     "median_ci",
+    "pairwise_win_fraction",
     "summarize",
 ]
 
@@ -118,6 +119,41 @@ def margin_of_victory(curves: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
     """Mean margin of victory per iteration [T+1] for each method (mean over objectives of the
     finite per-objective margins; see :func:`margin_of_victory_per_objective`)."""
     return {k: mean_ci(v)[0] for k, v in margin_of_victory_per_objective(curves).items()}
+
+
+def pairwise_win_fraction(curves: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """``out[a][b]``: the share of iterations 1..T at which a's mean margin over b is positive.
+
+    The margin at an iteration is the mean over objectives of f_b − f_a, taken over the
+    objectives where both are finite (an iteration where no objective qualifies counts as a
+    loss). This is the per-opponent form of Li & Malik's figure ("the learned optimiser's mean
+    margin of victory is positive at 90% of iterations against GD"); :func:`margin_of_victory`
+    is the against-all form. Needs curves of one shape with at least one iteration after x(0).
+    """
+    names = list(curves)
+    arrs = {k: _as_curves(curves[k]) for k in names}
+    shape = next(iter(arrs.values())).shape if arrs else None
+    for k, a in arrs.items():
+        if a.shape != shape:
+            raise ValueError(f"curves[{k!r}]: got shape {a.shape}, allowed: {shape} (the same "
+                             "objectives and horizon for every method)")
+    if shape is not None and shape[1] < 2:
+        raise ValueError(f"curves: got {shape[1]} iteration(s), allowed: at least 2 (x(0) and "
+                         "one step)")
+    out: dict[str, dict[str, float]] = {}
+    for a in names:
+        out[a] = {}
+        for b in names:
+            if a == b:
+                continue
+            diff = (arrs[b] - arrs[a])[:, 1:]
+            diff = np.where(np.isfinite(arrs[a][:, 1:]) & np.isfinite(arrs[b][:, 1:]), diff,
+                            np.nan)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(diff, axis=0)
+            out[a][b] = float(np.mean(np.nan_to_num(mean, nan=-1.0) > 0))
+    return out
 
 
 @dataclass

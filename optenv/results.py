@@ -23,6 +23,8 @@ since JSON has no inf/NaN; T = horizon, N = number of test objectives)::
           "median_f": [T+1], "median_f_low": [T+1], "median_f_high": [T+1],
           "final_f": [N],                # f at iteration T of each test objective
           "margin_of_victory": [T+1] | null,   # Li & Malik's mean margin (>= 2 methods)
+          "beats": {"<other>": 0.95, ...},     # share of iterations 1..T where the mean
+                                               # margin over <other> is > 0 (optional key)
           "fraction_diverged": 0.0,      # final f > f(x0), or non-finite
           "fraction_nonfinite": 0.0,
           "extra_evals_mean": 0.0,       # line-search f/∇f evaluations beyond 1 per iteration
@@ -50,7 +52,7 @@ import numpy as np
 
 from optenv.checkpoint import atomic_write
 from optenv.evaluate import Evaluation
-from optenv.metrics import margin_of_victory, summarize
+from optenv.metrics import margin_of_victory, pairwise_win_fraction, summarize
 
 __all__ = [
     "SCHEMA",
@@ -121,6 +123,8 @@ def make_results(
                              "horizon; allowed: the same test objectives for every method")
     mov = margin_of_victory({k: v.f for k, v in evaluations.items()}) \
         if len(evaluations) > 1 else {}
+    beats = pairwise_win_fraction({k: v.f for k, v in evaluations.items()}) \
+        if first.f.shape[1] > 1 else {}
     methods = {}
     for name, ev in evaluations.items():
         s = summarize(ev.f)
@@ -133,6 +137,7 @@ def make_results(
             "median_f": s.median, "median_f_low": s.median_low, "median_f_high": s.median_high,
             "final_f": s.final_f,
             "margin_of_victory": mov.get(name),
+            "beats": beats.get(name, {}),
             "fraction_diverged": s.fraction_diverged,
             "fraction_nonfinite": s.fraction_nonfinite,
             "extra_evals_mean": float(np.mean(ev.extra_evals)),

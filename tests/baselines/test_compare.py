@@ -38,7 +38,7 @@ def _small(tmp_path: Path, *extra: str) -> argparse.Namespace:
 def test_compare_tunes_evaluates_prints_a_table_and_writes_results(tmp_path, capsys):
     assert compare.run(_small(tmp_path)) == 0
     out = capsys.readouterr().out
-    for name in ("gd", "momentum", "lbfgs", "mean f@8", "MoV@8"):
+    for name in ("gd", "momentum", "lbfgs", "mean f@8", "MoV@8", "row beats column at"):
         assert name in out
     doc = read_results(tmp_path / "out" / "results.json")
     assert doc["schema"] == SCHEMA and doc["n_test"] == 6 and doc["horizon"] == 8
@@ -50,6 +50,8 @@ def test_compare_tunes_evaluates_prints_a_table_and_writes_results(tmp_path, cap
     assert doc["methods"]["lbfgs"]["extra_evals_mean"] > 0
     for png in ("mean_f.png", "margin_of_victory.png"):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    beats = doc["methods"]["lbfgs"]["beats"]
+    assert set(beats) == {"gd", "momentum"} and all(0.0 <= v <= 1.0 for v in beats.values())
     # The table's numbers are the JSON's.
     final = np.mean(doc["methods"]["gd"]["final_f"])
     assert doc["methods"]["gd"]["mean_f"][-1] == pytest.approx(final)

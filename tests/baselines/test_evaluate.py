@@ -17,6 +17,7 @@ from optenv.metrics import (
     margin_of_victory_per_objective,
     mean_ci,
     median_ci,
+    pairwise_win_fraction,
     summarize,
 )
 from optenv.registration import family_of
@@ -143,6 +144,26 @@ def test_margin_of_victory_skips_diverged_entries_and_needs_two_methods():
     np.testing.assert_allclose(mov["b"], [0.0, -0.2])
     with pytest.raises(ValueError, match="at least 2"):
         margin_of_victory({"a": a})
+
+
+def test_pairwise_win_fraction_counts_iterations_with_a_positive_mean_margin():
+    a = np.array([[1.0, 0.5, 0.4, 0.3], [1.0, 0.5, 0.4, 0.1]])
+    b = np.array([[1.0, 0.6, 0.3, 0.3], [1.0, 0.6, 0.6, 0.1]])
+    wins = pairwise_win_fraction({"a": a, "b": b})
+    # t=1: a ahead by 0.1; t=2: mean margin (-0.1 + 0.2)/2 > 0; t=3: a tie is not a win
+    assert wins["a"]["b"] == pytest.approx(2 / 3)
+    assert wins["b"]["a"] == pytest.approx(0.0)
+
+
+def test_pairwise_win_fraction_uses_objectives_finite_for_both_and_checks_shapes():
+    a = np.array([[1.0, np.nan, 0.2], [1.0, 0.5, np.inf]])
+    b = np.array([[1.0, 0.1, 0.3], [1.0, 0.6, np.inf]])
+    wins = pairwise_win_fraction({"a": a, "b": b})
+    assert wins["a"]["b"] == pytest.approx(1.0)  # t=1 on objective 2 only, t=2 on objective 1
+    with pytest.raises(ValueError, match="same objectives"):
+        pairwise_win_fraction({"a": a, "b": b[:, :2]})
+    with pytest.raises(ValueError, match="at least 2"):
+        pairwise_win_fraction({"a": a[:, :1], "b": b[:, :1]})
 
 
 def test_mean_interval_is_student_t_over_finite_values():
