@@ -41,6 +41,7 @@ from torch import Tensor
 
 from gps.controller import LinearGaussianController, LQRStateMap, momentum_controller
 from gps.dynamics import LinearGaussianDynamics
+from gps.gmm import GMM
 from gps.lqr import LQRStatus, kl_constrained_lqr
 from gps.model import QuadraticCost, expand_cost, expected_cost, fit_dynamics
 from gps.policy_fit import linearise_policy, policy_means, train_policy
@@ -200,6 +201,9 @@ class GPSAgent:
         self.nu = torch.full((M, T), config.init_pol_wt, dtype=dt, device=dev)
         self.prev: dict[str, Any] | None = None
         self.init_info: dict[str, Any] = {}
+        # the GMM priors' last mixtures: each fit warm-starts from the previous one
+        self.gmm_dyn: GMM | None = None
+        self.gmm_pol: GMM | None = None
 
     # ----------------------------------------------------------------------------- setup
     def initialise(self) -> dict[str, Any]:
@@ -309,6 +313,16 @@ class GPSAgent:
             steps=self.cfg.policy_steps, batch_size=self.cfg.policy_batch,
             generator=self.gen_policy)
 
+    def _linearise(self, batch: SampleBatch, pol_mu: Tensor, pol_var: Tensor
+                   ) -> LinearGaussianController:
+        """The policy's linear-Gaussian fit at the samples (its GMM warm-started)."""
+        cfg = self.cfg
+        lin, self.gmm_pol = linearise_policy(
+            batch.Z, pol_mu, pol_var, max_clusters=cfg.gmm_clusters,
+            min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
+            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_pol)
+        return lin
+
     def _policy_kl(self, traj: LinearGaussianController, batch: SampleBatch,
                    pol_mu: Tensor) -> Tensor:
         """Per-step KL(traj || policy) at the samples, averaged over samples: [M,T]."""
@@ -361,10 +375,10 @@ class GPSAgent:
         t0 = time.perf_counter()
         batch = self.sample(self.ctrl)
         t0 = lap("sampling", t0)
-        dyn, residual = fit_dynamics(
+        dyn, residual, self.gmm_dyn = fit_dynamics(
             batch.Z, batch.U, self.smap, reg=cfg.dynamics_reg, max_clusters=cfg.gmm_clusters,
             min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
-            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm)
+            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_dyn)
         t0 = lap("dynamics", t0)
         cost = expand_cost(self.family, self.data, batch.Z, batch.U, self.smap)
         t0 = lap("cost", t0)
@@ -457,10 +471,7 @@ class GPSAgent:
                 self._train(batch, target, prec, self.nu)
             pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
             pol_var = self.policy.variance.detach().to(self.dtype)
-            pol_lin = linearise_policy(
-                batch.Z, pol_mu, pol_var, max_clusters=cfg.gmm_clusters,
-                min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
-                gmm_iters=cfg.gmm_iters, generator=self.gen_gmm)
+            pol_lin = self._linearise(batch, pol_mu, pol_var)
             pol_kl = self._policy_kl(traj, batch, pol_mu)
             if started:
                 gap = (traj.mean(batch.Z) - pol_mu).mean(1)  # [M,T,dU]
@@ -493,10 +504,7 @@ class GPSAgent:
             self._train(batch, sampler.mean(batch.Z), sampler.inv_covar, ones)
         pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
         pol_var = self.policy.variance.detach().to(self.dtype)
-        pol_lin = linearise_policy(
-            batch.Z, pol_mu, pol_var, max_clusters=cfg.gmm_clusters,
-            min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
-            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm)
+        pol_lin = self._linearise(batch, pol_mu, pol_var)
         t0 = self._tick(times, "policy", t0)
         if self.prev is not None:
             self._step_adjust(cur, pol_lin)
@@ -539,6 +547,9 @@ class GPSAgent:
             "rng": {"sample": self.gen_sample.get_state(), "gmm": self.gen_gmm.get_state(),
                     "policy": self.gen_policy.get_state()},
             "init_info": dict(self.init_info),
+            "gmm": {k: None if g is None else {"mu": g.mu.cpu(), "sigma": g.sigma.cpu(),
+                                               "logmass": g.logmass.cpu()}
+                    for k, g in (("dyn", self.gmm_dyn), ("pol", self.gmm_pol))},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -575,5 +586,10 @@ class GPSAgent:
             self.gen_gmm.set_state(state["rng"]["gmm"])
             self.gen_policy.set_state(state["rng"]["policy"])
             self.init_info = dict(state.get("init_info", {}))
+            gmms = state.get("gmm") or {}  # absent in checkpoints from before warm starts
+            self.gmm_dyn, self.gmm_pol = (
+                None if gmms.get(k) is None else GMM(**{n: v.to(dev, dt)
+                                                         for n, v in gmms[k].items()})
+                for k in ("dyn", "pol"))
         except (KeyError, TypeError, RuntimeError, AttributeError) as err:
             raise ValueError(f"checkpoint: does not fit this run ({err!r})") from err

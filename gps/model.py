@@ -27,7 +27,7 @@ from torch import Tensor
 
 from gps.controller import LQRStateMap
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
-from gps.gmm import GMMPrior
+from gps.gmm import GMM, GMMPrior
 from gps.lqr import lqr_forward
 from optenv.families.base import ObjectiveFamily
 
@@ -47,14 +47,17 @@ class QuadraticCost:
 def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
                  prior: bool = True, max_clusters: int = 20, min_samples_per_cluster: int = 20,
                  strength: float = 1.0, gmm_iters: int = 100,
-                 generator: torch.Generator | None = None
-                 ) -> tuple[LinearGaussianDynamics, Tensor]:
+                 generator: torch.Generator | None = None, init: GMM | None = None
+                 ) -> tuple[LinearGaussianDynamics, Tensor, GMM | None]:
     """Linear-Gaussian dynamics of the LQR state for every condition and step.
 
     Z [M,N,T,dX] LQR states, U [M,N,T,dU] actions. Returns the dynamics (shapes as
     :func:`gps.lqr.kl_constrained_lqr` takes them) and the per-condition relative residual [M]
     of the fitted coordinates on the samples (sum of squared one-step prediction errors over the
-    sum of squared deviations from their mean: 0 = perfect, 1 = no better than the mean).
+    sum of squared deviations from their mean: 0 = perfect, 1 = no better than the mean), and
+    the prior's mixture (None without a prior). ``init`` warm-starts the mixture's EM from a
+    previous fit (the reference code's default across GPS iterations: from a warm start EM
+    converges in a few iterations instead of running to ``gmm_iters``).
     """
     M, _N, T, dX = Z.shape
     dU = U.shape[-1]
@@ -65,7 +68,8 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     if prior:
         gmm_prior = GMMPrior.fit(S, U, max_clusters=max_clusters,
                                  min_samples_per_cluster=min_samples_per_cluster,
-                                 strength=strength, generator=generator, max_iter=gmm_iters)
+                                 strength=strength, generator=generator, max_iter=gmm_iters,
+                                 init=init)
     fit = fit_linear_gaussian(S, U, gmm_prior, reg=reg)
 
     # residual of the fitted coordinates (gradient and objective delta) on the samples
@@ -104,7 +108,8 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     W[:, :, out_rows[:, None], out_rows[None, :]] = fit.dyn_covar[:, :, d:, d:]
     x0 = Z[:, :, 0]
     var = x0.var(1, unbiased=False).clamp_min(1e-6)
-    return LinearGaussianDynamics(Fm, fv, W, x0.mean(1), torch.diag_embed(var)), residual
+    dyn = LinearGaussianDynamics(Fm, fv, W, x0.mean(1), torch.diag_embed(var))
+    return dyn, residual, None if gmm_prior is None else gmm_prior.gmm
 
 
 def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, U: Tensor,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from gps.controller import LinearGaussianController
-from gps.gmm import GMMPrior, fit_gmm, n_clusters_for
+from gps.gmm import GMM, GMMPrior, fit_gmm, n_clusters_for
 from optenv.policy import GaussianMLPPolicy
 
 __all__ = ["linearise_policy", "policy_means", "train_policy"]
@@ -38,18 +38,24 @@ def policy_means(policy: GaussianMLPPolicy, obs: Tensor, chunk: int = 65536) -> 
 def linearise_policy(Z: Tensor, Upol: Tensor, pol_var: Tensor, *, prior: bool = True,
                      max_clusters: int = 20, min_samples_per_cluster: int = 20,
                      strength: float = 1.0, gmm_iters: int = 100, reg: float = 1e-6,
-                     generator: torch.Generator | None = None) -> LinearGaussianController:
+                     generator: torch.Generator | None = None, init: GMM | None = None
+                     ) -> tuple[LinearGaussianController, GMM | None]:
     """pi(u|z) ≈ N(K_t z + k_t, S_t) per condition and step from Z [M,N,T,dX] and the policy's
-    mean actions Upol [M,N,T,dU]; pol_var [dU] is the policy's own (diagonal) variance."""
+    mean actions Upol [M,N,T,dU]; pol_var [dU] is the policy's own (diagonal) variance.
+
+    Returns the linearisation and the prior's mixture (None without a prior); ``init``
+    warm-starts that mixture's EM from a previous fit, as the reference code does."""
     M, N, T, dX = Z.shape
     dU = Upol.shape[-1]
     pts = torch.cat([Z, Upol], -1).transpose(1, 2)  # [M,T,N,D]
     mean = pts.mean(2)
     diff = pts - mean[:, :, None]
     sigma = diff.mT @ diff / N
+    gmm = None
     if prior:
         K = n_clusters_for(N * T, max_clusters, min_samples_per_cluster)
-        gmm = fit_gmm(pts.reshape(M, T * N, -1), K, generator=generator, max_iter=gmm_iters)
+        gmm = fit_gmm(pts.reshape(M, T * N, -1), K, generator=generator, max_iter=gmm_iters,
+                      init=init)
         mu0, Phi, m, n0 = GMMPrior(gmm, dX, dU, strength).eval(pts)
         dm = mean - mu0
         sigma = (N * sigma + Phi + (N * m / (N + m)) * dm[..., :, None] * dm[..., None, :])
@@ -66,7 +72,7 @@ def linearise_policy(Z: Tensor, Upol: Tensor, pol_var: Tensor, *, prior: bool = 
     kt = mean[..., dX:] - (Kt @ mean[..., :dX, None]).squeeze(-1)
     S = sigma[..., dX:, dX:] - Kt @ Sxu
     S = 0.5 * (S + S.mT) + torch.diag_embed(pol_var.to(Z).expand(M, T, dU))
-    return LinearGaussianController(Kt, kt, S)
+    return LinearGaussianController(Kt, kt, S), gmm
 
 
 def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, obs: Tensor,

@@ -73,7 +73,7 @@ def test_lifted_dynamics_exact_on_quadratic() -> None:
     agent = GPSAgent(fam, cfg, history=2)
     agent.initialise()
     batch = agent.sample(agent.ctrl)
-    dyn, _res = fit_dynamics(batch.Z, batch.U, agent.smap, reg=1e-9, prior=False)
+    dyn, _res, _gmm = fit_dynamics(batch.Z, batch.U, agent.smap, reg=1e-9, prior=False)
     lay = agent.smap.layout
     keep = torch.ones(lay.state_dim, dtype=torch.bool)
     keep[lay.state_slices["PAST_OBJ_VAL_DELTAS"]] = False
