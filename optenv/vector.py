@@ -30,6 +30,11 @@ __all__ = ["OptimizationVectorEnv", "numpy_vector_env"]
 _RESET_OPTIONS = ("reset_mask", "problem", "x0")
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on the current stream (no host reads allowed)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[N] mask viewed to broadcast against a [N, ...] tensor."""
     return mask.view(mask.shape[0], *([1] * (like.dim() - 1)))
@@ -50,9 +55,11 @@ class OptimizationVectorEnv(VectorEnv):
     ``step``/``reset`` return copies; False returns the live buffers, overwritten by the next
     step, as Gymnasium's ``copy=False``).
 
-    ``step`` has no per-env Python loop, and on accelerators no host synchronisation: resets are
-    masked selects over freshly drawn instances (the draw is counter-based, see
-    :mod:`optenv.rng`) and buffers are updated in place. On CPU, where reading a mask costs
+    ``step`` has no per-env Python loop, and buffers are updated in place. On accelerators
+    resets are masked selects over freshly drawn instances (the draw is counter-based, see
+    :mod:`optenv.rng`); the one host read per step is whether any env resets (drawing N instances
+    costs more than the step itself, and it is needed on one step in H), skipped while a CUDA
+    graph is being captured, where the draw is unconditional. On CPU, where reading a mask costs
     nothing, only the envs that do reset draw new instances. ``check_actions=True`` (default)
     rejects NaN/inf actions with ValueError, which reads the actions back to the host; pass
     False for the synchronisation-free path, where non-finite action entries become 0 and are
@@ -102,6 +109,9 @@ class OptimizationVectorEnv(VectorEnv):
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"device: got {device!r}, allowed: a torch device such as "
                              "'cpu' or 'cuda'") from err
+        # How autoresets draw new instances: by index (CPU, where reading the mask is free) or
+        # by masked select over a full draw (accelerators; see _restart).
+        self._index_resets = self.device.type == "cpu"
         self.dtype = parse_dtype(dtype)
         self.max_step = check_number(
             "max_step", self.family.default_max_step if max_step is None else max_step
@@ -217,7 +227,7 @@ class OptimizationVectorEnv(VectorEnv):
     ) -> None:
         """Draw the instances (seed, episode) of the envs in ``mask`` and start them."""
         keys = instance_keys(self._seeds, self._episodes, self.split)
-        if self.device.type == "cpu" and problem is None and x0 is None:
+        if self._index_resets and problem is None and x0 is None:
             idx = mask.nonzero().squeeze(-1)
             if idx.numel() == 0:
                 return
@@ -226,6 +236,12 @@ class OptimizationVectorEnv(VectorEnv):
             for k, v in data.items():
                 self._data[k].index_copy_(0, idx, v)
             self._write_start(start, idx=idx)
+            return
+        if problem is None and x0 is None and not _capturing(self.device) \
+                and not bool(mask.any()):
+            # Outside graph capture, one read of the mask skips drawing N instances on the
+            # steps where no env resets (all but one step in H when the envs run in lock-step,
+            # as after a full reset); a captured step has no branch and always draws.
             return
         data, x0_drawn = self.family.sample_keys(keys, dtype=self.dtype)
         data = problem if problem is not None else data

@@ -38,11 +38,15 @@ def _assert_env_i_matches(venv_out, i, single_out, *, same=True):
     assert int(infos["t"][i]) == s_info["t"]
 
 
-def _run_and_compare(env_id, mode, seed, *, seeds_list=None, diverge_at=None, **kwargs):
-    """Step a vector env and N single envs side by side through several episode ends."""
+def _run_and_compare(env_id, mode, seed, *, seeds_list=None, diverge_at=None,
+                     masked_resets=False, **kwargs):
+    """Step a vector env and N single envs side by side through several episode ends
+    (``masked_resets``: with the accelerators' reset path, on the CPU)."""
     venv = gym.make_vec(env_id, num_envs=N_ENVS, vectorization_mode="vector_entry_point",
                         max_episode_steps=HORIZON, autoreset_mode=mode, **kwargs)
     assert isinstance(venv, OptimizationVectorEnv)
+    if masked_resets:
+        venv._index_resets = False
     singles = [gym.make(env_id, max_episode_steps=HORIZON, **kwargs) for _ in range(N_ENVS)]
     seeds = seeds_list if seeds_list is not None else [seed + i for i in range(N_ENVS)]
     obs, infos = venv.reset(seed=seeds_list if seeds_list is not None else seed)
@@ -114,6 +118,29 @@ def test_batched_equals_single_with_a_seed_list(mode):
 def test_batched_equals_single_through_a_divergence(mode):
     venv = _run_and_compare("optenv/Quadratic-v0", mode, seed=5, diverge_at=1, max_step=1e200)
     assert torch.isfinite(venv.state).all()
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_accelerator_reset_path_equals_single_through_staggered_resets(mode):
+    # the masked-select resets used on GPUs, run here on the CPU: a divergence at step 1 puts
+    # env 1 out of step with the others, so some steps reset a strict subset of the envs
+    _run_and_compare("optenv/Quadratic-v0", mode, seed=5, diverge_at=1, max_step=1e200,
+                     masked_resets=True)
+    _run_and_compare("optenv/LogisticRegression-v0", mode, seed=3, masked_resets=True)
+
+
+def test_accelerator_reset_path_draws_instances_only_on_steps_where_an_env_resets(monkeypatch):
+    venv = OptimizationVectorEnv("Quadratic", num_envs=4, max_episode_steps=3)
+    venv._index_resets = False
+    draws = []
+    real = venv.family.sample_keys
+    monkeypatch.setattr(venv.family, "sample_keys",
+                        lambda keys, **kw: draws.append(len(keys)) or real(keys, **kw))
+    venv.reset(seed=0)
+    assert draws == [4]
+    for _ in range(8):  # NEXT_STEP: the envs end on steps 3 and 7 and restart on 4 and 8
+        venv.step(torch.zeros(4, venv.family.d))
+    assert draws == [4, 4, 4]
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
