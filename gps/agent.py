@@ -5,7 +5,8 @@ One GPS iteration, every per-condition computation batched over the M conditions
 1. **Sample** N trajectories per condition from its linear-Gaussian controller, all M·N runs in
    one batched rollout on :class:`optenv.core.OptimizationCore` (the env's own arithmetic).
 2. **Fit dynamics** (:func:`gps.model.fit_dynamics`, GMM/NIW prior) and **expand the cost**
-   (:func:`gps.model.expand_cost`: f's exact gradient and Hessian at the sampled means).
+   (:func:`gps.model.expand_cost`: f's exact gradient and Hessian at the sampled means, the
+   Hessian's negative eigenvalues clipped to 0 by default).
 3. **Adapt the step size** per condition from predicted vs actual improvement (Levine & Abbeel
    2014, as the reference code's ``_stepadjust``): ``mult = pred / (2 max(1e-4, pred − actual))``
    clipped to [0.1, 5], ``step_mult`` kept in [min_step_mult, max_step_mult], and the LQR's KL
@@ -80,6 +81,7 @@ class GPSConfig:
     lqr_history: int | None = None  # None = the env's history (the full state)
     lqr_max_iter: int = 50
     dynamics_reg: float = 1e-3
+    cost_hessian: str = "psd"  # or "exact" (see gps.model.expand_cost)
     gmm_clusters: int = 20
     gmm_min_samples: int = 20
     gmm_iters: int = 100
@@ -95,6 +97,8 @@ class GPSConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.cost_hessian not in ("psd", "exact"):
+            raise ValueError(f"cost_hessian: got {self.cost_hessian!r}, allowed: 'psd', 'exact'")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm: got {self.algorithm!r}, allowed: "
                              f"{', '.join(ALGORITHMS)}")
@@ -380,7 +384,8 @@ class GPSAgent:
             min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
             gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_dyn)
         t0 = lap("dynamics", t0)
-        cost = expand_cost(self.family, self.data, batch.Z, batch.U, self.smap)
+        cost = expand_cost(self.family, self.data, batch.Z, batch.U, self.smap,
+                           hessian=cfg.cost_hessian)
         t0 = lap("cost", t0)
         cur = {"dyn": dyn, "cost": cost}
         bad = batch.bad.clone()

@@ -113,12 +113,20 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
 
 
 def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, U: Tensor,
-                smap: LQRStateMap) -> QuadraticCost:
+                smap: LQRStateMap, *, hessian: str = "psd") -> QuadraticCost:
     """Second-order expansion of cost_t = f(x_t + u_t) at the sampled mean of x_t + u_t.
 
     Z [M,N,T,dX], U [M,N,T,dU]; ``data`` holds the M conditions' problem data. One batched
     value/gradient/Hessian call for all M·T expansion points.
+
+    ``hessian``: "exact" uses f's Hessian as it is; "psd" (default) clips its negative
+    eigenvalues to 0. On a convex family the two agree; on a non-convex one (RobustRegression,
+    NeuralNet) an indefinite cost makes Q_uu indefinite, and the LQR's dual search then raises η
+    by doubling retries until it is PD — measured on RobustRegression (90 conditions), 163 s per
+    trajectory update with "exact" against 3 s with "psd", for the same sampled cost.
     """
+    if hessian not in ("psd", "exact"):
+        raise ValueError(f"hessian: got {hessian!r}, allowed: 'psd', 'exact'")
     M, _N, T, dX = Z.shape
     d = U.shape[-1]
     n = dX + d
@@ -131,6 +139,9 @@ def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, 
     Hs = 0.5 * (Hs + Hs.mT)
     f, g, Hs = f.reshape(M, T).detach(), g.reshape(M, T, d).detach(), Hs.reshape(M, T, d, d)
     Hs = Hs.detach()
+    if hessian == "psd":
+        w, V = torch.linalg.eigh(Hs)
+        Hs = (V * w.clamp_min(0.0)[..., None, :]) @ V.mT
     P = torch.zeros(n, d, dtype=Z.dtype, device=Z.device)  # y = P^T [z; u]
     P[x] = torch.eye(d, dtype=Z.dtype, device=Z.device)
     P[dX:] = torch.eye(d, dtype=Z.dtype, device=Z.device)

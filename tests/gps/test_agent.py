@@ -97,6 +97,34 @@ def test_cost_expansion_is_exact_for_quadratic() -> None:
     torch.testing.assert_close(model, b.F)
 
 
+def test_psd_cost_expansion_clips_negative_curvature_and_keeps_convex_costs() -> None:
+    from optenv.families import make_family
+
+    cfg = GPSConfig(conditions=3, samples=4, horizon=4, lqr_history=1,
+                    momentum_lr_grid=(0.5,), momentum_grid=(0.5,))
+    # convex: the clip changes nothing
+    agent = GPSAgent(_quadratic_family(), cfg, history=1)
+    agent.initialise()
+    b = agent.sample(agent.ctrl)
+    exact = expand_cost(agent.family, agent.data, b.Z, b.U, agent.smap, hessian="exact")
+    psd = expand_cost(agent.family, agent.data, b.Z, b.U, agent.smap)
+    torch.testing.assert_close(psd.Cm, exact.Cm)
+    # non-convex: Geman-McClure far from the data has negative curvature; the clipped cost is PSD
+    fam = make_family("RobustRegression")
+    agent = GPSAgent(fam, cfg, history=1)
+    agent.initialise()
+    b = agent.sample(agent.ctrl)
+    b.Z[..., agent.smap.layout.state_slices["CUR_LOC"]] += 5.0
+    exact = expand_cost(fam, agent.data, b.Z, b.U, agent.smap, hessian="exact")
+    psd = expand_cost(fam, agent.data, b.Z, b.U, agent.smap)
+    assert float(torch.linalg.eigvalsh(exact.Cm).min()) < -1e-6
+    assert float(torch.linalg.eigvalsh(psd.Cm).min()) > -1e-10
+    with pytest.raises(ValueError, match="hessian"):
+        expand_cost(fam, agent.data, b.Z, b.U, agent.smap, hessian="gauss-newton")
+    with pytest.raises(ValueError, match="cost_hessian"):
+        GPSConfig(cost_hessian="none")
+
+
 def test_trajectory_optimisation_converges_to_known_optimum() -> None:
     """Tiny linear-quadratic problem: cost_t = f(x_t + u_t) = 1/2 (x+u)^T A (x+u), x' = x + u.
     The optimal time-varying controller's mean is u_t = −x_t (jump to the minimiser), which no
