@@ -217,20 +217,24 @@ def format_table(doc: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + _format_beats(doc))
+    out = lines + _format_beats(doc, "beats", f"share of iterations 1..{t} where the row's mean "
+                                "margin over the column is positive:")
+    if any(m["extra_evals_mean"] > 0 for m in doc["methods"].values()):
+        out += _format_beats(doc, "beats_by_evals", f"the same at equal f/grad evaluation budgets "
+                             f"1..{t} (line searches spend more than one per iteration):")
+    return "\n".join(out)
 
 
-def _format_beats(doc: dict[str, Any]) -> list[str]:
-    """The pairwise matrix: row's mean margin over column > 0 at this share of iterations."""
-    names = [k for k, m in doc["methods"].items() if m.get("beats")]
+def _format_beats(doc: dict[str, Any], key: str, title: str) -> list[str]:
+    """A pairwise matrix: row's mean margin over column > 0 at this share of iterations."""
+    names = [k for k, m in doc["methods"].items() if m.get(key)]
     if len(names) < 2:
         return []
     head = ["row beats column at", *names]
-    rows = [[a, *("-" if a == b else f"{100 * doc['methods'][a]['beats'].get(b, 0.0):.0f}%"
+    rows = [[a, *("-" if a == b else f"{100 * doc['methods'][a][key].get(b, 0.0):.0f}%"
                   for b in names)] for a in names]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    out = ["", f"share of iterations 1..{doc['horizon']} where the row's mean margin over the "
-           "column is positive:"]
+    out = ["", title]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
             for r in [head, *rows]]
     return out

@@ -58,12 +58,15 @@ class DirectOptimizer(Protocol):
 @dataclass
 class Rollout:
     """A batch of runs: ``f`` [B, T+1] (f(x0) first; +inf from divergence on), ``nonfinite`` [B],
-    ``extra_evals`` [B] (f/∇f evaluations beyond one per iteration), final iterate ``x`` [B, d]."""
+    ``extra_evals`` [B] (f/∇f evaluations beyond one per iteration), final iterate ``x`` [B, d],
+    ``evals`` [B, T+1] (f/∇f evaluations made by the end of each iteration, f(x0)'s not counted:
+    t plus the line searches' extra ones)."""
 
     f: torch.Tensor
     nonfinite: torch.Tensor
     extra_evals: torch.Tensor
     x: torch.Tensor
+    evals: torch.Tensor
 
 
 def rollout(
@@ -109,6 +112,7 @@ def rollout(
         inf = torch.full_like(f, math.inf)
         fs = [torch.where(alive, f, inf)]
         extra = torch.zeros_like(counts)
+        used = [torch.zeros_like(counts)]
         iterator: Any = range(horizon)
         if progress:
             from tqdm.auto import tqdm
@@ -118,13 +122,15 @@ def rollout(
             before = counts
             delta = step_fn(state, f, oracle)
             extra = extra + (counts - before - 1).clamp_min(0)
+            used.append(used[-1] + 1 + (counts - before - 1).clamp_min(0))
             delta = torch.where(alive.unsqueeze(-1), delta.to(state.dtype),
                                 torch.zeros_like(delta, dtype=state.dtype))
             res = core.step(data, state, f, delta)
             alive = alive & ~res.diverged
             state, f = res.state, res.f
             fs.append(torch.where(alive, f, inf))
-    return Rollout(torch.stack(fs, dim=1), ~alive, extra, state[:, lay["CUR_LOC"]])
+    return Rollout(torch.stack(fs, dim=1), ~alive, extra, state[:, lay["CUR_LOC"]],
+                   torch.stack(used, dim=1))
 
 
 @dataclass
@@ -133,7 +139,9 @@ class Evaluation:
 
     ``f`` [N, T+1] float64 (column 0 is f(x0); +inf after a non-finite divergence),
     ``nonfinite`` [N] bool, ``extra_evals`` [N] int (line-search evaluations beyond one per
-    iteration), ``seeds`` [N] (instance i is ``family.sample(seeds[i], split=split)``).
+    iteration), ``seeds`` [N] (instance i is ``family.sample(seeds[i], split=split)``),
+    ``evals`` [N, T+1] int (f/∇f evaluations made by the end of each iteration; None = one per
+    iteration).
     """
 
     method: str
@@ -145,6 +153,7 @@ class Evaluation:
     split: str
     env: str
     info: dict[str, Any] = field(default_factory=dict)
+    evals: np.ndarray | None = None
 
     @property
     def diverged(self) -> np.ndarray:
@@ -267,6 +276,7 @@ def evaluate(
         f=res.f.detach().cpu().numpy().astype(np.float64),
         nonfinite=res.nonfinite.cpu().numpy(),
         extra_evals=res.extra_evals.cpu().numpy(),
+        evals=res.evals.cpu().numpy(),
         seeds=seeds.numpy(),
         horizon=horizon,
         split=split,

@@ -23,6 +23,7 @@ from scipy import stats
 
 __all__ = [
     "Summary",
+    "f_at_evaluation_budget",
     "fraction_diverged",
     "margin_of_victory",
     "margin_of_victory_per_objective",
@@ -119,6 +120,27 @@ def margin_of_victory(curves: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
     """Mean margin of victory per iteration [T+1] for each method (mean over objectives of the
     finite per-objective margins; see :func:`margin_of_victory_per_objective`)."""
     return {k: mean_ci(v)[0] for k, v in margin_of_victory_per_objective(curves).items()}
+
+
+def f_at_evaluation_budget(f: np.ndarray, evals: np.ndarray | None) -> np.ndarray:
+    """Curves re-indexed by f/∇f evaluations: ``out[:, b]`` is f after the last iteration whose
+    cumulative evaluation count is <= b (b = 0..T; column 0 is f(x0)).
+
+    A method with one evaluation per iteration is unchanged; a line-search method that spent 3
+    evaluations per iteration shows at budget b its f after b // 3 iterations — the comparison
+    at equal cost that per-iteration curves hide. ``evals`` [N, T+1] as
+    :class:`optenv.evaluate.Evaluation` records them (None = one per iteration).
+    """
+    a = _as_curves(f)
+    if evals is None:
+        return a.copy()
+    e = np.asarray(evals)
+    if e.shape != a.shape:
+        raise ValueError(f"evals: got shape {e.shape}, allowed: f's shape {a.shape}")
+    budgets = np.arange(a.shape[1])
+    # last iteration t with evals[t] <= b (evals is non-decreasing, evals[:, 0] = 0)
+    idx = np.stack([np.searchsorted(row, budgets, side="right") - 1 for row in e])
+    return np.take_along_axis(a, idx, axis=1)
 
 
 def pairwise_win_fraction(curves: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:

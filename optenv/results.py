@@ -25,6 +25,9 @@ since JSON has no inf/NaN; T = horizon, N = number of test objectives)::
           "margin_of_victory": [T+1] | null,   # Li & Malik's mean margin (>= 2 methods)
           "beats": {"<other>": 0.95, ...},     # share of iterations 1..T where the mean
                                                # margin over <other> is > 0 (optional key)
+          "mean_f_by_evals": [T+1],            # mean f after b = 0..T f/∇f evaluations
+          "beats_by_evals": {"<other>": 0.9},  # as "beats", at equal evaluation budgets
+                                               # (both optional keys)
           "fraction_diverged": 0.0,      # final f > f(x0), or non-finite
           "fraction_nonfinite": 0.0,
           "extra_evals_mean": 0.0,       # line-search f/∇f evaluations beyond 1 per iteration
@@ -52,7 +55,12 @@ import numpy as np
 
 from optenv.checkpoint import atomic_write
 from optenv.evaluate import Evaluation
-from optenv.metrics import margin_of_victory, pairwise_win_fraction, summarize
+from optenv.metrics import (
+    f_at_evaluation_budget,
+    margin_of_victory,
+    pairwise_win_fraction,
+    summarize,
+)
 
 __all__ = [
     "SCHEMA",
@@ -123,8 +131,10 @@ def make_results(
                              "horizon; allowed: the same test objectives for every method")
     mov = margin_of_victory({k: v.f for k, v in evaluations.items()}) \
         if len(evaluations) > 1 else {}
+    by_evals = {k: f_at_evaluation_budget(v.f, v.evals) for k, v in evaluations.items()}
     beats = pairwise_win_fraction({k: v.f for k, v in evaluations.items()}) \
         if first.f.shape[1] > 1 else {}
+    beats_e = pairwise_win_fraction(by_evals) if first.f.shape[1] > 1 else {}
     methods = {}
     for name, ev in evaluations.items():
         s = summarize(ev.f)
@@ -138,6 +148,8 @@ def make_results(
             "final_f": s.final_f,
             "margin_of_victory": mov.get(name),
             "beats": beats.get(name, {}),
+            "mean_f_by_evals": summarize(by_evals[name]).mean,
+            "beats_by_evals": beats_e.get(name, {}),
             "fraction_diverged": s.fraction_diverged,
             "fraction_nonfinite": s.fraction_nonfinite,
             "extra_evals_mean": float(np.mean(ev.extra_evals)),

@@ -52,6 +52,10 @@ def test_compare_tunes_evaluates_prints_a_table_and_writes_results(tmp_path, cap
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     beats = doc["methods"]["lbfgs"]["beats"]
     assert set(beats) == {"gd", "momentum"} and all(0.0 <= v <= 1.0 for v in beats.values())
+    assert "equal f/grad evaluation budgets" in out  # L-BFGS's line search costs extra
+    gd_m = doc["methods"]["gd"]
+    assert gd_m["mean_f_by_evals"] == gd_m["mean_f"]  # one evaluation per iteration
+    assert set(gd_m["beats_by_evals"]) == {"momentum", "lbfgs"}
     # The table's numbers are the JSON's.
     final = np.mean(doc["methods"]["gd"]["final_f"])
     assert doc["methods"]["gd"]["mean_f"][-1] == pytest.approx(final)

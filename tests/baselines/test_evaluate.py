@@ -12,6 +12,7 @@ from optenv.env import OptimizationEnv
 from optenv.evaluate import evaluate
 from optenv.families import Quadratic
 from optenv.metrics import (
+    f_at_evaluation_budget,
     fraction_diverged,
     margin_of_victory,
     margin_of_victory_per_objective,
@@ -164,6 +165,26 @@ def test_pairwise_win_fraction_uses_objectives_finite_for_both_and_checks_shapes
         pairwise_win_fraction({"a": a, "b": b[:, :2]})
     with pytest.raises(ValueError, match="at least 2"):
         pairwise_win_fraction({"a": a[:, :1], "b": b[:, :1]})
+
+
+def test_evaluation_budget_view_shows_f_after_the_iterations_a_budget_pays_for():
+    f = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    evals = np.array([[0, 3, 4, 7, 8]])  # a line search: 3, 1, 3, 1 evaluations
+    np.testing.assert_array_equal(f_at_evaluation_budget(f, evals), [[5.0, 5.0, 5.0, 4.0, 3.0]])
+    np.testing.assert_array_equal(f_at_evaluation_budget(f, None), f)
+    with pytest.raises(ValueError, match="evals"):
+        f_at_evaluation_budget(f, evals[:, :3])
+
+
+def test_rollout_counts_evaluations_per_iteration_for_line_searches_and_policies():
+    from baselines.optimizers import LBFGS
+
+    ev = evaluate(LBFGS(), "optenv/LogisticRegression-v0", n_test=5, horizon=6)
+    assert ev.evals.shape == (5, 7) and (ev.evals[:, 0] == 0).all()
+    steps = np.diff(ev.evals, axis=1)
+    assert (steps >= 1).all() and steps.sum() == 5 * 6 + ev.extra_evals.sum()
+    ev = evaluate(GD(lr=0.1), "optenv/LogisticRegression-v0", n_test=3, horizon=4)
+    np.testing.assert_array_equal(ev.evals, np.tile(np.arange(5), (3, 1)))
 
 
 def test_mean_interval_is_student_t_over_finite_values():
