@@ -2,7 +2,7 @@
 
 Measures env-steps per second of: the single env (``gym.make``), Gymnasium's SyncVectorEnv of N
 single envs, and the batched :class:`~optenv.vector.OptimizationVectorEnv` at the same N, on the
-CPU, and on CUDA where present (float32, ``check_actions=False``: the synchronisation-free path).
+CPU, and on CUDA where present (float32, ``check_actions=False``: no read of the actions).
 Random actions are drawn before the clock starts; every line names the device it ran on.
 """
 
