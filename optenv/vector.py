@@ -62,8 +62,8 @@ class OptimizationVectorEnv(VectorEnv):
     graph is being captured, where the draw is unconditional. On CPU, where reading a mask costs
     nothing, only the envs that do reset draw new instances. ``check_actions=True`` (default)
     rejects NaN/inf actions with ValueError, which reads the actions back to the host; pass
-    False to skip that read, where non-finite action entries become 0 and are
-    flagged in ``infos["invalid_action"]``.
+    False to skip that read: non-finite action entries then become 0 and are flagged in
+    ``infos["invalid_action"]``.
 
     ``infos`` of every step: ``f`` (objective at the new iterate), ``grad_norm``, ``t`` (steps
     in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor.
