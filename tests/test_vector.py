@@ -143,6 +143,24 @@ def test_accelerator_reset_path_draws_instances_only_on_steps_where_an_env_reset
     assert draws == [4, 4, 4]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_cuda_vector_env_matches_the_cpu_one_through_autoresets(mode):
+    envs = [OptimizationVectorEnv("LogisticRegression", num_envs=8, max_episode_steps=4,
+                                  autoreset_mode=mode, device=dev, check_actions=False)
+            for dev in ("cpu", "cuda")]
+    outs = [e.reset(seed=11) for e in envs]
+    rng = np.random.default_rng(0)
+    for step in range(13):
+        a = torch.as_tensor(_actions(rng, 8, envs[0].family.d))
+        outs = [e.step(a.to(e.device)) for e in envs]
+        for k in range(4):  # obs, reward, terminated, truncated
+            torch.testing.assert_close(outs[1][k].cpu(), outs[0][k], rtol=1e-6, atol=1e-9)
+        if mode is AutoresetMode.DISABLED and step % 4 == 3:
+            for e in envs:
+                e.reset(options={"reset_mask": torch.ones(8, dtype=torch.bool, device=e.device)})
+
+
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 def test_batched_equals_single_on_the_test_split_with_family_options(mode):
     _run_and_compare("optenv/NeuralNet-v0", mode, seed=7, split="test", hidden=3, history=2)

@@ -172,6 +172,23 @@ def test_one_iteration_each_family(env_id: str, algorithm: str) -> None:
     assert agent.policy(obs).shape == (5, fam.d)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algorithm", ["badmm", "mdgps"])
+def test_cuda_iteration_agrees_with_the_cpu_one(algorithm: str) -> None:
+    from optenv.families import make_family
+
+    rows = []
+    for device in ("cpu", "cuda"):
+        agent = GPSAgent(make_family("LogisticRegression"), _tiny_config(1, algorithm),
+                         history=25, device=device)
+        agent.initialise()
+        rows.append(agent.iteration())
+        assert agent.ctrl is not None and agent.ctrl.K.device.type == device
+    for key in ("sampled_cost", "dyn_residual"):  # before any float32 policy arithmetic
+        assert rows[1][key] == pytest.approx(rows[0][key], rel=1e-6), key
+    assert math.isfinite(rows[1]["policy_cost"])
+
+
 def test_diverging_condition_is_reported_and_kept() -> None:
     """A condition whose samples blow up is reported and keeps its controller; others go on."""
     fam = _quadratic_family((1.0, 0.5))
