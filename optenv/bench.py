@@ -91,24 +91,27 @@ def bench_env(env_id: str, num_envs: int, steps: int, *, devices: list[str],
         dev = torch.device(dev_s)
         sizes = [num_envs] if dev.type == "cpu" else sorted({num_envs, 65536})
         dtypes = ["float64"] if dev.type == "cpu" else ["float32", "float64"]
-        for n in sizes:
-            for dt_name in dtypes:
-                venv = gym.make_vec(env_id, num_envs=n, device=dev, dtype=dt_name,
-                                    check_actions=dev.type == "cpu")
-                venv.reset(seed=seed)
-                g = torch.Generator(device=dev).manual_seed(seed)
-                vacts = torch.rand(8, n, single.action_space.shape[0], generator=g,
-                                   device=dev) * 2 - 1
-                sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-                dt = _timed(lambda i, v=venv, a=vacts: v.step(a[i % 8]), steps, 10, sync)
-                rate = steps * n / dt
-                row = {**base, "impl": "optenv.OptimizationVectorEnv", "num_envs": n,
-                       "device": dev.type, "device_name": device_name(dev), "dtype": dt_name,
-                       "env_steps_per_s": rate}
-                if sync_rate is not None and n == num_envs and dev.type == "cpu":
-                    row["speedup_vs_sync_vector"] = rate / sync_rate
-                rows.append(row)
-                venv.close()
+        graphs = [False] if dev.type != "cuda" else [False, True]
+        for n, dt_name, graphed in ((n, d, g) for n in sizes for d in dtypes for g in graphs):
+            venv = gym.make_vec(env_id, num_envs=n, device=dev, dtype=dt_name,
+                                check_actions=dev.type == "cpu",
+                                **({"cuda_graph": True} if graphed else {}))
+            venv.reset(seed=seed)
+            g = torch.Generator(device=dev).manual_seed(seed)
+            vacts = torch.rand(8, n, single.action_space.shape[0], generator=g,
+                               device=dev) * 2 - 1
+            sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+            dt = _timed(lambda i, v=venv, a=vacts: v.step(a[i % 8]), steps, 10, sync)
+            rate = steps * n / dt
+            row = {**base, "impl": "optenv.OptimizationVectorEnv", "num_envs": n,
+                   "device": dev.type, "device_name": device_name(dev), "dtype": dt_name,
+                   "env_steps_per_s": rate}
+            if graphed:
+                row["cuda_graph"] = bool(venv.unwrapped.graph_captured)
+            if sync_rate is not None and n == num_envs and dev.type == "cpu":
+                row["speedup_vs_sync_vector"] = rate / sync_rate
+            rows.append(row)
+            venv.close()
     return rows
 
 

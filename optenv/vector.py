@@ -53,7 +53,10 @@ class OptimizationVectorEnv(VectorEnv):
     (NEXT_STEP default, SAME_STEP with ``infos["final_obs"]``/``infos["_final_obs"]``, or DISABLED
     with ``reset(options={"reset_mask": mask})``); ``check_actions``; ``copy`` (default True:
     ``step``/``reset`` return copies; False returns the live buffers, overwritten by the next
-    step, as Gymnasium's ``copy=False``).
+    step, as Gymnasium's ``copy=False``); ``cuda_graph`` (CUDA only: the first step runs eagerly,
+    the second captures the step's tensor work — core step, clipping, autoreset draw — as a CUDA
+    graph, and later steps replay it; a failed capture warns and steps eagerly;
+    ``graph_captured`` says which).
 
     ``step`` has no per-env Python loop, and buffers are updated in place. On accelerators
     resets are masked selects over freshly drawn instances (the draw is counter-based, see
@@ -88,6 +91,7 @@ class OptimizationVectorEnv(VectorEnv):
         check_actions: bool = True,
         copy: bool = True,
         render_mode: str | None = None,
+        cuda_graph: bool = False,
         **family_kwargs: Any,
     ) -> None:
         self.family = make_family(family, **family_kwargs)
@@ -112,6 +116,12 @@ class OptimizationVectorEnv(VectorEnv):
         # How autoresets draw new instances: by index (CPU, where reading the mask is free) or
         # by masked select over a full draw (accelerators; see _restart).
         self._index_resets = self.device.type == "cpu"
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph: got True with device {str(self.device)!r}, allowed: "
+                             "True only on a CUDA device")
+        self.cuda_graph = bool(cuda_graph)
+        self._graph: Any = None  # torch.cuda.CUDAGraph once captured
+        self._graph_state = "off" if not self.cuda_graph else "warm-up"
         self.dtype = parse_dtype(dtype)
         self.max_step = check_number(
             "max_step", self.family.default_max_step if max_step is None else max_step
@@ -152,6 +162,16 @@ class OptimizationVectorEnv(VectorEnv):
         self._terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self._truncated = torch.zeros(n, dtype=torch.bool, device=dev)
         self._needs_reset = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._clipped = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._invalid = torch.zeros(n, dtype=torch.bool, device=dev)
+        # SAME_STEP's final observation and info, written before the autoreset
+        self._final_obs = torch.zeros_like(self._obs)
+        self._final_done = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._final_f = torch.zeros_like(self._f)
+        self._final_t = torch.zeros_like(self._t)
+        self._final_grad_norm = torch.zeros_like(self._f)
+        # the graph's input: actions as float64 (exact for every float the caller may pass)
+        self._graph_actions = torch.zeros(n, d, dtype=torch.float64, device=dev)
         self._was_reset = False
         self._f_history: list[torch.Tensor] = []
 
@@ -284,6 +304,65 @@ class OptimizationVectorEnv(VectorEnv):
         if not self._was_reset:
             raise RuntimeError("step: call reset() before the first step")
         a = self._check_actions(actions)
+        if self.cuda_graph:
+            self._graph_actions.copy_(a)
+            self._graph_step()
+        else:
+            self._advance(a)
+        if self.render_mode is not None:
+            self._f_history.append(self._f.clone())
+        infos = self._step_infos(self._clipped.clone(), self._invalid.clone())
+        if self.autoreset_mode is AutoresetMode.SAME_STEP:
+            done = self._final_done.clone()
+            infos["final_obs"] = self._final_obs.clone()
+            infos["_final_obs"] = done
+            infos["final_info"] = {
+                "f": self._final_f.clone(), "grad_norm": self._final_grad_norm.clone(),
+                "t": self._final_t.clone(), "action_clipped": infos["action_clipped"],
+                "invalid_action": infos["invalid_action"]}
+            infos["_final_info"] = done.clone()
+        return (self._out(self._obs), self._out(self._reward), self._out(self._terminated),
+                self._out(self._truncated), infos)
+
+    @property
+    def graph_captured(self) -> bool:
+        """Whether steps replay a captured CUDA graph (``cuda_graph=True``, after the first)."""
+        return self._graph is not None
+
+    def _graph_step(self) -> None:
+        """One step through the CUDA graph: the first runs eagerly on a side stream (warm-up),
+        the second captures the step and replays it, later ones replay. A capture that fails
+        warns once and the env steps eagerly from then on."""
+        if self._graph_state == "warm-up":
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._advance(self._graph_actions)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._graph_state = "capture"
+            return
+        if self._graph_state == "capture":
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._advance(self._graph_actions)
+            except Exception as exc:  # any capture failure: step eagerly
+                import warnings
+
+                warnings.warn(f"CUDA-graph capture of the vector-env step failed ({exc!r}); "
+                              "stepping eagerly", RuntimeWarning, stacklevel=3)
+                torch.cuda.synchronize(self.device)
+                self._graph_state = "eager"
+            else:
+                self._graph, self._graph_state = graph, "replay"
+        if self._graph_state == "replay":
+            self._graph.replay()
+        else:
+            self._advance(self._graph_actions)
+
+    def _advance(self, actions: torch.Tensor) -> None:
+        """The step's tensor work, written into the buffers (what a CUDA graph captures)."""
+        a = actions
         invalid = ~torch.isfinite(a).all(-1)
         a = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
         # Clip in the caller's precision, then cast: a finite 1e300 clips to 1, not to inf.
@@ -301,9 +380,10 @@ class OptimizationVectorEnv(VectorEnv):
         self._reward.copy_(reward)
         self._terminated.copy_(terminated)
         self._truncated.copy_(truncated)
+        self._clipped.copy_(clipped)
+        self._invalid.copy_(invalid)
         self._obs.copy_(self.layout.observation(self._state))
 
-        final: dict[str, Any] = {}
         mode = self.autoreset_mode
         if mode is AutoresetMode.NEXT_STEP:
             # Envs that ended on the previous step start their next episode now (action ignored).
@@ -312,22 +392,16 @@ class OptimizationVectorEnv(VectorEnv):
             self._autoreset(resetting)
         elif mode is AutoresetMode.SAME_STEP:
             done = terminated | truncated
-            final = {
-                "final_obs": self._obs.clone(),
-                "_final_obs": done,
-                "final_info": self._step_infos(clipped, invalid),
-                "_final_info": done,
-            }
+            self._final_done.copy_(done)
+            self._final_obs.copy_(self._obs)
+            self._final_f.copy_(self._f)
+            self._final_t.copy_(self._t)
+            self._final_grad_norm.copy_(self.core.grad_norm(self._state))
             reward, term, trunc = self._reward.clone(), terminated.clone(), truncated.clone()
             self._autoreset(done)
             self._reward.copy_(reward)
             self._terminated.copy_(term)
             self._truncated.copy_(trunc)
-        if self.render_mode is not None:
-            self._f_history.append(self._f.clone())
-        infos = {**self._step_infos(clipped, invalid), **final}
-        return (self._out(self._obs), self._out(self._reward), self._out(self._terminated),
-                self._out(self._truncated), infos)
 
     def _out(self, buf: torch.Tensor) -> torch.Tensor:
         """What step/reset hand out: a copy of a buffer, or the live buffer if copy=False."""

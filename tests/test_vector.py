@@ -161,6 +161,29 @@ def test_cuda_vector_env_matches_the_cpu_one_through_autoresets(mode):
                 e.reset(options={"reset_mask": torch.ones(8, dtype=torch.bool, device=e.device)})
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_cuda_graph_steps_equal_eager_cuda_steps_through_autoresets_and_resets(mode):
+    envs = [OptimizationVectorEnv("LogisticRegression", num_envs=8, max_episode_steps=3,
+                                  autoreset_mode=mode, device="cuda", check_actions=False,
+                                  cuda_graph=graphed) for graphed in (False, True)]
+    for e in envs:
+        e.reset(seed=4)
+    rng = np.random.default_rng(1)
+    for step in range(11):
+        a = torch.as_tensor(_actions(rng, 8, envs[0].family.d), device="cuda")
+        eager, graphed = (e.step(a) for e in envs)
+        for k in range(4):
+            torch.testing.assert_close(graphed[k], eager[k], rtol=0, atol=0)
+        torch.testing.assert_close(graphed[4]["f"], eager[4]["f"], rtol=0, atol=0)
+        if mode is AutoresetMode.SAME_STEP:
+            torch.testing.assert_close(graphed[4]["final_obs"], eager[4]["final_obs"])
+        if step == 6:  # a reset between replays: the graph reads the buffers reset rewrote
+            for e in envs:
+                e.reset(seed=9)
+    assert envs[1].graph_captured and not envs[0].graph_captured
+
+
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 def test_batched_equals_single_on_the_test_split_with_family_options(mode):
     _run_and_compare("optenv/NeuralNet-v0", mode, seed=7, split="test", hidden=3, history=2)
@@ -390,6 +413,7 @@ def test_observation_layout_matches_the_single_env(env_id):
         ({"device": "not-a-device"}, "device"),
         ({"render_mode": "human"}, "render_mode"),
         ({"max_step": -1.0}, "max_step"),
+        ({"cuda_graph": True}, "cuda_graph"),  # on the CPU
         ({"wobble": 1}, "wobble"),
     ],
 )

@@ -1,0 +1,29 @@
+"""`optenv bench env`: one JSON line per measurement, each naming its device."""
+
+from __future__ import annotations
+
+import json
+
+from optenv.bench import bench_env
+from optenv.cli import main
+
+
+def test_bench_env_measures_single_sync_vector_and_batched_envs():
+    rows = bench_env("optenv/Quadratic-v0", num_envs=4, steps=3, devices=["cpu"])
+    impls = [r["impl"] for r in rows]
+    assert impls == ["single", "gymnasium.SyncVectorEnv", "optenv.OptimizationVectorEnv"]
+    for r in rows:
+        assert r["device"] == "cpu" and r["device_name"] and r["env_steps_per_s"] > 0
+    assert rows[-1]["speedup_vs_sync_vector"] > 0
+
+
+def test_bench_cli_prints_json_lines_and_refuses_bad_arguments(capsys):
+    assert main(["bench", "env", "--env", "optenv/Quadratic-v0", "--num-envs", "2",
+                 "--steps", "2", "--device", "cpu", "--no-sync-vector"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line)["impl"] for line in lines] == ["single",
+                                                            "optenv.OptimizationVectorEnv"]
+    for argv, word in ((["--num-envs", "0"], "--num-envs"), (["--env", "nope"], "--env")):
+        assert main(["bench", "env", *argv]) == 2
+        err = capsys.readouterr().err
+        assert word in err and len(err.strip().splitlines()) == 1
