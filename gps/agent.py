@@ -5,8 +5,8 @@ One GPS iteration, every per-condition computation batched over the M conditions
 1. **Sample** N trajectories per condition from its linear-Gaussian controller, all M·N runs in
    one batched rollout on :class:`optenv.core.OptimizationCore` (the env's own arithmetic).
 2. **Fit dynamics** (:func:`gps.model.fit_dynamics`, GMM/NIW prior) and **expand the cost**
-   (:func:`gps.model.expand_cost`: f's exact gradient and Hessian at the sampled means, the
-   Hessian's negative eigenvalues clipped to 0 by default).
+   (:func:`gps.model.expand_cost`: f's exact gradient and Hessian at the sampled means; the
+   quick preset clips the Hessian's negative eigenvalues to 0).
 3. **Adapt the step size** per condition from predicted vs actual improvement (Levine & Abbeel
    2014, as the reference code's ``_stepadjust``): ``mult = pred / (2 max(1e-4, pred − actual))``
    clipped to [0.1, 5], ``step_mult`` kept in [min_step_mult, max_step_mult], and the LQR's KL
@@ -81,7 +81,7 @@ class GPSConfig:
     lqr_history: int | None = None  # None = the env's history (the full state)
     lqr_max_iter: int = 50
     dynamics_reg: float = 1e-3
-    cost_hessian: str = "psd"  # or "exact" (see gps.model.expand_cost)
+    cost_hessian: str = "exact"  # or "psd" (see gps.model.expand_cost)
     gmm_clusters: int = 20
     gmm_min_samples: int = 20
     gmm_iters: int = 100

@@ -113,17 +113,18 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
 
 
 def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, U: Tensor,
-                smap: LQRStateMap, *, hessian: str = "psd") -> QuadraticCost:
+                smap: LQRStateMap, *, hessian: str = "exact") -> QuadraticCost:
     """Second-order expansion of cost_t = f(x_t + u_t) at the sampled mean of x_t + u_t.
 
     Z [M,N,T,dX], U [M,N,T,dU]; ``data`` holds the M conditions' problem data. One batched
     value/gradient/Hessian call for all M·T expansion points.
 
-    ``hessian``: "exact" uses f's Hessian as it is; "psd" (default) clips its negative
-    eigenvalues to 0. On a convex family the two agree; on a non-convex one (RobustRegression,
-    NeuralNet) an indefinite cost makes Q_uu indefinite, and the LQR's dual search then raises η
-    by doubling retries until it is PD — measured on RobustRegression (90 conditions), 163 s per
-    trajectory update with "exact" against 3 s with "psd", for the same sampled cost.
+    ``hessian``: "exact" (default, as the authors' code) uses f's Hessian as it is; "psd" clips
+    its negative eigenvalues to 0. On a convex family the two agree. On a non-convex one
+    (RobustRegression, NeuralNet) an indefinite cost makes Q_uu indefinite, and the LQR's dual
+    search then raises η by doubling retries until it is PD: measured with the quick preset on
+    RobustRegression, "exact" took 1 367 s and "psd" 198 s, and "exact" learned the better
+    optimiser (mean f at iteration 40 on held-out objectives 0.5303 vs 0.5340).
     """
     if hessian not in ("psd", "exact"):
         raise ValueError(f"hessian: got {hessian!r}, allowed: 'psd', 'exact'")

@@ -107,7 +107,7 @@ def test_psd_cost_expansion_clips_negative_curvature_and_keeps_convex_costs() ->
     agent.initialise()
     b = agent.sample(agent.ctrl)
     exact = expand_cost(agent.family, agent.data, b.Z, b.U, agent.smap, hessian="exact")
-    psd = expand_cost(agent.family, agent.data, b.Z, b.U, agent.smap)
+    psd = expand_cost(agent.family, agent.data, b.Z, b.U, agent.smap, hessian="psd")
     torch.testing.assert_close(psd.Cm, exact.Cm)
     # non-convex: Geman-McClure far from the data has negative curvature; the clipped cost is PSD
     fam = make_family("RobustRegression")
@@ -116,7 +116,7 @@ def test_psd_cost_expansion_clips_negative_curvature_and_keeps_convex_costs() ->
     b = agent.sample(agent.ctrl)
     b.Z[..., agent.smap.layout.state_slices["CUR_LOC"]] += 5.0
     exact = expand_cost(fam, agent.data, b.Z, b.U, agent.smap, hessian="exact")
-    psd = expand_cost(fam, agent.data, b.Z, b.U, agent.smap)
+    psd = expand_cost(fam, agent.data, b.Z, b.U, agent.smap, hessian="psd")
     assert float(torch.linalg.eigvalsh(exact.Cm).min()) < -1e-6
     assert float(torch.linalg.eigvalsh(psd.Cm).min()) > -1e-10
     with pytest.raises(ValueError, match="hessian"):
