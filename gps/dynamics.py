@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gps.gmm import GMMPrior
 
-__all__ = ["LinearGaussianDynamics", "fit_linear_gaussian"]
+__all__ = ["LinearGaussianDynamics", "condition_joint_gaussian", "fit_linear_gaussian"]
 
 
 @dataclass
@@ -67,6 +67,39 @@ def _check_xu(X: object, U: object) -> tuple[int, int, int, int, int]:
     return B, N, T, dX, U.shape[3]
 
 
+def condition_joint_gaussian(pts: Tensor, n_in: int, prior: GMMPrior | None, reg: float
+                             ) -> tuple[Tensor, Tensor, Tensor]:
+    """y ~ N(K a + k, S) from groups of joint points ``pts`` [B,S,N,D] = [a (n_in), y].
+
+    The joint Gaussian of each group's N points — their mean and covariance, shrunk toward the
+    prior's normal-inverse-Wishart estimate when ``prior`` is given — conditioned on a, with
+    reg * I added to a's covariance (the reference code's ``gauss_fit_joint_prior``). Used for
+    the dynamics (a = [x_t, u_t], y = x_{t+1}) and the policy's linearisation (a = x, y = u).
+    Returns K [B,S,D-n_in,n_in], k [B,S,D-n_in], S [B,S,D-n_in,D-n_in] (symmetrised).
+    """
+    N = pts.shape[2]
+    mean = pts.mean(2)
+    diff = pts - mean[:, :, None, :]
+    sigma = diff.mT @ diff / N
+    if prior is not None:
+        mu0, Phi, m, n0 = prior.eval(pts)
+        dm = mean - mu0
+        sigma = (N * sigma + Phi + (N * m / (N + m)) * dm[..., :, None] * dm[..., None, :])
+        sigma = sigma / (N + n0)
+    sigma = 0.5 * (sigma + sigma.mT)
+    eye = torch.eye(n_in, dtype=pts.dtype, device=pts.device)
+    Saa = sigma[..., :n_in, :n_in] + reg * eye
+    Say = sigma[..., :n_in, n_in:]
+    L, info = torch.linalg.cholesky_ex(Saa)
+    if bool((info == 0).all()):
+        K = torch.cholesky_solve(Say, L).mT
+    else:  # singular input covariance (reg = 0, no prior, N small): minimum-norm solution
+        K = (torch.linalg.pinv(Saa, hermitian=True) @ Say).mT
+    k = mean[..., n_in:] - (K @ mean[..., :n_in, None]).squeeze(-1)
+    S = sigma[..., n_in:, n_in:] - K @ Say
+    return K, k, 0.5 * (S + S.mT)
+
+
 def fit_linear_gaussian(
     X: Tensor,
     U: Tensor,
@@ -107,35 +140,13 @@ def fit_linear_gaussian(
     Fm = torch.empty(B, T, dX, n, dtype=dt, device=dev)
     fv = torch.empty(B, T, dX, dtype=dt, device=dev)
     dyn_covar = torch.empty(B, T, dX, dX, dtype=dt, device=dev)
-    eye_n = torch.eye(n, dtype=dt, device=dev)
     chunk = T - 1 if t_chunk is None else max(1, int(t_chunk))
     for t0 in range(0, T - 1, chunk):
         t1 = min(T - 1, t0 + chunk)
         # [B,S,N,D] points of steps t0..t1-1
         pts = torch.cat([X[:, :, t0:t1], U[:, :, t0:t1], X[:, :, t0 + 1:t1 + 1]], dim=-1)
-        pts = pts.transpose(1, 2)
-        mun = pts.mean(2)
-        diff = pts - mun[:, :, None, :]
-        empsig = diff.mT @ diff / N
-        if prior is None:
-            sigma = empsig
-        else:
-            mu0, Phi, m, n0 = prior.eval(pts)
-            dm = mun - mu0
-            sigma = (N * empsig + Phi + (N * m / (N + m)) * dm[..., :, None] * dm[..., None, :])
-            sigma = sigma / (N + n0)
-        sigma = 0.5 * (sigma + sigma.mT)
-        Sxx = sigma[..., :n, :n] + reg * eye_n
-        Sxy = sigma[..., :n, n:]
-        L, info = torch.linalg.cholesky_ex(Sxx)
-        if bool((info == 0).all()):
-            fd = torch.cholesky_solve(Sxy, L).mT
-        else:  # singular [x, u] covariance (reg = 0, no prior, N small): minimum-norm solution
-            fd = (torch.linalg.pinv(Sxx, hermitian=True) @ Sxy).mT
-        Fm[:, t0:t1] = fd
-        fv[:, t0:t1] = mun[..., n:] - (fd @ mun[..., :n, None]).squeeze(-1)
-        dc = sigma[..., n:, n:] - fd @ Sxy
-        dyn_covar[:, t0:t1] = 0.5 * (dc + dc.mT)
+        Fm[:, t0:t1], fv[:, t0:t1], dyn_covar[:, t0:t1] = condition_joint_gaussian(
+            pts.transpose(1, 2), n, prior, reg)
     for out in (Fm, fv, dyn_covar):
         out[:, T - 1] = out[:, T - 2]
     x0 = X[:, :, 0]

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from gps.controller import LinearGaussianController
+from gps.dynamics import condition_joint_gaussian
 from gps.gmm import GMM, GMMPrior, fit_gmm, n_clusters_for
 from optenv.policy import GaussianMLPPolicy
 
@@ -48,30 +49,14 @@ def linearise_policy(Z: Tensor, Upol: Tensor, pol_var: Tensor, *, prior: bool = 
     M, N, T, dX = Z.shape
     dU = Upol.shape[-1]
     pts = torch.cat([Z, Upol], -1).transpose(1, 2)  # [M,T,N,D]
-    mean = pts.mean(2)
-    diff = pts - mean[:, :, None]
-    sigma = diff.mT @ diff / N
-    gmm = None
+    gmm = gmm_prior = None
     if prior:
         K = n_clusters_for(N * T, max_clusters, min_samples_per_cluster)
         gmm = fit_gmm(pts.reshape(M, T * N, -1), K, generator=generator, max_iter=gmm_iters,
                       init=init)
-        mu0, Phi, m, n0 = GMMPrior(gmm, dX, dU, strength).eval(pts)
-        dm = mean - mu0
-        sigma = (N * sigma + Phi + (N * m / (N + m)) * dm[..., :, None] * dm[..., None, :])
-        sigma = sigma / (N + n0)
-    sigma = 0.5 * (sigma + sigma.mT)
-    eye = torch.eye(dX, dtype=Z.dtype, device=Z.device)
-    Sxx = sigma[..., :dX, :dX] + reg * eye
-    Sxu = sigma[..., :dX, dX:]
-    L, info = torch.linalg.cholesky_ex(Sxx)
-    if bool((info == 0).all()):
-        Kt = torch.cholesky_solve(Sxu, L).mT
-    else:
-        Kt = (torch.linalg.pinv(Sxx, hermitian=True) @ Sxu).mT
-    kt = mean[..., dX:] - (Kt @ mean[..., :dX, None]).squeeze(-1)
-    S = sigma[..., dX:, dX:] - Kt @ Sxu
-    S = 0.5 * (S + S.mT) + torch.diag_embed(pol_var.to(Z).expand(M, T, dU))
+        gmm_prior = GMMPrior(gmm, dX, dU, strength)
+    Kt, kt, S = condition_joint_gaussian(pts, dX, gmm_prior, reg)
+    S = S + torch.diag_embed(pol_var.to(Z).expand(M, T, dU))
     return LinearGaussianController(Kt, kt, S), gmm
 
 
