@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 import optenv
-from gps.agent import GPSAgent, GPSConfig
+from gps.agent import GPSAgent, GPSConfig, SampleBatch
 from gps.controller import LQRStateMap, momentum_controller
 from gps.model import expand_cost, fit_dynamics
 from gps.train import load_for_compare, load_optimizer, make_config, train
 from optenv.core import OptimizationCore, StateLayout
-from optenv.families import FunctionFamily
+from optenv.families import FunctionFamily, ObjectiveFamily
 from optenv.registration import family_of
 
 SMALL = {"conditions": 2, "samples": 3, "horizon": 4, "iterations": 1, "lqr_history": 2,
@@ -64,15 +65,20 @@ def test_momentum_controller_is_exact() -> None:
         state, f = step.state, step.f
 
 
+def _sampled(fam: ObjectiveFamily, history: int, **cfg: Any) -> tuple[GPSAgent, SampleBatch]:
+    """An initialised agent with a one-point momentum grid, and one batch of its samples."""
+    agent = GPSAgent(fam, GPSConfig(**cfg, momentum_lr_grid=(0.5,), momentum_grid=(0.5,)),
+                     history=history)
+    agent.initialise()
+    assert agent.ctrl is not None
+    return agent, agent.sample(agent.ctrl)
+
+
 def test_lifted_dynamics_exact_on_quadratic() -> None:
     """On a quadratic, x' = x + u and g' = A(x + u) are linear: the lifted fit predicts the
     next LQR state (all but the nonlinear objective delta) to high accuracy."""
-    fam = _quadratic_family()
-    cfg = GPSConfig(conditions=2, samples=12, horizon=5, lqr_history=2,
-                    momentum_lr_grid=(0.5,), momentum_grid=(0.5,))
-    agent = GPSAgent(fam, cfg, history=2)
-    agent.initialise()
-    batch = agent.sample(agent.ctrl)
+    agent, batch = _sampled(_quadratic_family(), 2, conditions=2, samples=12, horizon=5,
+                            lqr_history=2)
     dyn, _res, _gmm = fit_dynamics(batch.Z, batch.U, agent.smap, reg=1e-9, prior=False)
     lay = agent.smap.layout
     keep = torch.ones(lay.state_dim, dtype=torch.bool)
@@ -85,11 +91,7 @@ def test_lifted_dynamics_exact_on_quadratic() -> None:
 
 def test_cost_expansion_is_exact_for_quadratic() -> None:
     fam = _quadratic_family()
-    cfg = GPSConfig(conditions=2, samples=4, horizon=3, lqr_history=1,
-                    momentum_lr_grid=(0.5,), momentum_grid=(0.5,))
-    agent = GPSAgent(fam, cfg, history=1)
-    agent.initialise()
-    b = agent.sample(agent.ctrl)
+    agent, b = _sampled(fam, 1, conditions=2, samples=4, horizon=3, lqr_history=1)
     cost = expand_cost(fam, agent.data, b.Z, b.U, agent.smap)
     zu = torch.cat([b.Z, b.U], -1)
     quad = 0.5 * torch.einsum("mnti,mtij,mntj->mnt", zu, cost.Cm, zu)
@@ -100,20 +102,15 @@ def test_cost_expansion_is_exact_for_quadratic() -> None:
 def test_psd_cost_expansion_clips_negative_curvature_and_keeps_convex_costs() -> None:
     from optenv.families import make_family
 
-    cfg = GPSConfig(conditions=3, samples=4, horizon=4, lqr_history=1,
-                    momentum_lr_grid=(0.5,), momentum_grid=(0.5,))
+    sizes = {"conditions": 3, "samples": 4, "horizon": 4, "lqr_history": 1}
     # convex: the clip changes nothing
-    agent = GPSAgent(_quadratic_family(), cfg, history=1)
-    agent.initialise()
-    b = agent.sample(agent.ctrl)
+    agent, b = _sampled(_quadratic_family(), 1, **sizes)
     exact = expand_cost(agent.family, agent.data, b.Z, b.U, agent.smap, hessian="exact")
     psd = expand_cost(agent.family, agent.data, b.Z, b.U, agent.smap, hessian="psd")
     torch.testing.assert_close(psd.Cm, exact.Cm)
     # non-convex: Geman-McClure far from the data has negative curvature; the clipped cost is PSD
     fam = make_family("RobustRegression")
-    agent = GPSAgent(fam, cfg, history=1)
-    agent.initialise()
-    b = agent.sample(agent.ctrl)
+    agent, b = _sampled(fam, 1, **sizes)
     b.Z[..., agent.smap.layout.state_slices["CUR_LOC"]] += 5.0
     exact = expand_cost(fam, agent.data, b.Z, b.U, agent.smap, hessian="exact")
     psd = expand_cost(fam, agent.data, b.Z, b.U, agent.smap, hessian="psd")
