@@ -213,12 +213,9 @@ def format_table(doc: dict[str, Any]) -> str:
             f"{m['extra_evals_mean'] / t:.2f}/it",
             " ".join(f"{k}={v:g}" for k, v in shown.items()) or "-",
         ])
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [head, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    out = lines + _format_beats(doc, "beats", f"share of iterations 1..{t} where the row's mean "
-                                "margin over the column is positive:")
+    out = _fixed_width([head, *rows], rule=True)
+    out += _format_beats(doc, "beats", f"share of iterations 1..{t} where the row's mean margin "
+                         "over the column is positive:")
     if any(m["extra_evals_mean"] > 0 for m in doc["methods"].values()):
         out += _format_beats(doc, "beats_by_evals", f"the same at equal f/grad evaluation budgets "
                              f"1..{t} (line searches spend more than one per iteration):")
@@ -233,11 +230,17 @@ def _format_beats(doc: dict[str, Any], key: str, title: str) -> list[str]:
     head = ["row beats column at", *names]
     rows = [[a, *("-" if a == b else f"{100 * doc['methods'][a][key].get(b, 0.0):.0f}%"
                   for b in names)] for a in names]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    out = ["", title]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in [head, *rows]]
-    return out
+    return ["", title, *_fixed_width([head, *rows])]
+
+
+def _fixed_width(rows: list[list[str]], *, rule: bool = False) -> list[str]:
+    """Rows of cells as lines, each column padded to its widest cell (``rule``: a line of
+    dashes under the first row)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 #: hyper-parameters worth showing in the table (the tuned ones; the rest are library defaults).

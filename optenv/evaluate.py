@@ -111,8 +111,7 @@ def rollout(
         alive = ~start.diverged
         inf = torch.full_like(f, math.inf)
         fs = [torch.where(alive, f, inf)]
-        extra = torch.zeros_like(counts)
-        used = [torch.zeros_like(counts)]
+        used = [torch.zeros_like(counts)]  # cumulative evaluations after each iteration
         iterator: Any = range(horizon)
         if progress:
             from tqdm.auto import tqdm
@@ -121,16 +120,16 @@ def rollout(
         for _ in iterator:
             before = counts
             delta = step_fn(state, f, oracle)
-            extra = extra + (counts - before - 1).clamp_min(0)
-            used.append(used[-1] + 1 + (counts - before - 1).clamp_min(0))
+            used.append(used[-1] + (counts - before).clamp_min(1))
             delta = torch.where(alive.unsqueeze(-1), delta.to(state.dtype),
                                 torch.zeros_like(delta, dtype=state.dtype))
             res = core.step(data, state, f, delta)
             alive = alive & ~res.diverged
             state, f = res.state, res.f
             fs.append(torch.where(alive, f, inf))
-    return Rollout(torch.stack(fs, dim=1), ~alive, extra, state[:, lay["CUR_LOC"]],
-                   torch.stack(used, dim=1))
+    evals = torch.stack(used, dim=1)
+    return Rollout(torch.stack(fs, dim=1), ~alive, evals[:, -1] - horizon,
+                   state[:, lay["CUR_LOC"]], evals)
 
 
 @dataclass

@@ -34,6 +34,17 @@ __all__ = [
 ]
 
 
+def _same_shape_curves(curves: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each method's curves as float arrays; ValueError unless all have one shape."""
+    arrs = {k: _as_curves(v) for k, v in curves.items()}
+    shape = next(iter(arrs.values())).shape if arrs else None
+    for k, a in arrs.items():
+        if a.shape != shape:
+            raise ValueError(f"curves[{k!r}]: got shape {a.shape}, allowed: {shape} (the same "
+                             "objectives and horizon for every method)")
+    return arrs
+
+
 def _as_curves(f: np.ndarray) -> np.ndarray:
     a = np.asarray(f, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
@@ -99,12 +110,7 @@ def margin_of_victory_per_objective(
     if len(names) < 2:
         raise ValueError(f"curves: got {len(names)} method(s), allowed: at least 2 "
                          "(the margin of victory compares each method with the others)")
-    arrs = [_as_curves(curves[k]) for k in names]
-    shape = arrs[0].shape
-    for k, a in zip(names, arrs, strict=True):
-        if a.shape != shape:
-            raise ValueError(f"curves[{k!r}]: got shape {a.shape}, allowed: {shape} (the same "
-                             "objectives and horizon for every method)")
+    arrs = list(_same_shape_curves(curves).values())
     stack = np.stack([np.where(np.isfinite(a), a, np.nan) for a in arrs])  # [M, N, T+1]
     out = {}
     for i, name in enumerate(names):
@@ -139,7 +145,7 @@ def f_at_evaluation_budget(f: np.ndarray, evals: np.ndarray | None) -> np.ndarra
         raise ValueError(f"evals: got shape {e.shape}, allowed: f's shape {a.shape}")
     budgets = np.arange(a.shape[1])
     # last iteration t with evals[t] <= b (evals is non-decreasing, evals[:, 0] = 0)
-    idx = np.stack([np.searchsorted(row, budgets, side="right") - 1 for row in e])
+    idx = (e[:, :, None] <= budgets).sum(1) - 1
     return np.take_along_axis(a, idx, axis=1)
 
 
@@ -152,29 +158,19 @@ def pairwise_win_fraction(curves: Mapping[str, np.ndarray]) -> dict[str, dict[st
     margin of victory is positive at 90% of iterations against GD"); :func:`margin_of_victory`
     is the against-all form. Needs curves of one shape with at least one iteration after x(0).
     """
-    names = list(curves)
-    arrs = {k: _as_curves(curves[k]) for k in names}
-    shape = next(iter(arrs.values())).shape if arrs else None
-    for k, a in arrs.items():
-        if a.shape != shape:
-            raise ValueError(f"curves[{k!r}]: got shape {a.shape}, allowed: {shape} (the same "
-                             "objectives and horizon for every method)")
-    if shape is not None and shape[1] < 2:
-        raise ValueError(f"curves: got {shape[1]} iteration(s), allowed: at least 2 (x(0) and "
-                         "one step)")
-    out: dict[str, dict[str, float]] = {}
-    for a in names:
-        out[a] = {}
-        for b in names:
-            if a == b:
-                continue
-            diff = (arrs[b] - arrs[a])[:, 1:]
-            diff = np.where(np.isfinite(arrs[a][:, 1:]) & np.isfinite(arrs[b][:, 1:]), diff,
-                            np.nan)
-            with warnings.catch_warnings():
+    arrs = {k: a[:, 1:] for k, a in _same_shape_curves(curves).items()}
+    if arrs and next(iter(arrs.values())).shape[1] < 1:
+        raise ValueError("curves: got 1 iteration, allowed: at least 2 (x(0) and one step)")
+    names = list(arrs)
+    out: dict[str, dict[str, float]] = {k: {} for k in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:  # b's margin over a is minus a's over b
+            both = np.isfinite(arrs[a]) & np.isfinite(arrs[b])
+            with warnings.catch_warnings():  # an iteration with no shared finite objective
                 warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(diff, axis=0)
-            out[a][b] = float(np.mean(np.nan_to_num(mean, nan=-1.0) > 0))
+                mean = np.nanmean(np.where(both, arrs[b] - arrs[a], np.nan), axis=0)
+            out[a][b] = float(np.mean(mean > 0))  # NaN compares False: a loss for both
+            out[b][a] = float(np.mean(mean < 0))
     return out
 
 

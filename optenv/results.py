@@ -58,6 +58,7 @@ from optenv.evaluate import Evaluation
 from optenv.metrics import (
     f_at_evaluation_budget,
     margin_of_victory,
+    mean_ci,
     pairwise_win_fraction,
     summarize,
 )
@@ -148,7 +149,7 @@ def make_results(
             "final_f": s.final_f,
             "margin_of_victory": mov.get(name),
             "beats": beats.get(name, {}),
-            "mean_f_by_evals": summarize(by_evals[name]).mean,
+            "mean_f_by_evals": mean_ci(by_evals[name])[0],
             "beats_by_evals": beats_e.get(name, {}),
             "fraction_diverged": s.fraction_diverged,
             "fraction_nonfinite": s.fraction_nonfinite,

@@ -121,7 +121,7 @@ class OptimizationVectorEnv(VectorEnv):
                              "True only on a CUDA device")
         self.cuda_graph = bool(cuda_graph)
         self._graph: Any = None  # torch.cuda.CUDAGraph once captured
-        self._graph_state = "off" if not self.cuda_graph else "warm-up"
+        self._graph_state = "warm-up"  # then "capture", then "replay" (or "eager" on failure)
         self.dtype = parse_dtype(dtype)
         self.max_step = check_number(
             "max_step", self.family.default_max_step if max_step is None else max_step
@@ -171,7 +171,8 @@ class OptimizationVectorEnv(VectorEnv):
         self._final_t = torch.zeros_like(self._t)
         self._final_grad_norm = torch.zeros_like(self._f)
         # the graph's input: actions as float64 (exact for every float the caller may pass)
-        self._graph_actions = torch.zeros(n, d, dtype=torch.float64, device=dev)
+        self._graph_actions = (torch.zeros(n, d, dtype=torch.float64, device=dev)
+                               if self.cuda_graph else None)
         self._was_reset = False
         self._f_history: list[torch.Tensor] = []
 
@@ -304,9 +305,9 @@ class OptimizationVectorEnv(VectorEnv):
         if not self._was_reset:
             raise RuntimeError("step: call reset() before the first step")
         a = self._check_actions(actions)
-        if self.cuda_graph:
+        if self._graph_actions is not None:
             self._graph_actions.copy_(a)
-            self._graph_step()
+            self._graph_step(self._graph_actions)
         else:
             self._advance(a)
         if self.render_mode is not None:
@@ -329,7 +330,7 @@ class OptimizationVectorEnv(VectorEnv):
         """Whether steps replay a captured CUDA graph (``cuda_graph=True``, after the first)."""
         return self._graph is not None
 
-    def _graph_step(self) -> None:
+    def _graph_step(self, actions: torch.Tensor) -> None:
         """One step through the CUDA graph: the first runs eagerly on a side stream (warm-up),
         the second captures the step and replays it, later ones replay. A capture that fails
         warns once and the env steps eagerly from then on."""
@@ -337,7 +338,7 @@ class OptimizationVectorEnv(VectorEnv):
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                self._advance(self._graph_actions)
+                self._advance(actions)
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._graph_state = "capture"
             return
@@ -345,7 +346,7 @@ class OptimizationVectorEnv(VectorEnv):
             try:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    self._advance(self._graph_actions)
+                    self._advance(actions)
             except Exception as exc:  # any capture failure: step eagerly
                 import warnings
 
@@ -358,7 +359,7 @@ class OptimizationVectorEnv(VectorEnv):
         if self._graph_state == "replay":
             self._graph.replay()
         else:
-            self._advance(self._graph_actions)
+            self._advance(actions)
 
     def _advance(self, actions: torch.Tensor) -> None:
         """The step's tensor work, written into the buffers (what a CUDA graph captures)."""
