@@ -134,6 +134,8 @@ class GPSConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GPSConfig:
+        """The config of a run folder's ``config.json`` (keys that are not fields, such as
+        ``env`` or ``device``, are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
                       if k in names})

@@ -5,6 +5,7 @@ Everything small and on CPU: a few conditions, samples and steps, short policy u
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,12 @@ def test_psd_cost_expansion_clips_negative_curvature_and_keeps_convex_costs() ->
         expand_cost(fam, agent.data, b.Z, b.U, agent.smap, hessian="gauss-newton")
     with pytest.raises(ValueError, match="cost_hessian"):
         GPSConfig(cost_hessian="none")
+
+
+def test_config_round_trips_through_a_run_folders_json(tmp_path: Path) -> None:
+    train("optenv/LogisticRegression-v0", tmp_path / "run", _tiny_config(1), quiet=True)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert GPSConfig.from_dict(saved) == _tiny_config(1)
 
 
 def test_trajectory_optimisation_converges_to_known_optimum() -> None:
