@@ -30,11 +30,6 @@ __all__ = ["OptimizationVectorEnv", "numpy_vector_env"]
 _RESET_OPTIONS = ("reset_mask", "problem", "x0")
 
 
-def _capturing(device: torch.device) -> bool:
-    """Whether a CUDA graph is being captured on the current stream (no host reads allowed)."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[N] mask viewed to broadcast against a [N, ...] tensor."""
     return mask.view(mask.shape[0], *([1] * (like.dim() - 1)))
@@ -54,19 +49,19 @@ class OptimizationVectorEnv(VectorEnv):
     with ``reset(options={"reset_mask": mask})``); ``check_actions``; ``copy`` (default True:
     ``step``/``reset`` return copies; False returns the live buffers, overwritten by the next
     step, as Gymnasium's ``copy=False``); ``cuda_graph`` (CUDA only: the first step runs eagerly,
-    the second captures the step's tensor work — core step, clipping, autoreset draw — as a CUDA
-    graph, and later steps replay it; a failed capture warns and steps eagerly;
-    ``graph_captured`` says which).
+    the second captures the step's tensor work — core step, clipping, flags, observation — as a
+    CUDA graph, and later steps replay it; the autoresets stay outside the graph; a failed
+    capture warns and steps eagerly; ``graph_captured`` says which).
 
     ``step`` has no per-env Python loop, and buffers are updated in place. On accelerators
     resets are masked selects over freshly drawn instances (the draw is counter-based, see
-    :mod:`optenv.rng`); the one host read per step is whether any env resets (drawing N instances
-    costs more than the step itself, and it is needed on one step in H), skipped while a CUDA
-    graph is being captured, where the draw is unconditional. On CPU, where reading a mask costs
-    nothing, only the envs that do reset draw new instances. ``check_actions=True`` (default)
-    rejects NaN/inf actions with ValueError, which reads the actions back to the host; pass
-    False to skip that read: non-finite action entries then become 0 and are flagged in
-    ``infos["invalid_action"]``.
+    :mod:`optenv.rng`); the one host read per step is whether any env resets: drawing N instances
+    costs more than the step itself and is needed on one step in H, so it is skipped on the
+    others (which is also why the draw is not inside the CUDA graph: a graph cannot branch). On
+    CPU, where reading a mask costs nothing, only the envs that do reset draw new instances.
+    ``check_actions=True`` (default) rejects NaN/inf actions with ValueError, which reads the
+    actions back to the host; pass False to skip that read: non-finite action entries then
+    become 0 and are flagged in ``infos["invalid_action"]``.
 
     ``infos`` of every step: ``f`` (objective at the new iterate), ``grad_norm``, ``t`` (steps
     in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor.
@@ -162,6 +157,7 @@ class OptimizationVectorEnv(VectorEnv):
         self._terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self._truncated = torch.zeros(n, dtype=torch.bool, device=dev)
         self._needs_reset = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._resetting = torch.zeros(n, dtype=torch.bool, device=dev)  # NEXT_STEP: restarts
         self._clipped = torch.zeros(n, dtype=torch.bool, device=dev)
         self._invalid = torch.zeros(n, dtype=torch.bool, device=dev)
         # SAME_STEP's final observation and info, written before the autoreset
@@ -247,23 +243,22 @@ class OptimizationVectorEnv(VectorEnv):
         x0: torch.Tensor | None = None,
     ) -> None:
         """Draw the instances (seed, episode) of the envs in ``mask`` and start them."""
-        keys = instance_keys(self._seeds, self._episodes, self.split)
         if self._index_resets and problem is None and x0 is None:
             idx = mask.nonzero().squeeze(-1)
             if idx.numel() == 0:
                 return
-            data, x0_new = self.family.sample_keys(keys[idx], dtype=self.dtype)
+            keys = instance_keys(self._seeds[idx], self._episodes[idx], self.split)
+            data, x0_new = self.family.sample_keys(keys, dtype=self.dtype)
             start = self.core.start(data, x0_new)
             for k, v in data.items():
                 self._data[k].index_copy_(0, idx, v)
             self._write_start(start, idx=idx)
             return
-        if problem is None and x0 is None and not _capturing(self.device) \
-                and not bool(mask.any()):
-            # Outside graph capture, one read of the mask skips drawing N instances on the
-            # steps where no env resets (all but one step in H when the envs run in lock-step,
-            # as after a full reset); a captured step has no branch and always draws.
+        if problem is None and x0 is None and not bool(mask.any()):
+            # One read of the mask skips drawing N instances on the steps where no env resets
+            # (all but one step in H when the envs run in lock-step, as after a full reset).
             return
+        keys = instance_keys(self._seeds, self._episodes, self.split)
         data, x0_drawn = self.family.sample_keys(keys, dtype=self.dtype)
         data = problem if problem is not None else data
         start = self.core.start(data, x0 if x0 is not None else x0_drawn)
@@ -333,20 +328,22 @@ class OptimizationVectorEnv(VectorEnv):
     def _graph_step(self, actions: torch.Tensor) -> None:
         """One step through the CUDA graph: the first runs eagerly on a side stream (warm-up),
         the second captures the step and replays it, later ones replay. A capture that fails
-        warns once and the env steps eagerly from then on."""
+        warns once and the env steps eagerly from then on. The autoresets run after the
+        replay, outside the graph (see :meth:`_reset_stage`)."""
         if self._graph_state == "warm-up":
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                self._advance(actions)
+                self._advance_core(actions)
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._graph_state = "capture"
+            self._reset_stage()
             return
         if self._graph_state == "capture":
             try:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    self._advance(actions)
+                    self._advance_core(actions)
             except Exception as exc:  # any capture failure: step eagerly
                 import warnings
 
@@ -358,11 +355,18 @@ class OptimizationVectorEnv(VectorEnv):
                 self._graph, self._graph_state = graph, "replay"
         if self._graph_state == "replay":
             self._graph.replay()
+            self._reset_stage()
         else:
             self._advance(actions)
 
     def _advance(self, actions: torch.Tensor) -> None:
-        """The step's tensor work, written into the buffers (what a CUDA graph captures)."""
+        """One eager step: the tensor work, then the autoresets."""
+        self._advance_core(actions)
+        self._reset_stage()
+
+    def _advance_core(self, actions: torch.Tensor) -> None:
+        """The step's tensor work up to the autoresets, written into the buffers (what a CUDA
+        graph captures: no host reads, no allocation that outlives it)."""
         a = actions
         invalid = ~torch.isfinite(a).all(-1)
         a = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
@@ -388,21 +392,28 @@ class OptimizationVectorEnv(VectorEnv):
         mode = self.autoreset_mode
         if mode is AutoresetMode.NEXT_STEP:
             # Envs that ended on the previous step start their next episode now (action ignored).
-            resetting = self._needs_reset.clone()
+            self._resetting.copy_(self._needs_reset)
             self._needs_reset.copy_(terminated | truncated)
-            self._autoreset(resetting)
         elif mode is AutoresetMode.SAME_STEP:
-            done = terminated | truncated
-            self._final_done.copy_(done)
+            self._final_done.copy_(terminated | truncated)
             self._final_obs.copy_(self._obs)
             self._final_f.copy_(self._f)
             self._final_t.copy_(self._t)
             self._final_grad_norm.copy_(self.core.grad_norm(self._state))
-            reward, term, trunc = self._reward.clone(), terminated.clone(), truncated.clone()
-            self._autoreset(done)
-            self._reward.copy_(reward)
-            self._terminated.copy_(term)
-            self._truncated.copy_(trunc)
+
+    def _reset_stage(self) -> None:
+        """The step's autoresets, after :meth:`_advance_core` (eager even with a CUDA graph:
+        whether any env resets decides whether N instances are drawn)."""
+        mode = self.autoreset_mode
+        if mode is AutoresetMode.NEXT_STEP:
+            self._autoreset(self._resetting)
+        elif mode is AutoresetMode.SAME_STEP:
+            # the step's own reward and flags survive the restart of the envs that ended
+            kept = [(buf, buf.clone()) for buf in (self._reward, self._terminated,
+                                                   self._truncated)]
+            self._autoreset(self._final_done)
+            for buf, value in kept:
+                buf.copy_(value)
 
     def _out(self, buf: torch.Tensor) -> torch.Tensor:
         """What step/reset hand out: a copy of a buffer, or the live buffer if copy=False."""
