@@ -195,8 +195,10 @@ class GPSAgent:
                                         init_std=math.sqrt(config.init_var)).to(self.device)
         torch.random.set_rng_state(torch_state)
         self.policy.eval()
+        # capturable on CUDA: the policy's Adam steps then run as CUDA graphs (train_policy)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.policy_lr,
-                                          weight_decay=config.policy_weight_decay)
+                                          weight_decay=config.policy_weight_decay,
+                                          capturable=self.device.type == "cuda")
         self.iteration_count = 0
         self.obs_scaled = False
         self.ctrl: LinearGaussianController | None = None
@@ -571,6 +573,7 @@ class GPSAgent:
                                  f"{want}")
             self.policy.load_state_dict(state["policy"])
             self.optimizer.load_state_dict(state["optimizer"])
+            _optimizer_to_device(self.optimizer, self.device)
             self.ctrl = ctrl
             self.iteration_count = int(state["iteration"])
             self.obs_scaled = bool(state["obs_scaled"])
@@ -600,3 +603,14 @@ class GPSAgent:
                 for k in ("dyn", "pol"))
         except (KeyError, TypeError, RuntimeError, AttributeError) as err:
             raise ValueError(f"checkpoint: does not fit this run ({err!r})") from err
+
+
+def _optimizer_to_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Make a loaded Adam capturable exactly on CUDA, wherever its checkpoint was written: its
+    step counters live on the parameters' device when capturable and on the CPU otherwise."""
+    capturable = device.type == "cuda"
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+    for st in optimizer.state.values():
+        if "step" in st:
+            st["step"] = st["step"].to(device if capturable else "cpu", torch.float32)

@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -62,7 +64,7 @@ def linearise_policy(Z: Tensor, Upol: Tensor, pol_var: Tensor, *, prior: bool = 
 
 def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, obs: Tensor,
                  target: Tensor, prec: Tensor, weight: Tensor, *, steps: int, batch_size: int,
-                 generator: torch.Generator) -> float:
+                 generator: torch.Generator, cuda_graph: bool | None = None) -> float:
     """Fit the policy mean to ``target`` with the precision-weighted loss; returns the last
     epoch's mean loss.
 
@@ -71,6 +73,13 @@ def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, ob
     median (the reference code's guard against a few huge BADMM weights). Precisions are divided
     by their mean trace / dU in the loss, so weight decay means the same whatever the
     controllers' scale; the policy's variance is set to 1 / diag(mean precision).
+
+    The minibatch rows of all ``steps`` are drawn at once from ``generator`` (the same stream as
+    one draw per step). ``cuda_graph`` (default: on CUDA when the optimizer is capturable)
+    captures :data:`GRAPH_CHUNK` Adam steps as one CUDA graph and replays it: thousands of
+    steps of a small MLP are otherwise bound by kernel launches, not arithmetic (measured on an
+    H100 at the authors' settings: 30 of an iteration's 41 s). A failed capture warns and trains
+    eagerly.
     """
     use = weight > 0
     if not bool(use.any()):
@@ -83,26 +92,74 @@ def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, ob
     scale = torch.diagonal(mean_prec).mean().clamp_min(1e-12)
     w = policy.mean_net[0].weight
     dev, dt = w.device, w.dtype
+    if cuda_graph is None:
+        cuda_graph = dev.type == "cuda" and all(
+            g.get("capturable", False) for g in optimizer.param_groups)
+    elif cuda_graph and dev.type != "cuda":
+        raise ValueError(f"cuda_graph: got True with the policy on {dev}, allowed: True only "
+                         "for a policy on a CUDA device")
     obs = obs.to(device=dev, dtype=dt)
     target = target.to(device=dev, dtype=dt)
     prec_n = (prec / scale).to(device=dev, dtype=dt)
     weight = weight.to(device=dev, dtype=dt)
     R = obs.shape[0]
-    bs = min(batch_size, R)
-    policy.train()
-    losses: list[Tensor] = []
-    for i in range(steps):
-        rows = torch.randint(0, R, (bs,), generator=generator).to(dev)
-        err = policy(obs[rows]) - target[rows]
-        quad = (err[:, None, :] @ prec_n[rows] @ err[:, :, None]).reshape(-1)
-        loss = (weight[rows] * quad).mean()
+    rows = torch.randint(0, R, (steps, min(batch_size, R)), generator=generator).to(dev)
+
+    def adam_step(r: Tensor) -> Tensor:
+        err = policy(obs[r]) - target[r]
+        quad = (err[:, None, :] @ prec_n[r] @ err[:, :, None]).reshape(-1)
+        loss = (weight[r] * quad).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i >= steps - max(1, steps // 10):
-            losses.append(loss.detach())
+        return loss.detach()
+
+    policy.train()
+    losses = torch.zeros(steps, device=dev, dtype=dt)
+    done = _graphed_steps(adam_step, rows, losses) if cuda_graph else 0
+    for i in range(done, steps):
+        losses[i] = adam_step(rows[i])
     policy.eval()
     var = 1.0 / torch.diagonal(mean_prec).clamp_min(1e-12)
     with torch.no_grad():
         policy.log_std.copy_(0.5 * torch.log(var).to(policy.log_std))
-    return float(torch.stack(losses).mean())
+    return float(losses[steps - max(1, steps // 10):].mean())
+
+
+GRAPH_CHUNK = 25
+"""Adam steps captured in one CUDA graph by :func:`train_policy`."""
+
+
+def _graphed_steps(adam_step: Callable[[Tensor], Tensor], rows: Tensor, losses: Tensor) -> int:
+    """Run the first steps of ``rows`` [steps, batch] through a CUDA graph of GRAPH_CHUNK steps
+    (after three eager warm-up steps on a side stream, which the capture needs); write each
+    step's loss into ``losses``; return how many steps ran (the rest run eagerly)."""
+    steps = rows.shape[0]
+    warm = min(3, steps)
+    side = torch.cuda.Stream(rows.device)
+    side.wait_stream(torch.cuda.current_stream(rows.device))
+    with torch.cuda.stream(side):
+        for i in range(warm):
+            losses[i] = adam_step(rows[i])
+    torch.cuda.current_stream(rows.device).wait_stream(side)
+    chunks = (steps - warm) // GRAPH_CHUNK
+    if chunks == 0:
+        return warm
+    static_rows = rows[:GRAPH_CHUNK].clone()
+    static_loss = losses.new_zeros(GRAPH_CHUNK)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for j in range(GRAPH_CHUNK):
+                static_loss[j] = adam_step(static_rows[j])
+    except Exception as exc:  # any capture failure: the caller trains eagerly
+        warnings.warn(f"CUDA-graph capture of the policy's Adam steps failed ({exc!r}); "
+                      "training eagerly", RuntimeWarning, stacklevel=3)
+        torch.cuda.synchronize(rows.device)
+        return warm
+    for c in range(chunks):
+        lo = warm + c * GRAPH_CHUNK
+        static_rows.copy_(rows[lo:lo + GRAPH_CHUNK])
+        graph.replay()
+        losses[lo:lo + GRAPH_CHUNK] = static_loss
+    return warm + chunks * GRAPH_CHUNK

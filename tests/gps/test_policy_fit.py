@@ -1,0 +1,90 @@
+"""The policy's precision-weighted training (gps.policy_fit.train_policy), eager and graphed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gps.agent import GPSAgent, GPSConfig
+from gps.policy_fit import GRAPH_CHUNK, train_policy
+from optenv.families import make_family
+from optenv.policy import GaussianMLPPolicy
+
+
+def _regression(device: str, seed: int = 0) -> tuple[GaussianMLPPolicy, torch.optim.Adam,
+                                                     tuple[torch.Tensor, ...]]:
+    """A policy, its Adam, and a linear target with random SPD precisions and weights."""
+    g = torch.Generator().manual_seed(seed)
+    R, obs_dim, dU = 200, 6, 2
+    obs = torch.randn(R, obs_dim, generator=g, dtype=torch.float64)
+    target = obs[:, :dU] - 0.5 * obs[:, dU:2 * dU]
+    a = torch.randn(R, dU, dU, generator=g, dtype=torch.float64)
+    prec = a @ a.mT + torch.eye(dU, dtype=torch.float64)
+    weight = torch.rand(R, generator=g, dtype=torch.float64)
+    weight[:10] = 0.0  # ignored rows
+    torch.manual_seed(seed)
+    policy = GaussianMLPPolicy(obs_dim, dU, (16,)).to(device)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2, capturable=device == "cuda")
+    return policy, opt, (obs, target, prec, weight)
+
+
+def test_train_policy_lowers_the_weighted_loss_and_is_reproducible() -> None:
+    results = []
+    for _ in range(2):
+        policy, opt, data = _regression("cpu")
+        first = train_policy(policy, opt, *data, steps=10, batch_size=32,
+                             generator=torch.Generator().manual_seed(1))
+        last = train_policy(policy, opt, *data, steps=300, batch_size=32,
+                            generator=torch.Generator().manual_seed(2))
+        results.append((first, last, policy.mean_net[0].weight.detach().clone()))
+    assert results[0][1] < 0.2 * results[0][0]
+    assert results[0][:2] == results[1][:2]
+    assert torch.equal(results[0][2], results[1][2])
+
+
+def test_train_policy_sets_the_variance_to_the_inverse_mean_precision() -> None:
+    policy, opt, (obs, target, prec, weight) = _regression("cpu")
+    train_policy(policy, opt, obs, target, prec, weight, steps=2, batch_size=8,
+                 generator=torch.Generator().manual_seed(0))
+    want = 1.0 / torch.diagonal(prec[weight > 0].mean(0))
+    torch.testing.assert_close(policy.variance.double(), want, rtol=1e-5, atol=0)
+
+
+def test_train_policy_refuses_a_cuda_graph_off_cuda() -> None:
+    policy, opt, data = _regression("cpu")
+    before = [p.detach().clone() for p in policy.parameters()]
+    with pytest.raises(ValueError, match="cuda_graph"):
+        train_policy(policy, opt, *data, steps=5, batch_size=8,
+                     generator=torch.Generator().manual_seed(0), cuda_graph=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphed_policy_training_equals_eager_training() -> None:
+    steps = 3 + 2 * GRAPH_CHUNK + 7  # warm-up, two replays, an eager remainder
+    out = []
+    for graphed in (False, True):
+        policy, opt, data = _regression("cuda")
+        loss = train_policy(policy, opt, *data, steps=steps, batch_size=32,
+                            generator=torch.Generator().manual_seed(3), cuda_graph=graphed)
+        out.append((loss, [p.detach().clone() for p in policy.parameters()]))
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-5)
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cpu_checkpoint_resumes_on_cuda_with_a_capturable_adam() -> None:
+    cfg = GPSConfig(conditions=2, samples=3, horizon=4, iterations=1, lqr_history=2,
+                    inner_iterations=1, policy_steps=40, policy_batch=8, gmm_iters=5,
+                    lqr_max_iter=10, momentum_lr_grid=(0.1, 1.0), momentum_grid=(0.5, 0.9))
+    fam = make_family("LogisticRegression")
+    cpu = GPSAgent(fam, cfg, history=25)
+    cpu.initialise()
+    cpu.iteration()
+    cuda = GPSAgent(fam, cfg, history=25, device="cuda")
+    cuda.load_state_dict(cpu.state_dict())
+    assert all(g["capturable"] for g in cuda.optimizer.param_groups)
+    assert all(st["step"].device.type == "cuda" for st in cuda.optimizer.state.values())
+    cuda.iteration()
+    assert torch.isfinite(cuda.policy.mean_net[0].weight).all()
