@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -152,10 +152,6 @@ class SampleBatch:
     obs: Tensor
     F: Tensor
     bad: Tensor
-
-
-def _dyn_state(dyn: LinearGaussianDynamics) -> dict[str, Tensor]:
-    return {k: getattr(dyn, k).cpu() for k in ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma")}
 
 
 class GPSAgent:
@@ -349,14 +345,13 @@ class GPSAgent:
     def _step_adjust(self, cur: Mapping[str, Any], anchor_now: LinearGaussianController
                      ) -> None:
         """Levine & Abbeel's step-size rule from predicted vs actual improvement (per
-        condition). ``prev`` holds last iteration's model, the controller (BADMM) or policy
-        linearisation (MDGPS) it started from, and the controller it produced; ``anchor_now``
-        is this iteration's counterpart of that start (the sampling controller for BADMM, the
-        new policy linearisation for MDGPS)."""
+        condition). ``prev`` holds the expected costs, under last iteration's model, of the
+        controller (BADMM) or policy linearisation (MDGPS) it started from and of the controller
+        it produced; ``anchor_now`` is this iteration's counterpart of that start (the sampling
+        controller for BADMM, the new policy linearisation for MDGPS)."""
         prev = self.prev
         assert prev is not None
-        prev_laplace = self._estimate(prev, prev["anchor"])
-        pred_laplace = self._estimate(prev, prev["result"])
+        prev_laplace, pred_laplace = prev["anchor_cost"], prev["result_cost"]
         actual_laplace = self._estimate(cur, anchor_now)
         pred = prev_laplace - pred_laplace
         actual = prev_laplace - actual_laplace
@@ -408,7 +403,10 @@ class GPSAgent:
             times[k] += v
         bad |= ~torch.isfinite(new.K).reshape(bad.shape[0], -1).all(1)
         new = new.where(bad, sampler)
-        self.prev = {"dyn": dyn, "cost": cost, "anchor": anchor, "result": new}
+        # what the next step-size update needs from this iteration's model: two costs [M]
+        # (keeping the model itself would hold GBs at the authors' sizes, in every checkpoint)
+        self.prev = {"anchor_cost": self._estimate(cur, anchor),
+                     "result_cost": self._estimate(cur, new)}
         self.ctrl = new
         self.iteration_count += 1
 
@@ -538,12 +536,7 @@ class GPSAgent:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs (CPU tensors, RNG states included)."""
         assert self.ctrl is not None
-        prev = None
-        if self.prev is not None:
-            prev = {"dyn": _dyn_state(self.prev["dyn"]),
-                    "cost": {k: getattr(self.prev["cost"], k).cpu() for k in ("Cm", "cv", "c0")},
-                    "anchor": self.prev["anchor"].state_dict(),
-                    "result": self.prev["result"].state_dict()}
+        prev = None if self.prev is None else {k: v.cpu() for k, v in self.prev.items()}
         return {
             "iteration": self.iteration_count,
             "obs_scaled": self.obs_scaled,
@@ -581,17 +574,7 @@ class GPSAgent:
             self.step_mult = state["step_mult"].to(dev, dt)
             self.lam_k = state["lam_k"].to(dev, dt)
             self.nu = state["nu"].to(dev, dt)
-            prev = state["prev"]
-            if prev is None:
-                self.prev = None
-            else:
-                self.prev = {
-                    "dyn": LinearGaussianDynamics(**{k: v.to(dev, dt)
-                                                     for k, v in prev["dyn"].items()}),
-                    "cost": QuadraticCost(**{k: v.to(dev, dt) for k, v in prev["cost"].items()}),
-                    "anchor": LinearGaussianController.from_state_dict(prev["anchor"], dev, dt),
-                    "result": LinearGaussianController.from_state_dict(prev["result"], dev, dt),
-                }
+            self.prev = _load_prev(state["prev"], self._estimate, dev, dt)
             self.gen_sample.set_state(state["rng"]["sample"])
             self.gen_gmm.set_state(state["rng"]["gmm"])
             self.gen_policy.set_state(state["rng"]["policy"])
@@ -614,3 +597,18 @@ def _optimizer_to_device(optimizer: torch.optim.Optimizer, device: torch.device)
     for st in optimizer.state.values():
         if "step" in st:
             st["step"] = st["step"].to(device if capturable else "cpu", torch.float32)
+
+
+def _load_prev(prev: Mapping[str, Any] | None,
+               estimate: Callable[[Mapping[str, Any], LinearGaussianController], Tensor],
+               dev: torch.device, dt: torch.dtype) -> dict[str, Tensor] | None:
+    """A checkpoint's ``prev``: the two expected costs, or (checkpoints written before
+    2026-11-27) last iteration's model and controllers, from which they are computed."""
+    if prev is None:
+        return None
+    if "dyn" not in prev:
+        return {k: prev[k].to(dev, dt) for k in ("anchor_cost", "result_cost")}
+    model = {"dyn": LinearGaussianDynamics(**{k: v.to(dev, dt) for k, v in prev["dyn"].items()}),
+             "cost": QuadraticCost(**{k: v.to(dev, dt) for k, v in prev["cost"].items()})}
+    return {f"{k}_cost": estimate(model, LinearGaussianController.from_state_dict(prev[k], dev, dt))
+            for k in ("anchor", "result")}

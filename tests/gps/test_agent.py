@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import optenv
-from gps.agent import GPSAgent, GPSConfig, SampleBatch
+from gps.agent import GPSAgent, GPSConfig, SampleBatch, _load_prev
 from gps.controller import LQRStateMap, momentum_controller
 from gps.model import expand_cost, fit_dynamics
 from gps.train import load_for_compare, load_optimizer, make_config, train
@@ -224,6 +224,28 @@ def _tiny_config(iterations: int, algorithm: str = "badmm") -> GPSConfig:
 def _strip(log: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "wall_s" and not k.startswith("t_")}
             for r in log]
+
+
+def test_checkpoints_keep_two_costs_per_condition_and_older_ones_still_load() -> None:
+    """The step-size rule needs, from the last iteration, only the expected costs of its start
+    and result under its model: checkpoints keep those [M] vectors, not the model (GBs at the
+    authors' sizes). A checkpoint written before that kept the model; it loads to the same."""
+    fam = _quadratic_family()
+    agent, b = _sampled(fam, 2, conditions=2, samples=6, horizon=3, lqr_history=2)
+    dyn, _res, _gmm = fit_dynamics(b.Z, b.U, agent.smap, reg=1e-6, prior=False)
+    model = {"dyn": dyn, "cost": expand_cost(fam, agent.data, b.Z, b.U, agent.smap)}
+    assert agent.ctrl is not None
+    start, result = agent.ctrl, agent.ctrl.where(torch.tensor([True, False]), agent.ctrl)
+    legacy = {"dyn": {k: getattr(dyn, k) for k in ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma")},
+              "cost": {k: getattr(model["cost"], k) for k in ("Cm", "cv", "c0")},
+              "anchor": start.state_dict(), "result": result.state_dict()}
+    agent.prev = _load_prev(legacy, agent._estimate, agent.device, agent.dtype)
+    assert agent.prev is not None
+    torch.testing.assert_close(agent.prev["anchor_cost"], agent._estimate(model, start))
+    torch.testing.assert_close(agent.prev["result_cost"], agent._estimate(model, result))
+    saved = agent.state_dict()["prev"]
+    assert set(saved) == {"anchor_cost", "result_cost"} and saved["anchor_cost"].shape == (2,)
+    assert _load_prev(saved, agent._estimate, agent.device, agent.dtype).keys() == saved.keys()
 
 
 @pytest.mark.parametrize("algorithm", ["badmm", "mdgps"])
