@@ -367,7 +367,8 @@ class GPSAgent:
         if self.ctrl is None:
             raise RuntimeError("GPSAgent.initialise() or load_state_dict() must come first")
         cfg = self.cfg
-        times = {"sampling": 0.0, "dynamics": 0.0, "cost": 0.0, "lqr": 0.0, "policy": 0.0}
+        times = {"sampling": 0.0, "dynamics": 0.0, "cost": 0.0, "lqr": 0.0, "policy": 0.0,
+                 "linearise": 0.0}
         t_start = time.perf_counter()
 
         def lap(key: str, t0: float) -> float:
@@ -461,7 +462,7 @@ class GPSAgent:
         assert sampler is not None
         traj = sampler
         kl_step = cfg.kl_step * self.step_mult
-        times = {"lqr": 0.0, "policy": 0.0}
+        times = {"lqr": 0.0, "policy": 0.0, "linearise": 0.0}
         res = None
         pol_kl = torch.zeros_like(self.nu)
         for inner in range(cfg.inner_iterations):
@@ -476,6 +477,7 @@ class GPSAgent:
                 adj = adj / self.nu.clamp_min(1e-8)[..., None]
                 target = traj.mean(batch.Z) - adj[:, None]
                 self._train(batch, target, prec, self.nu)
+            t0 = self._tick(times, "policy", t0)
             pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
             pol_var = self.policy.variance.detach().to(self.dtype)
             pol_lin = self._linearise(batch, pol_mu, pol_var)
@@ -486,7 +488,7 @@ class GPSAgent:
                 self.lam_k = self.lam_k - cfg.policy_dual_rate * self.nu[..., None] * step
                 if inner == cfg.inner_iterations - 1:
                     self.nu = (self.nu + cfg.lg_step * pol_kl).clamp_min(0.0)
-            t0 = self._tick(times, "policy", t0)
+            t0 = self._tick(times, "linearise", t0)
             res = self._lqr(dyn, cost, sampler, kl_step, policy_K=pol_lin.K,
                             policy_k=pol_lin.k, policy_covar=pol_lin.covar,
                             policy_weight=self.nu, lagrange_K=torch.zeros_like(pol_lin.K),
@@ -504,15 +506,16 @@ class GPSAgent:
         cfg = self.cfg
         sampler = self.ctrl
         assert sampler is not None
-        times = {"lqr": 0.0, "policy": 0.0}
+        times = {"lqr": 0.0, "policy": 0.0, "linearise": 0.0}
         ones = torch.ones(cfg.conditions, cfg.horizon, dtype=self.dtype, device=self.device)
         t0 = time.perf_counter()
         if self.iteration_count == 0:  # catch the policy up with the initial controllers
             self._train(batch, sampler.mean(batch.Z), sampler.inv_covar, ones)
+        t0 = self._tick(times, "policy", t0)
         pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
         pol_var = self.policy.variance.detach().to(self.dtype)
         pol_lin = self._linearise(batch, pol_mu, pol_var)
-        t0 = self._tick(times, "policy", t0)
+        t0 = self._tick(times, "linearise", t0)
         if self.prev is not None:
             self._step_adjust(cur, pol_lin)
         res = self._lqr(dyn, cost, pol_lin, cfg.kl_step * self.step_mult)

@@ -168,7 +168,7 @@ def test_one_iteration_each_family(env_id: str, algorithm: str) -> None:
     agent.initialise()
     row = agent.iteration()
     for key in ("sampled_cost", "policy_cost", "kl", "eta", "step_mult", "dyn_residual",
-                "wall_s", "t_sampling", "t_dynamics", "t_lqr", "t_policy"):
+                "wall_s", "t_sampling", "t_dynamics", "t_lqr", "t_policy", "t_linearise"):
         assert math.isfinite(row[key]), (key, row)
     assert row["bad_conditions"] == 0
     assert agent.ctrl is not None and bool(torch.isfinite(agent.ctrl.K).all())
