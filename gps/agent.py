@@ -215,6 +215,7 @@ class GPSAgent:
         from baselines.tuning import grid_search
 
         cfg = self.cfg
+        t0 = time.perf_counter()
         res = grid_search("momentum", self.family,
                           grid={"lr": list(cfg.momentum_lr_grid),
                                 "momentum": list(cfg.momentum_grid)},
@@ -223,7 +224,8 @@ class GPSAgent:
         lr, mom = float(res.best["lr"]), float(res.best["momentum"])
         self.ctrl = momentum_controller(self.smap, cfg.conditions, cfg.horizon, lr, mom,
                                         cfg.init_var, dtype=self.dtype, device=self.device)
-        self.init_info = {"momentum_lr": lr, "momentum": mom, "momentum_score": res.score}
+        self.init_info = {"momentum_lr": lr, "momentum": mom, "momentum_score": res.score,
+                          "seconds": time.perf_counter() - t0}
         return self.init_info
 
     # ----------------------------------------------------------------------------- sampling

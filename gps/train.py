@@ -169,7 +169,8 @@ def train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *,
         if not quiet:
             print(f"initial controller: momentum lr={info['momentum_lr']:g}, "
                   f"momentum={info['momentum']:g} (best of the grid on the "
-                  f"{config.conditions} training conditions)", file=sys.stderr)
+                  f"{config.conditions} training conditions, {info['seconds']:.1f} s)",
+                  file=sys.stderr)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.iterations, initial=agent.iteration_count, desc="gps",
