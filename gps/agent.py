@@ -204,6 +204,7 @@ class GPSAgent:
         self.lam_k = torch.zeros(M, T, d, dtype=dt, device=dev)
         self.nu = torch.full((M, T), config.init_pol_wt, dtype=dt, device=dev)
         self.prev: dict[str, Any] | None = None
+        self._lqr_evaluations = 0  # this iteration's backward+forward passes, for the report
         self.init_info: dict[str, Any] = {}
         # the GMM priors' last mixtures: each fit warm-starts from the previous one
         self.gmm_dyn: GMM | None = None
@@ -296,10 +297,12 @@ class GPSAgent:
     # ----------------------------------------------------------------------------- pieces
     def _lqr(self, dyn: LinearGaussianDynamics, cost: QuadraticCost,
              prev: LinearGaussianController, kl_step: Tensor, **extra: Tensor) -> Any:
-        return kl_constrained_lqr(dyn.Fm, dyn.fv, dyn.dyn_covar, dyn.x0mu, dyn.x0sigma,
-                                  cost.Cm, cost.cv, prev.K, prev.k, prev.covar, kl_step,
-                                  eta0=self.eta.clamp(1e-8, 1e16),
-                                  max_iter=self.cfg.lqr_max_iter, **extra)
+        res = kl_constrained_lqr(dyn.Fm, dyn.fv, dyn.dyn_covar, dyn.x0mu, dyn.x0sigma,
+                                 cost.Cm, cost.cv, prev.K, prev.k, prev.covar, kl_step,
+                                 eta0=self.eta.clamp(1e-8, 1e16),
+                                 max_iter=self.cfg.lqr_max_iter, **extra)
+        self._lqr_evaluations += res.n_evaluations
+        return res
 
     def _train(self, batch: SampleBatch, target: Tensor, prec: Tensor, weight: Tensor) -> float:
         """Train the policy on per-sample targets [M,N,T,dU], precisions [M,T,dU,dU] and
@@ -372,6 +375,7 @@ class GPSAgent:
         times = {"sampling": 0.0, "dynamics": 0.0, "cost": 0.0, "lqr": 0.0, "policy": 0.0,
                  "linearise": 0.0}
         t_start = time.perf_counter()
+        self._lqr_evaluations = 0
 
         def lap(key: str, t0: float) -> float:
             now = time.perf_counter()
@@ -432,6 +436,7 @@ class GPSAgent:
             "nu": float(self.nu.mean()),
             "dyn_residual": float(residual.mean()),
             "lqr_converged": float(res.converged.double().mean()),
+            "lqr_evaluations": self._lqr_evaluations,
             "bad_conditions": int(bad.sum()),
             "wall_s": time.perf_counter() - t_start,
             **{f"t_{k}": v for k, v in times.items()},

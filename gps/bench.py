@@ -55,19 +55,24 @@ def random_lqr_problem(B: int, T: int, dX: int, dU: int, *, seed: int = 0,
     """A well-conditioned random batch for :func:`gps.lqr.kl_constrained_lqr` (keyword dict).
 
     Stable dynamics (spectral radius about 0.95), PD costs, a random previous controller; with
-    kl_step = 0.5 the eta search typically converges in 3 to 10 iterations.
+    kl_step = 0.5 the eta search typically converges in 3 to 10 iterations. Drawn on ``device``
+    from a generator of that device (so a seed gives another problem on a GPU than on the CPU):
+    at B=256, T=100, dX=100 a CPU draw took longer than the solves it feeds.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     n = dX + dU
+    dev = g.device
 
     def r(*s: int) -> Tensor:
-        return torch.randn(*s, generator=g, dtype=torch.float64)
+        return torch.randn(*s, generator=g, dtype=torch.float64, device=dev)
 
     def spd(*s: int, scale: float, floor: float) -> Tensor:
         A = r(*s)
-        return scale * A @ A.mT / s[-1] + floor * torch.eye(s[-1], dtype=torch.float64)
+        return scale * A @ A.mT / s[-1] + floor * torch.eye(s[-1], dtype=torch.float64,
+                                                          device=dev)
 
-    Fx = 0.9 * torch.eye(dX, dtype=torch.float64) + 0.05 * r(B, T, dX, dX) / math.sqrt(dX)
+    Fx = 0.9 * torch.eye(dX, dtype=torch.float64, device=dev) + 0.05 * r(B, T, dX, dX) / \
+        math.sqrt(dX)
     Fu = 0.3 * r(B, T, dX, dU) / math.sqrt(dU)
     out = {
         "Fm": torch.cat([Fx, Fu], -1), "fv": 0.1 * r(B, T, dX),
@@ -85,16 +90,19 @@ def random_linear_gaussian_data(B: int, N: int, T: int, dX: int, dU: int, *, see
                                 device: str | torch.device = "cpu",
                                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Samples X [B,N,T,dX], U [B,N,T,dU] of a known time-invariant linear-Gaussian system per
-    condition; returns X, U, Fm_true [B,dX,dX+dU], fv_true [B,dX]."""
-    g = torch.Generator().manual_seed(seed)
+    condition; returns X, U, Fm_true [B,dX,dX+dU], fv_true [B,dX]. Drawn on ``device`` (see
+    :func:`random_lqr_problem`)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    dev = g.device
 
     def r(*s: int) -> Tensor:
-        return torch.randn(*s, generator=g, dtype=torch.float64)
+        return torch.randn(*s, generator=g, dtype=torch.float64, device=dev)
 
-    A = 0.9 * torch.eye(dX, dtype=torch.float64) + 0.05 * r(B, dX, dX) / math.sqrt(dX)
+    A = 0.9 * torch.eye(dX, dtype=torch.float64, device=dev) + 0.05 * r(B, dX, dX) / \
+        math.sqrt(dX)
     Bu = 0.3 * r(B, dX, dU) / math.sqrt(dU)
     c = 0.1 * r(B, dX)
-    X = torch.empty(B, N, T, dX, dtype=torch.float64)
+    X = torch.empty(B, N, T, dX, dtype=torch.float64, device=dev)
     U = r(B, N, T, dU)
     X[:, :, 0] = r(B, N, dX)
     for t in range(T - 1):

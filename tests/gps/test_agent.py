@@ -170,6 +170,8 @@ def test_one_iteration_each_family(env_id: str, algorithm: str) -> None:
     for key in ("sampled_cost", "policy_cost", "kl", "eta", "step_mult", "dyn_residual",
                 "wall_s", "t_sampling", "t_dynamics", "t_lqr", "t_policy", "t_linearise"):
         assert math.isfinite(row[key]), (key, row)
+    # every inner iteration runs at least one backward+forward pass of the LQR
+    assert row["lqr_evaluations"] >= (cfg.inner_iterations if algorithm == "badmm" else 1)
     assert row["bad_conditions"] == 0
     assert agent.ctrl is not None and bool(torch.isfinite(agent.ctrl.K).all())
     obs = torch.zeros(5, StateLayout(fam.d, 25).obs_dim)
