@@ -98,6 +98,17 @@ class StateLayout:
         return out
 
 
+def _safe(t: torch.Tensor) -> torch.Tensor:
+    """Non-finite entries replaced (NaN by 0, ±inf by ±STATE_LIMIT), all clamped to the limit."""
+    return torch.nan_to_num(t, nan=0.0, posinf=STATE_LIMIT, neginf=-STATE_LIMIT).clamp_(
+        -STATE_LIMIT, STATE_LIMIT)
+
+
+def _diverged(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Non-finite, or past the clamp (the clamp would otherwise hide a runaway iterate)."""
+    return ~((f.abs() < STATE_LIMIT) & (x.abs() < STATE_LIMIT).all(-1))
+
+
 class CoreStep(NamedTuple):
     """What one transition of a batch produces."""
 
@@ -141,18 +152,17 @@ class OptimizationCore:
         deltas = state[:, sl["PAST_OBJ_VAL_DELTAS"]]
         grads = state[:, sl["PAST_GRADS"].start : sl["CUR_GRAD"].stop]  # PAST_GRADS ++ CUR_GRAD
         steps = state[:, sl["PAST_LOC_DELTAS"]]
+        # The histories come from a state this core made, so they are finite and in range
+        # already: only the new entries are sanitised (whole-state passes dominated the step).
         new_state = torch.cat(
-            [x, deltas[:, 1:], rel, grads[:, d:], g, steps[:, d:], delta_x], dim=-1
+            [_safe(x), deltas[:, 1:], _safe(rel), grads[:, d:], _safe(g), steps[:, d:],
+             _safe(delta_x)], dim=-1
         )
-        return self._finish(new_state, f, x)
+        return CoreStep(new_state, f, _diverged(f, x))
 
     @staticmethod
     def _finish(state: torch.Tensor, f: torch.Tensor, x: torch.Tensor) -> CoreStep:
-        # Non-finite, or past the clamp (the clamp would otherwise hide a runaway iterate).
-        diverged = ~((f.abs() < STATE_LIMIT) & (x.abs() < STATE_LIMIT).all(-1))
-        safe = torch.nan_to_num(state, nan=0.0, posinf=STATE_LIMIT, neginf=-STATE_LIMIT)
-        safe = safe.clamp(-STATE_LIMIT, STATE_LIMIT)
-        return CoreStep(safe, f, diverged)
+        return CoreStep(_safe(state), f, _diverged(f, x))
 
     def grad_norm(self, state: torch.Tensor) -> torch.Tensor:
         """‖∇f‖ at the current iterate of each run, [B]."""
