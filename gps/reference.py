@@ -31,6 +31,7 @@ PD_FAILURE = 3
 NONFINITE_INPUT = 4
 BAD_PREV_COVAR = 5
 BAD_POLICY_COVAR = 6
+KL_BOUND_INACTIVE = 7
 
 
 @dataclass
@@ -221,6 +222,7 @@ def kl_constrained_lqr_np(
     max_iter: int = 50,
     tol: float = 0.1,
     del0: float = 1e-4,
+    stop_when_inactive: bool = True,
 ) -> RefLQRResult:
     """The reference code's dual (eta) search for one condition, reporting failures as a status.
 
@@ -228,7 +230,9 @@ def kl_constrained_lqr_np(
     give up with PD_FAILURE once that reaches max_eta), forward pass, KL; stop when
     |KL - kl_step*T| < tol*kl_step*T; otherwise move eta within the bracket [min_eta, max_eta]
     geometrically, each move capped at x/÷10. ``eta`` of the result is the eta that produced the
-    returned controller (the reference code returns the next, untried, eta).
+    returned controller (the reference code returns the next, untried, eta). With
+    ``stop_when_inactive`` (not in the reference code; gps.lqr's default) a KL below the bound
+    at eta <= 2*min_eta stops the search with KL_BOUND_INACTIVE.
     """
     T = K_prev.shape[0]
     target = kl_step * T
@@ -266,6 +270,9 @@ def kl_constrained_lqr_np(
         best = RefLQRResult(K, k, S, eta, kl, CONVERGED, itr + 1)
         con = kl - target
         if abs(con) < tol * target:
+            return best
+        if stop_when_inactive and con < 0 and eta <= 2.0 * min_eta:
+            best.status = KL_BOUND_INACTIVE
             return best
         if itr == max_iter - 1:
             best.status = MAX_ITER_KL_BELOW if con < 0 else MAX_ITER_KL_ABOVE

@@ -71,11 +71,36 @@ def test_first_step_gain_matches_discrete_are_for_long_horizon_and_tiny_kl_weigh
                        prob["k_prev"], prob["pol_covar_prev"], eta=1e-9)
     assert not bool(bwd.failed.any())
     np.testing.assert_allclose(bwd.K[0, 0].numpy(), K_dare, atol=1e-7)
-    # the full solver with a bound that never binds drives eta to the bottom of its bracket
-    res = kl_constrained_lqr(**prob, kl_step=1e6, max_iter=14)
-    assert int(res.status[0]) == LQRStatus.MAX_ITER_KL_BELOW
+    # the full solver with a bound that never binds drives eta to the bottom of its bracket:
+    # as the reference code, spending every iteration there ...
+    res = kl_constrained_lqr(**prob, kl_step=1e6, max_iter=14, stop_when_inactive=False)
+    assert int(res.status[0]) == LQRStatus.MAX_ITER_KL_BELOW and int(res.iterations[0]) == 14
     assert float(res.eta[0]) < 1e-7
     np.testing.assert_allclose(res.K[0, 0].numpy(), K_dare, atol=1e-5)
+    # ... or, by default, stopping once eta <= 2 * min_eta, with the same controller
+    fast = kl_constrained_lqr(**prob, kl_step=1e6, max_iter=14)
+    assert int(fast.status[0]) == LQRStatus.KL_BOUND_INACTIVE and bool(fast.converged[0])
+    assert float(fast.eta[0]) <= 2e-8 and fast.n_evaluations < res.n_evaluations
+    np.testing.assert_allclose(fast.K[0, 0].numpy(), K_dare, atol=1e-5)
+
+
+@pytest.mark.parametrize("stop_when_inactive", [True, False])
+def test_inactive_bound_stop_matches_the_reference_loop_in_a_mixed_batch(stop_when_inactive):
+    # conditions 0 and 2 have a bound that binds, 1 and 3 one that never does
+    B, T = 4, 5
+    prob = random_lqr_problem(B, T, 4, 2, seed=21)
+    kl_step = torch.tensor([0.2, 1e6, 0.5, 1e6], dtype=torch.float64)
+    res = kl_constrained_lqr(**prob, kl_step=kl_step, max_iter=15,
+                             stop_when_inactive=stop_when_inactive)
+    ref = [reference.kl_constrained_lqr_np(*_np(prob, b), float(kl_step[b]), max_iter=15,
+                                           stop_when_inactive=stop_when_inactive)
+           for b in range(B)]
+    for b, r in enumerate(ref):
+        assert int(res.status[b]) == r.status and int(res.iterations[b]) == r.iterations
+        np.testing.assert_allclose(res.K[b].numpy(), r.K, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(float(res.eta[b]), r.eta, rtol=1e-10)
+    inactive = LQRStatus.KL_BOUND_INACTIVE if stop_when_inactive else LQRStatus.MAX_ITER_KL_BELOW
+    assert [int(c) for c in res.status] == [0, inactive, 0, inactive]
 
 
 def test_batched_solution_matches_per_condition_numpy_reference_to_1e_8():
@@ -224,7 +249,7 @@ def test_search_state_reloaded_with_a_new_problem_gives_the_fresh_answer():
     prepared = [_prepare(*(p[k] for k in ARGS), 0.3, None, None, None, None, None, None, 0.0,
                          None)[0] for p in probs]
     eta0 = torch.ones(3, dtype=torch.float64)
-    search = _DualSearch(prepared[0], eta0, 1e-8, 1e16, 50, 0.1, 1e-4)
+    search = _DualSearch(prepared[0], eta0, 1e-8, 1e16, 50, 0.1, 1e-4, True)
     while not bool(search.done.all()):
         search.step()
     search.load(prepared[1], eta0)
