@@ -65,8 +65,8 @@ def linearise_policy(Z: Tensor, Upol: Tensor, pol_var: Tensor, *, prior: bool = 
 def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, obs: Tensor,
                  target: Tensor, prec: Tensor, weight: Tensor, *, steps: int, batch_size: int,
                  generator: torch.Generator, cuda_graph: bool | None = None) -> float:
-    """Fit the policy mean to ``target`` with the precision-weighted loss; returns the last
-    epoch's mean loss.
+    """Fit the policy mean to ``target`` with the precision-weighted loss; returns the mean loss
+    of the last tenth of the steps.
 
     obs [R,obs_dim], target [R,dU], prec [R,dU,dU], weight [R] (>= 0; rows with weight 0 are
     ignored). Weights are normalised to mean 1 over the used rows and capped at twice their

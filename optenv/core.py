@@ -140,7 +140,11 @@ class OptimizationCore:
         f_prev: torch.Tensor,
         delta_x: torch.Tensor,
     ) -> CoreStep:
-        """x(i) = x(i−1) + Δx, with f, ∇f and every history updated."""
+        """x(i) = x(i−1) + Δx, with f, ∇f and every history updated.
+
+        ``state`` must come from :meth:`start` or :meth:`step` of a core of this layout: its
+        histories are taken as finite and within ±STATE_LIMIT, and only the new entries are
+        sanitised."""
         lay = self.layout
         d = lay.d
         sl = lay.state_slices

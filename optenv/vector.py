@@ -408,6 +408,8 @@ class OptimizationVectorEnv(VectorEnv):
         if mode is AutoresetMode.NEXT_STEP:
             self._autoreset(self._resetting)
         elif mode is AutoresetMode.SAME_STEP:
+            if not bool(self._final_done.any()):  # the one host read; no env restarts
+                return
             # the step's own reward and flags survive the restart of the envs that ended
             kept = [(buf, buf.clone()) for buf in (self._reward, self._terminated,
                                                    self._truncated)]

@@ -16,7 +16,7 @@ import torch
 
 import optenv
 from gps.agent import GPSAgent, GPSConfig, SampleBatch, _load_prev
-from gps.controller import LQRStateMap, momentum_controller
+from gps.controller import LinearGaussianController, LQRStateMap, momentum_controller
 from gps.model import expand_cost, fit_dynamics
 from gps.train import load_for_compare, load_optimizer, make_config, train
 from optenv.core import OptimizationCore, StateLayout
@@ -237,7 +237,8 @@ def test_checkpoints_keep_two_costs_per_condition_and_older_ones_still_load() ->
     dyn, _res, _gmm = fit_dynamics(b.Z, b.U, agent.smap, reg=1e-6, prior=False)
     model = {"dyn": dyn, "cost": expand_cost(fam, agent.data, b.Z, b.U, agent.smap)}
     assert agent.ctrl is not None
-    start, result = agent.ctrl, agent.ctrl.where(torch.tensor([True, False]), agent.ctrl)
+    start = agent.ctrl
+    result = LinearGaussianController(start.K + 0.1, start.k - 0.2, start.covar)
     legacy = {"dyn": {k: getattr(dyn, k) for k in ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma")},
               "cost": {k: getattr(model["cost"], k) for k in ("Cm", "cv", "c0")},
               "anchor": start.state_dict(), "result": result.state_dict()}
@@ -245,6 +246,7 @@ def test_checkpoints_keep_two_costs_per_condition_and_older_ones_still_load() ->
     assert agent.prev is not None
     torch.testing.assert_close(agent.prev["anchor_cost"], agent._estimate(model, start))
     torch.testing.assert_close(agent.prev["result_cost"], agent._estimate(model, result))
+    assert not torch.allclose(agent.prev["anchor_cost"], agent.prev["result_cost"])
     saved = agent.state_dict()["prev"]
     assert set(saved) == {"anchor_cost", "result_cost"} and saved["anchor_cost"].shape == (2,)
     assert _load_prev(saved, agent._estimate, agent.device, agent.dtype).keys() == saved.keys()

@@ -315,3 +315,16 @@ def test_cuda_graph_solution_matches_cpu_including_a_cached_second_call():
         assert torch.equal(gpu.status.cpu(), cpu.status)
         torch.testing.assert_close(gpu.K.cpu(), cpu.K, rtol=0, atol=1e-8)
         torch.testing.assert_close(gpu.eta.cpu(), cpu.eta, rtol=1e-8, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_cache_keeps_the_inactive_stop_settings_apart():
+    prob = random_lqr_problem(4, 5, 4, 2, seed=21)
+    kl_step = torch.tensor([0.2, 1e6, 0.5, 1e6], dtype=torch.float64)
+    on_gpu = {k: v.cuda() for k, v in prob.items()}
+    for stop in (True, False, True):  # the third call replays the first call's cached graph
+        cpu = kl_constrained_lqr(**prob, kl_step=kl_step, max_iter=15, stop_when_inactive=stop)
+        gpu = kl_constrained_lqr(**on_gpu, kl_step=kl_step.cuda(), max_iter=15,
+                                 stop_when_inactive=stop)
+        assert gpu.used_cuda_graph and gpu.n_evaluations == cpu.n_evaluations
+        assert torch.equal(gpu.status.cpu(), cpu.status)
