@@ -4,6 +4,8 @@ Measures env-steps per second of: the single env (``gym.make``), Gymnasium's Syn
 single envs, and the batched :class:`~optenv.vector.OptimizationVectorEnv` at the same N, on the
 CPU, and on CUDA where present (float32, ``check_actions=False``: no read of the actions).
 Random actions are drawn before the clock starts; every line names the device it ran on.
+``--profile`` prints instead where a batched step's time goes: the ops with the most self time
+per step (device time on CUDA, eager and graphed), from ``torch.profiler``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 import optenv
 from optenv.validation import check_int
 
-__all__ = ["add_parser", "bench_env", "device_name", "run"]
+__all__ = ["add_parser", "bench_env", "device_name", "profile_env", "run"]
 
 
 def device_name(device: torch.device) -> str:
@@ -115,6 +117,42 @@ def bench_env(env_id: str, num_envs: int, steps: int, *, devices: list[str],
     return rows
 
 
+def profile_env(env_id: str, num_envs: int, steps: int, *, device: str, top: int = 15,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """Rows naming the ``top`` ops by self time per step of the batched env on ``device`` (on
+    CUDA the kernels' device time, for the eager and the CUDA-graph step; on the CPU the ops'
+    CPU time), so a slow step shows which of its passes to fuse or drop."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = torch.device(device)
+    on_cuda = dev.type == "cuda"
+    rows: list[dict[str, Any]] = []
+    for graphed in ([False, True] if on_cuda else [False]):
+        venv = gym.make_vec(env_id, num_envs=num_envs, device=dev, dtype="float32",
+                            check_actions=False, **({"cuda_graph": True} if graphed else {}))
+        venv.reset(seed=seed)
+        g = torch.Generator(device=dev).manual_seed(seed)
+        acts = torch.rand(steps, num_envs, venv.single_action_space.shape[0], generator=g,
+                          device=dev) * 2 - 1
+        for i in range(10):
+            venv.step(acts[i % steps])
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+        with profile(activities=activities) as prof:
+            for i in range(steps):
+                venv.step(acts[i])
+            if on_cuda:
+                torch.cuda.synchronize(dev)
+        key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)
+        for e in events[:top]:
+            rows.append({"bench": "env-profile", "env_id": env_id, "num_envs": num_envs,
+                         "device": dev.type, "device_name": device_name(dev),
+                         "cuda_graph": graphed, "op": e.key, "calls_per_step": e.count / steps,
+                         "self_us_per_step": getattr(e, key, 0.0) / steps})
+        venv.close()
+    return rows
+
+
 def add_parser(subparsers: Any) -> None:
     """The ``optenv bench`` sub-command."""
     p = subparsers.add_parser("bench", help="throughput benchmarks (JSON lines)")
@@ -125,6 +163,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--device", action="append", default=None,
                    help="device for the batched env (repeatable; default cpu, and cuda if present)")
     p.add_argument("--no-sync-vector", action="store_true", help="skip SyncVectorEnv")
+    p.add_argument("--profile", action="store_true",
+                   help="print the ops with the most self time per batched step instead")
     p.set_defaults(func=run)
 
 
@@ -137,8 +177,13 @@ def run(args: argparse.Namespace) -> int:
     for d in devices:
         if d.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device: got {d!r}, but CUDA is not available here")
-    for row in bench_env(args.env, args.num_envs, args.steps, devices=devices,
-                         sync_vector=not args.no_sync_vector):
+    if args.profile:
+        rows = [r for d in devices for r in profile_env(args.env, args.num_envs, args.steps,
+                                                          device=d)]
+    else:
+        rows = bench_env(args.env, args.num_envs, args.steps, devices=devices,
+                         sync_vector=not args.no_sync_vector)
+    for row in rows:
         print(json.dumps(row), flush=True)
     return 0
 

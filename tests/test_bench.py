@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from optenv.bench import bench_env
+from optenv.bench import bench_env, profile_env
 from optenv.cli import main
 
 
@@ -27,3 +27,15 @@ def test_bench_cli_prints_json_lines_and_refuses_bad_arguments(capsys):
         assert main(["bench", "env", *argv]) == 2
         err = capsys.readouterr().err
         assert word in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_profile_names_the_ops_that_take_a_steps_time(capsys):
+    rows = profile_env("optenv/Quadratic-v0", num_envs=8, steps=3, device="cpu", top=5)
+    assert 0 < len(rows) <= 5
+    times = [r["self_us_per_step"] for r in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert all(r["device"] == "cpu" and r["op"] and not r["cuda_graph"] for r in rows)
+    assert main(["bench", "env", "--env", "optenv/Quadratic-v0", "--num-envs", "2", "--steps",
+                 "2", "--device", "cpu", "--profile"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines and all(json.loads(line)["bench"] == "env-profile" for line in lines)
