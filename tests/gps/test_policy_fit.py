@@ -74,6 +74,26 @@ def test_cuda_graphed_policy_training_equals_eager_training() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_failed_capture_warns_and_trains_eagerly_to_the_same_policy() -> None:
+    steps = 3 + GRAPH_CHUNK + 2
+    out = []
+    for graphed in (False, True):
+        policy, _opt, data = _regression("cuda")
+        opt = torch.optim.Adam(policy.parameters(), lr=1e-2)  # not capturable: capture fails
+        if graphed:
+            with pytest.warns(RuntimeWarning, match="training eagerly"):
+                loss = train_policy(policy, opt, *data, steps=steps, batch_size=32,
+                                    generator=torch.Generator().manual_seed(3), cuda_graph=True)
+        else:
+            loss = train_policy(policy, opt, *data, steps=steps, batch_size=32,
+                                generator=torch.Generator().manual_seed(3), cuda_graph=False)
+        out.append((loss, [p.detach().clone() for p in policy.parameters()]))
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-5)
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cpu_checkpoint_resumes_on_cuda_with_a_capturable_adam() -> None:
     cfg = GPSConfig(conditions=2, samples=3, horizon=4, iterations=1, lqr_history=2,
                     inner_iterations=1, policy_steps=40, policy_batch=8, gmm_iters=5,
