@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from optenv.rng import SPLITS, KeyedRNG, hash32, instance_keys, split_index
+from optenv.rng import (
+    SPLITS,
+    KeyedRNG,
+    _as_int32,
+    _hash32_bits,
+    _unit_interval,
+    hash32,
+    instance_keys,
+    split_index,
+)
 
 
 def test_hash32_is_a_deterministic_32_bit_bijection_on_a_sample():
@@ -18,6 +27,18 @@ def test_hash32_is_a_deterministic_32_bit_bijection_on_a_sample():
     assert torch.unique(h).numel() == x.numel()
     # Only the low 32 bits matter.
     assert torch.equal(hash32(x + (7 << 32)), h)
+
+
+def test_the_int32_hash_of_a_draws_words_gives_the_same_bits_as_hash32():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randint(0, 2**32, (1 << 16,), generator=g, dtype=torch.int64),
+                   torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 1])])
+    bits = _hash32_bits(_as_int32(x))
+    assert bits.dtype == torch.int32
+    assert torch.equal(bits.to(torch.int64) & 0xFFFFFFFF, hash32(x))
+    # the words' unit-interval values are those of the unsigned words
+    want = (hash32(x).to(torch.float64) + 0.5) / 2**32
+    assert torch.equal(_unit_interval(bits), want)
 
 
 def test_instance_keys_are_deterministic_and_broadcast():
