@@ -59,13 +59,14 @@ previous controller if none: that is the eta -> infinity solution of the plain p
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import torch
 from torch import Tensor
+
+from optenv.cuda_graphs import capture, warm_up
 
 __all__ = [
     "LQRBackward",
@@ -684,22 +685,10 @@ class _GraphedSearch:
     def first_step_and_capture(self) -> bool:
         """Run a real first step eagerly on a side stream (warm-up), then capture. False if the
         capture fails (then the caller continues eagerly)."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.search.step()
-        torch.cuda.current_stream().wait_stream(side)
-        try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.search.step()
-        except Exception as exc:  # any capture failure: run eagerly
-            warnings.warn(f"CUDA-graph capture of the LQR step failed ({exc!r}); running eagerly",
-                          RuntimeWarning, stacklevel=3)
-            torch.cuda.synchronize()
-            return False
-        self.graph = graph
-        return True
+        device = self.search.p.Fm.device
+        warm_up(self.search.step, device)
+        self.graph = capture(self.search.step, "the LQR step", "running eagerly", device)
+        return self.graph is not None
 
 
 _GRAPH_CACHE: OrderedDict[tuple, _GraphedSearch] = OrderedDict()

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -25,6 +24,7 @@ from torch import Tensor
 from gps.controller import LinearGaussianController
 from gps.dynamics import condition_joint_gaussian
 from gps.gmm import GMM, GMMPrior, fit_gmm, n_clusters_for
+from optenv.cuda_graphs import capture, warm_up
 from optenv.policy import GaussianMLPPolicy
 
 __all__ = ["linearise_policy", "policy_means", "train_policy"]
@@ -136,26 +136,24 @@ def _graphed_steps(adam_step: Callable[[Tensor], Tensor], rows: Tensor, losses: 
     step's loss into ``losses``; return how many steps ran (the rest run eagerly)."""
     steps = rows.shape[0]
     warm = min(3, steps)
-    side = torch.cuda.Stream(rows.device)
-    side.wait_stream(torch.cuda.current_stream(rows.device))
-    with torch.cuda.stream(side):
+
+    def warm_steps() -> None:
         for i in range(warm):
             losses[i] = adam_step(rows[i])
-    torch.cuda.current_stream(rows.device).wait_stream(side)
+
+    warm_up(warm_steps, rows.device)
     chunks = (steps - warm) // GRAPH_CHUNK
     if chunks == 0:
         return warm
     static_rows = rows[:GRAPH_CHUNK].clone()
     static_loss = losses.new_zeros(GRAPH_CHUNK)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            for j in range(GRAPH_CHUNK):
-                static_loss[j] = adam_step(static_rows[j])
-    except Exception as exc:  # any capture failure: the caller trains eagerly
-        warnings.warn(f"CUDA-graph capture of the policy's Adam steps failed ({exc!r}); "
-                      "training eagerly", RuntimeWarning, stacklevel=3)
-        torch.cuda.synchronize(rows.device)
+
+    def chunk() -> None:
+        for j in range(GRAPH_CHUNK):
+            static_loss[j] = adam_step(static_rows[j])
+
+    graph = capture(chunk, "the policy's Adam steps", "training eagerly", rows.device)
+    if graph is None:
         return warm
     for c in range(chunks):
         lo = warm + c * GRAPH_CHUNK

@@ -12,6 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from optenv.core import CoreStep, OptimizationCore, StateLayout
+from optenv.cuda_graphs import capture, warm_up
 from optenv.env import DEFAULT_DIVERGENCE_PENALTY
 from optenv.families import ObjectiveFamily, make_family
 from optenv.render import render_ansi, render_rgb
@@ -331,28 +332,14 @@ class OptimizationVectorEnv(VectorEnv):
         warns once and the env steps eagerly from then on. The autoresets run after the
         replay, outside the graph (see :meth:`_reset_stage`)."""
         if self._graph_state == "warm-up":
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self._advance_core(actions)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            warm_up(lambda: self._advance_core(actions), self.device)
             self._graph_state = "capture"
             self._reset_stage()
             return
         if self._graph_state == "capture":
-            try:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self._advance_core(actions)
-            except Exception as exc:  # any capture failure: step eagerly
-                import warnings
-
-                warnings.warn(f"CUDA-graph capture of the vector-env step failed ({exc!r}); "
-                              "stepping eagerly", RuntimeWarning, stacklevel=3)
-                torch.cuda.synchronize(self.device)
-                self._graph_state = "eager"
-            else:
-                self._graph, self._graph_state = graph, "replay"
+            self._graph = capture(lambda: self._advance_core(actions),
+                                  "the vector-env step", "stepping eagerly", self.device)
+            self._graph_state = "eager" if self._graph is None else "replay"
         if self._graph_state == "replay":
             self._graph.replay()
             self._reset_stage()

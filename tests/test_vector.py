@@ -143,6 +143,44 @@ def test_accelerator_reset_path_draws_instances_only_on_steps_where_an_env_reset
     assert draws == [4, 4, 4]
 
 
+class _ReplayCalls:
+    """Stands in for a captured CUDA graph on the CPU: replaying runs the captured work."""
+
+    def __init__(self, work):
+        self.work = work
+
+    def replay(self):
+        self.work()
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+def test_graph_step_sequence_equals_eager_steps_when_the_graph_replays_faithfully(
+        mode, monkeypatch):
+    # the warm-up / capture / replay bookkeeping of cuda_graph=True, on the CPU: the graph is
+    # replaced by a stand-in that reruns the captured work on every replay
+    import optenv.vector as vector_mod
+
+    monkeypatch.setattr(vector_mod, "warm_up", lambda work, device=None: work())
+    monkeypatch.setattr(vector_mod, "capture", lambda work, *a, **k: _ReplayCalls(work))
+    envs = [OptimizationVectorEnv("LogisticRegression", num_envs=4, max_episode_steps=3,
+                                  autoreset_mode=mode, check_actions=False) for _ in range(2)]
+    graphed = envs[1]
+    graphed._graph_actions = torch.zeros(4, graphed.family.d, dtype=torch.float64)
+    graphed._index_resets = envs[0]._index_resets = False  # the accelerators' reset path
+    for e in envs:
+        e.reset(seed=2)
+    rng = np.random.default_rng(3)
+    for step in range(10):
+        a = torch.as_tensor(_actions(rng, 4, graphed.family.d))
+        eager_out, graphed_out = (e.step(a) for e in envs)
+        for k in range(4):
+            torch.testing.assert_close(graphed_out[k], eager_out[k], rtol=0, atol=0)
+        if mode is AutoresetMode.DISABLED and step == 5:
+            for e in envs:
+                e.reset(options={"reset_mask": torch.tensor([True, False, True, False])})
+    assert graphed.graph_captured and not envs[0].graph_captured
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
 def test_cuda_vector_env_matches_the_cpu_one_through_autoresets(mode):

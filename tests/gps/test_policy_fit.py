@@ -59,38 +59,62 @@ def test_train_policy_refuses_a_cuda_graph_off_cuda() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
 
 
+def _train_on_cuda(steps: int, graphed: bool, capturable: bool = True
+                   ) -> tuple[float, list[torch.Tensor]]:
+    """The regression trained on CUDA, graphed or eagerly: its loss and parameters."""
+    policy, _opt, data = _regression("cuda")
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2, capturable=capturable)
+    loss = train_policy(policy, opt, *data, steps=steps, batch_size=32,
+                        generator=torch.Generator().manual_seed(3), cuda_graph=graphed)
+    return loss, [p.detach().clone() for p in policy.parameters()]
+
+
+def _assert_same_training(a: tuple[float, list[torch.Tensor]],
+                          b: tuple[float, list[torch.Tensor]]) -> None:
+    assert b[0] == pytest.approx(a[0], rel=1e-5)
+    for pa, pb in zip(a[1], b[1], strict=True):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graphed_policy_training_equals_eager_training() -> None:
     steps = 3 + 2 * GRAPH_CHUNK + 7  # warm-up, two replays, an eager remainder
-    out = []
-    for graphed in (False, True):
-        policy, opt, data = _regression("cuda")
-        loss = train_policy(policy, opt, *data, steps=steps, batch_size=32,
-                            generator=torch.Generator().manual_seed(3), cuda_graph=graphed)
-        out.append((loss, [p.detach().clone() for p in policy.parameters()]))
-    assert out[1][0] == pytest.approx(out[0][0], rel=1e-5)
-    for a, b in zip(out[0][1], out[1][1], strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    _assert_same_training(_train_on_cuda(steps, False), _train_on_cuda(steps, True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_failed_capture_warns_and_trains_eagerly_to_the_same_policy() -> None:
     steps = 3 + GRAPH_CHUNK + 2
-    out = []
-    for graphed in (False, True):
-        policy, _opt, data = _regression("cuda")
-        opt = torch.optim.Adam(policy.parameters(), lr=1e-2)  # not capturable: capture fails
-        if graphed:
-            with pytest.warns(RuntimeWarning, match="training eagerly"):
-                loss = train_policy(policy, opt, *data, steps=steps, batch_size=32,
-                                    generator=torch.Generator().manual_seed(3), cuda_graph=True)
-        else:
-            loss = train_policy(policy, opt, *data, steps=steps, batch_size=32,
-                                generator=torch.Generator().manual_seed(3), cuda_graph=False)
-        out.append((loss, [p.detach().clone() for p in policy.parameters()]))
-    assert out[1][0] == pytest.approx(out[0][0], rel=1e-5)
-    for a, b in zip(out[0][1], out[1][1], strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    eager = _train_on_cuda(steps, False, capturable=False)
+    with pytest.warns(RuntimeWarning, match="training eagerly"):  # not capturable: it fails
+        graphed = _train_on_cuda(steps, True, capturable=False)
+    _assert_same_training(eager, graphed)
+
+
+def test_graphed_steps_run_warm_up_then_whole_chunks_in_order(monkeypatch) -> None:
+    # the bookkeeping of the graphed path, on the CPU: the "graph" reruns the captured chunk
+    import gps.policy_fit as fit
+
+    class Replays:
+        def __init__(self, work):
+            self.replay = work
+
+    monkeypatch.setattr(fit, "warm_up", lambda work, device=None: work())
+    monkeypatch.setattr(fit, "capture", lambda work, *a, **k: Replays(work))
+    steps = 3 + 2 * GRAPH_CHUNK + 7
+    rows = torch.arange(steps * 2).reshape(steps, 2)
+    seen: list[int] = []
+
+    def step(r: torch.Tensor) -> torch.Tensor:
+        seen.append(int(r[0]))
+        return r.sum().double()
+
+    losses = torch.zeros(steps, dtype=torch.float64)
+    done = fit._graphed_steps(step, rows, losses)
+    assert done == 3 + 2 * GRAPH_CHUNK
+    assert seen == rows[:done, 0].tolist()
+    torch.testing.assert_close(losses[:done], rows[:done].sum(1).double())
+    assert bool((losses[done:] == 0).all())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
