@@ -44,7 +44,7 @@ from gps.controller import LinearGaussianController, LQRStateMap, momentum_contr
 from gps.dynamics import LinearGaussianDynamics
 from gps.gmm import GMM
 from gps.lqr import LQRStatus, kl_constrained_lqr
-from gps.model import QuadraticCost, expand_cost, expected_cost, fit_dynamics
+from gps.model import COST_HESSIANS, QuadraticCost, expand_cost, expected_cost, fit_dynamics
 from gps.policy_fit import linearise_policy, policy_means, train_policy
 from optenv.core import OptimizationCore
 from optenv.families.base import ObjectiveFamily
@@ -97,8 +97,9 @@ class GPSConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.cost_hessian not in ("psd", "exact"):
-            raise ValueError(f"cost_hessian: got {self.cost_hessian!r}, allowed: 'psd', 'exact'")
+        if self.cost_hessian not in COST_HESSIANS:
+            raise ValueError(f"cost_hessian: got {self.cost_hessian!r}, allowed: "
+                             f"{', '.join(map(repr, COST_HESSIANS))}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm: got {self.algorithm!r}, allowed: "
                              f"{', '.join(ALGORITHMS)}")

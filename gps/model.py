@@ -31,7 +31,7 @@ from gps.gmm import GMM, GMMPrior
 from gps.lqr import lqr_forward
 from optenv.families.base import ObjectiveFamily
 
-__all__ = ["QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics"]
+__all__ = ["COST_HESSIANS", "QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics"]
 
 
 @dataclass
@@ -112,6 +112,10 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     return dyn, residual, None if gmm_prior is None else gmm_prior.gmm
 
 
+#: How :func:`expand_cost` treats f's Hessian (the first is the default).
+COST_HESSIANS = ("exact", "psd")
+
+
 def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, U: Tensor,
                 smap: LQRStateMap, *, hessian: str = "exact") -> QuadraticCost:
     """Second-order expansion of cost_t = f(x_t + u_t) at the sampled mean of x_t + u_t.
@@ -126,8 +130,9 @@ def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, 
     RobustRegression, "exact" took 1 367 s and "psd" 198 s, and "exact" learned the better
     optimiser (mean f at iteration 40 on held-out objectives 0.5303 vs 0.5340).
     """
-    if hessian not in ("psd", "exact"):
-        raise ValueError(f"hessian: got {hessian!r}, allowed: 'psd', 'exact'")
+    if hessian not in COST_HESSIANS:
+        raise ValueError(f"hessian: got {hessian!r}, allowed: "
+                         f"{', '.join(map(repr, COST_HESSIANS))}")
     M, _N, T, dX = Z.shape
     d = U.shape[-1]
     n = dX + d

@@ -56,6 +56,18 @@ def _timed(step: Callable[[int], None], steps: int, warmup: int, sync: Callable[
     return time.perf_counter() - t0
 
 
+def _batched_env(env_id: str, n: int, dev: torch.device, dtype: str, graphed: bool,
+                 check_actions: bool, n_actions: int, seed: int) -> tuple[Any, torch.Tensor]:
+    """A reset batched env and ``n_actions`` random action batches drawn on its device."""
+    venv = gym.make_vec(env_id, num_envs=n, device=dev, dtype=dtype, check_actions=check_actions,
+                        **({"cuda_graph": True} if graphed else {}))
+    venv.reset(seed=seed)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    acts = torch.rand(n_actions, n, venv.single_action_space.shape[0], generator=g,
+                      device=dev) * 2 - 1
+    return venv, acts
+
+
 def bench_env(env_id: str, num_envs: int, steps: int, *, devices: list[str],
               sync_vector: bool = True, seed: int = 0) -> list[dict[str, Any]]:
     """Rows of env-steps/s for the single env, SyncVectorEnv and the batched env."""
@@ -95,13 +107,8 @@ def bench_env(env_id: str, num_envs: int, steps: int, *, devices: list[str],
         dtypes = ["float64"] if dev.type == "cpu" else ["float32", "float64"]
         graphs = [False] if dev.type != "cuda" else [False, True]
         for n, dt_name, graphed in ((n, d, g) for n in sizes for d in dtypes for g in graphs):
-            venv = gym.make_vec(env_id, num_envs=n, device=dev, dtype=dt_name,
-                                check_actions=dev.type == "cpu",
-                                **({"cuda_graph": True} if graphed else {}))
-            venv.reset(seed=seed)
-            g = torch.Generator(device=dev).manual_seed(seed)
-            vacts = torch.rand(8, n, single.action_space.shape[0], generator=g,
-                               device=dev) * 2 - 1
+            venv, vacts = _batched_env(env_id, n, dev, dt_name, graphed, dev.type == "cpu", 8,
+                                       seed)
             sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
             dt = _timed(lambda i, v=venv, a=vacts: v.step(a[i % 8]), steps, 10, sync)
             rate = steps * n / dt
@@ -128,12 +135,7 @@ def profile_env(env_id: str, num_envs: int, steps: int, *, device: str, top: int
     on_cuda = dev.type == "cuda"
     rows: list[dict[str, Any]] = []
     for graphed in ([False, True] if on_cuda else [False]):
-        venv = gym.make_vec(env_id, num_envs=num_envs, device=dev, dtype="float32",
-                            check_actions=False, **({"cuda_graph": True} if graphed else {}))
-        venv.reset(seed=seed)
-        g = torch.Generator(device=dev).manual_seed(seed)
-        acts = torch.rand(steps, num_envs, venv.single_action_space.shape[0], generator=g,
-                          device=dev) * 2 - 1
+        venv, acts = _batched_env(env_id, num_envs, dev, "float32", graphed, False, steps, seed)
         for i in range(10):
             venv.step(acts[i % steps])
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])

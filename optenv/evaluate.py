@@ -58,15 +58,18 @@ class DirectOptimizer(Protocol):
 @dataclass
 class Rollout:
     """A batch of runs: ``f`` [B, T+1] (f(x0) first; +inf from divergence on), ``nonfinite`` [B],
-    ``extra_evals`` [B] (f/∇f evaluations beyond one per iteration), final iterate ``x`` [B, d],
-    ``evals`` [B, T+1] (f/∇f evaluations made by the end of each iteration, f(x0)'s not counted:
-    t plus the line searches' extra ones)."""
+    final iterate ``x`` [B, d], ``evals`` [B, T+1] (f/∇f evaluations made by the end of each
+    iteration, f(x0)'s not counted: t plus the line searches' extra ones)."""
 
     f: torch.Tensor
     nonfinite: torch.Tensor
-    extra_evals: torch.Tensor
     x: torch.Tensor
     evals: torch.Tensor
+
+    @property
+    def extra_evals(self) -> torch.Tensor:
+        """[B] f/∇f evaluations beyond one per iteration (the line searches')."""
+        return self.evals[:, -1] - (self.evals.shape[1] - 1)
 
 
 def rollout(
@@ -127,9 +130,8 @@ def rollout(
             alive = alive & ~res.diverged
             state, f = res.state, res.f
             fs.append(torch.where(alive, f, inf))
-    evals = torch.stack(used, dim=1)
-    return Rollout(torch.stack(fs, dim=1), ~alive, evals[:, -1] - horizon,
-                   state[:, lay["CUR_LOC"]], evals)
+    return Rollout(torch.stack(fs, dim=1), ~alive, state[:, lay["CUR_LOC"]],
+                   torch.stack(used, dim=1))
 
 
 @dataclass
