@@ -126,9 +126,10 @@ def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, 
     ``hessian``: "exact" (default, as the authors' code) uses f's Hessian as it is; "psd" clips
     its negative eigenvalues to 0. On a convex family the two agree. On a non-convex one
     (RobustRegression, NeuralNet) an indefinite cost makes Q_uu indefinite, and the LQR's dual
-    search then raises η by doubling retries until it is PD: measured with the quick preset on
-    RobustRegression, "exact" took 1 367 s and "psd" 198 s, and "exact" learned the better
-    optimiser (mean f at iteration 40 on held-out objectives 0.5303 vs 0.5340).
+    search then raises η by doubling retries until it is PD. Measured with the quick preset on
+    RobustRegression (2026-11-26, before the LQR's inactive-bound stop): "exact" took 1 367 s
+    and "psd" 198 s, and "exact" learned the better optimiser (mean f at iteration 40 on
+    held-out objectives 0.5303 vs 0.5340).
     """
     if hessian not in COST_HESSIANS:
         raise ValueError(f"hessian: got {hessian!r}, allowed: "

@@ -50,8 +50,9 @@ QUICK: dict[str, Any] = {
 # 90 x 20 x 30 (42 min) both at 95%; 200 x 10 x 10 no better. Fixing nu (lg_step 0) fits the
 # training conditions better (policy cost 0.213 vs 0.218) and generalises worse (28%).
 # Why cost_hessian "psd": on non-convex families the exact Hessian's negative curvature makes the
-# LQR crawl through PD retries (RobustRegression quick: 1 367 s exact vs 198 s psd; exact learns
-# a somewhat better optimiser, 0.5303 vs 0.5340 mean f at iteration 40). Convex families: equal.
+# LQR crawl through PD retries (RobustRegression quick, 2026-11-26: 1 367 s exact vs 198 s psd;
+# exact learns a somewhat better optimiser, 0.5303 vs 0.5340 mean f at iteration 40). Convex
+# families: equal.
 #: Options that may change when a run is resumed (they do not change the numbers).
 RESUMABLE = ("iterations", "device", "threads", "quiet")
 POLICY_FILE = "policy.pt"
