@@ -341,6 +341,7 @@ def train(algorithm: str, env_id: str, out: str | Path, *, steps: int | None = N
         else:
             model = cls(hp.policy, venv, seed=seed, device=device, verbose=0,
                         **hp.model_kwargs)
+        model.set_logger(_silent_logger())
         callback = _make_callback(run_dir, log, total=steps, checkpoint_every=checkpoint_every,
                                 log_every=log_every, wall_s=float(state.get("wall_s", 0.0)),
                                 episodes=int(state.get("episodes", 0)), progress=progress)
@@ -358,6 +359,15 @@ def train(algorithm: str, env_id: str, out: str | Path, *, steps: int | None = N
             callback.init_callback(model)
         callback.finish()
     return TrainResult(model=model, venv=venv, log=log, out=out)
+
+
+def _silent_logger() -> Any:
+    """An SB3 logger that writes nowhere. Without one, every ``learn`` call makes an empty
+    ``SB3-<timestamp>`` folder in the system temp dir (SB3's default logger); this trainer
+    keeps its own log.csv and curves in the run folder."""
+    from stable_baselines3.common.logger import Logger
+
+    return Logger(folder=None, output_formats=[])
 
 
 def _make_callback(run_dir: Any, log: list[dict[str, Any]], *, total: int,

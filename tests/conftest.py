@@ -40,3 +40,14 @@ def no_unexpected_warnings():
 def env_id(request: pytest.FixtureRequest) -> str:
     """Every registered built-in id."""
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sb3_logs_in_the_session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """SB3's default logger makes an ``SB3-<timestamp>`` folder in the system temp dir on every
+    ``learn`` call of a model without a logger of its own (the tests that use SB3 directly, as a
+    user would); ``SB3_LOGDIR`` sends them to pytest's temp dir instead."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3-logs")))
+    yield
+    patch.undo()

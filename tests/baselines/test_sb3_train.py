@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -114,6 +115,15 @@ def test_smoke_run_writes_the_run_folder_and_round_trips_through_compare(tmp_pat
     assert ev.f.shape == (3, 6) and np.isfinite(ev.f).all()
     again = evaluate(opt, ENV, n_test=3, horizon=5)
     np.testing.assert_array_equal(ev.f, again.f)  # reset() clears any recurrent state
+
+
+def test_training_leaves_no_sb3_log_folder_in_the_temp_dir(tmp_path, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)  # SB3's default logger would use the temp dir
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    _train("ppo", tmp_path / "run")
+    assert [p.name for p in temp.iterdir() if p.name.startswith("SB3-")] == []
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
