@@ -57,6 +57,22 @@ ALGORITHMS = ("badmm", "mdgps")
 SAMPLE_LIMIT = 1e8
 
 
+def _checked_tuple(name: str, value: Any, kind: type, ok: Any, allowed: str, *,
+                   allow_empty: bool = False) -> tuple[Any, ...]:
+    """``value`` as a tuple of ``kind`` whose every entry passes ``ok``, or a ValueError that
+    names the field."""
+    try:
+        items = tuple(value)
+        if kind is int and any(isinstance(v, bool) or int(v) != v for v in items):
+            raise ValueError
+        out = tuple(kind(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: got {value!r}, allowed: {allowed}") from None
+    if (not out and not allow_empty) or not all(ok(v) for v in out):
+        raise ValueError(f"{name}: got {value!r}, allowed: {allowed}")
+    return out
+
+
 @dataclass
 class GPSConfig:
     """Hyper-parameters of a GPS run. Defaults: Li & Malik's settings (DESIGN.md).
@@ -125,9 +141,15 @@ class GPSConfig:
         if self.min_step_mult > self.max_step_mult:
             raise ValueError(f"min_step_mult: got {self.min_step_mult} > max_step_mult "
                              f"{self.max_step_mult}, allowed: min <= max")
-        self.policy_hidden = tuple(int(h) for h in self.policy_hidden)
-        self.momentum_lr_grid = tuple(float(v) for v in self.momentum_lr_grid)
-        self.momentum_grid = tuple(float(v) for v in self.momentum_grid)
+        self.policy_hidden = _checked_tuple(
+            "policy_hidden", self.policy_hidden, int, lambda h: h >= 1,
+            "a sequence of ints >= 1 (empty: a linear policy)", allow_empty=True)
+        self.momentum_lr_grid = _checked_tuple(
+            "momentum_lr_grid", self.momentum_lr_grid, float,
+            lambda v: math.isfinite(v) and v > 0, "a non-empty sequence of finite numbers > 0")
+        self.momentum_grid = _checked_tuple(
+            "momentum_grid", self.momentum_grid, float, lambda v: 0 <= v < 1,
+            "a non-empty sequence of numbers in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples as lists)."""

@@ -60,21 +60,57 @@ POLICY_FILE = "policy.pt"
 PLOT_EVERY = 5
 PLOT_KEYS = ("sampled_cost", "policy_cost", "kl", "eta", "step_mult", "dyn_residual", "wall_s")
 
-_OPTIONS: list[tuple[str, type, str]] = [
+def _int_tuple(text: str) -> tuple[int, ...]:
+    """argparse type of a comma-separated list of ints ("" = none)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, allowed: comma-separated ints such as 50 or 100,100") from None
+
+
+def _float_tuple(text: str) -> tuple[float, ...]:
+    """argparse type of a comma-separated list of numbers."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}, allowed: comma-separated numbers such as 0.5,0.9") from None
+
+
+#: Every :class:`~gps.agent.GPSConfig` field but ``algorithm`` as a flag (a test keeps it so).
+_OPTIONS: list[tuple[str, Any, str]] = [
     ("conditions", int, "training objectives (conditions) M"),
     ("samples", int, "samples per condition per iteration N"),
     ("horizon", int, "trajectory length T"),
     ("iterations", int, "GPS iterations to run in total"),
     ("kl_step", float, "KL step (mean per-step KL bound of the trajectory update)"),
+    ("min_step_mult", float, "smallest multiplier of the KL step"),
+    ("max_step_mult", float, "largest multiplier of the KL step"),
     ("inner_iterations", int, "BADMM inner iterations"),
     ("policy_dual_rate", float, "BADMM step size of the Lagrange multipliers"),
     ("lg_step", float, "BADMM step size of the per-step KL weights nu"),
+    ("init_pol_wt", float, "BADMM's initial per-step KL weight nu (0 with --lg-step 0: the "
+     "controllers ignore the policy)"),
+    ("init_var", float, "variance of the initial (momentum) controllers' actions"),
     ("lqr_history", int, "history of the LQR state (default: the env's, i.e. the full state)"),
+    ("lqr_max_iter", int, "dual (eta) iterations of each KL-constrained LQR solve"),
+    ("dynamics_reg", float, "ridge added to the dynamics fits' covariance"),
     ("cost_hessian", str, "exact (default) or psd (negative curvature of f clipped to 0)"),
+    ("gmm_clusters", int, "clusters of the GMM priors (dynamics and policy linearisation)"),
+    ("gmm_min_samples", int, "samples per GMM cluster, at least"),
+    ("gmm_iters", int, "EM iterations of each GMM fit"),
+    ("prior_strength", float, "weight of the GMM prior in the per-step fits"),
+    ("policy_hidden", _int_tuple, "hidden layer sizes of the policy's MLP, comma-separated "
+     "(e.g. 50 or 100,100)"),
     ("policy_lr", float, "Adam learning rate of the policy"),
     ("policy_weight_decay", float, "Adam weight decay of the policy"),
     ("policy_steps", int, "Adam steps per policy update"),
     ("policy_batch", int, "minibatch size of the policy updates"),
+    ("momentum_lr_grid", _float_tuple, "learning rates of the initial controllers' grid "
+     "search, comma-separated"),
+    ("momentum_grid", _float_tuple, "momenta of the initial controllers' grid search, "
+     "comma-separated"),
     ("seed", int, "seed (training conditions, sampling noise, policy init)"),
 ]
 
@@ -199,7 +235,13 @@ def run(args: argparse.Namespace) -> int:
     """``optenv train gps`` (see the module docstring); returns the exit status."""
     _check_args(args)
     overrides = {name: getattr(args, name) for name, _t, _h in _OPTIONS}
-    config = make_config(args.algorithm, args.quick, **overrides)
+    try:
+        config = make_config(args.algorithm, args.quick, **overrides)
+    except ValueError as err:  # "field: got ..." -> "--flag: got ..."
+        name, sep, rest = str(err).partition(":")
+        if sep and name in overrides:
+            raise ValueError(f"--{name.replace('_', '-')}:{rest}") from err
+        raise
     threads = args.threads
     if threads is None and args.quick and torch.device(args.device).type == "cpu":
         # the quick preset's batched ops are small: intra-op threads cost more than they gain,

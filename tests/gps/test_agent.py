@@ -5,6 +5,7 @@ Everything small and on CPU: a few conditions, samples and steps, short policy u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -317,3 +318,43 @@ def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, err = _cli(_tiny_args(out, "--iterations", "2", "--resume"), capsys)
     assert code == 2 and "checkpoint" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
+
+
+def test_every_config_field_is_a_train_flag_that_reaches_the_config() -> None:
+    """The README promises every GPS option is a flag: each GPSConfig field but ``algorithm``
+    parses from ``optenv train gps`` into the config, tuples as comma-separated lists."""
+    from optenv.cli import build_parser
+
+    given = {"conditions": "3", "samples": "4", "horizon": "5", "iterations": "6",
+             "kl_step": "0.3", "min_step_mult": "0.02", "max_step_mult": "9",
+             "inner_iterations": "3", "policy_dual_rate": "0.3", "lg_step": "0.5",
+             "init_pol_wt": "0.02", "init_var": "0.05", "lqr_history": "2",
+             "lqr_max_iter": "7", "dynamics_reg": "0.01", "cost_hessian": "psd",
+             "gmm_clusters": "3", "gmm_min_samples": "4", "gmm_iters": "5",
+             "prior_strength": "2", "policy_hidden": "8,6", "policy_lr": "0.002",
+             "policy_weight_decay": "0.001", "policy_steps": "11", "policy_batch": "12",
+             "momentum_lr_grid": "0.5,1", "momentum_grid": "0.3,0.6", "seed": "7"}
+    fields = {f.name for f in dataclasses.fields(GPSConfig)} - {"algorithm"}
+    assert set(given) == fields
+    argv = ["train", "gps", "--out", "unused"]
+    for name, value in given.items():
+        argv += ["--" + name.replace("_", "-"), value]
+    args = build_parser().parse_args(argv)
+    config = make_config(args.algorithm, args.quick, **{k: getattr(args, k) for k in given})
+    default = GPSConfig()
+    for name, value in given.items():
+        got = getattr(config, name)
+        want = (tuple(type(getattr(default, name)[0])(v) for v in value.split(","))
+                if isinstance(got, tuple) else type(got)(value))
+        assert got == want and got != getattr(default, name), name
+
+
+def test_a_bad_option_value_names_its_flag_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    for flag, value in [("--momentum-grid", "0.5,1.2"), ("--policy-hidden", "8,x"),
+                        ("--policy-hidden", "0"), ("--init-var", "0"),
+                        ("--momentum-lr-grid", "")]:
+        code, err = _cli(_tiny_args(out, flag, value), capsys)
+        assert code == 2 and flag in err and err.count("\n") == 1, (flag, value, err)
+        assert not out.exists()
