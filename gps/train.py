@@ -182,7 +182,8 @@ def train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *,
         torch.set_num_threads(threads)
     run_config = {"trainer": "gps", "env": env_id, "history": defaults["history"],
                   "max_step": defaults["max_step"], **config.to_dict(), "device": str(dev),
-                  "threads": threads, "quiet": quiet}
+                  "threads": torch.get_num_threads(), "quiet": quiet}  # the count in effect:
+    # the order of the CPU's parallel sums, and so a run's numbers, depend on it
     saved_state = None
     if resume:  # read and check the checkpoint before anything in the folder is touched
         ckpt = Path(out) / "checkpoint.pt"
@@ -242,13 +243,12 @@ def run(args: argparse.Namespace) -> int:
         if sep and name in overrides:
             raise ValueError(f"--{name.replace('_', '-')}:{rest}") from err
         raise
-    threads = args.threads
-    if threads is None and args.quick and torch.device(args.device).type == "cpu":
-        # the quick preset's batched ops are small: intra-op threads cost more than they gain,
-        # and on a busy 2-core machine they made iterations 5-25x slower (measured)
-        threads = 1
+    # Threads: torch's default (one per core) unless --threads says otherwise. Alone on a
+    # 2-core machine two threads beat one (quick LogisticRegression 99 vs 140 s, NeuralNet 56
+    # vs 88 s per iteration); two runs sharing it should take --threads 1 each, since
+    # oversubscribed intra-op threads made iterations 5-25x slower (measured 2026-11-26/27).
     log = train(args.env, args.out, config, device=args.device, resume=args.resume,
-                quiet=args.quiet, threads=threads)
+                quiet=args.quiet, threads=args.threads)
     if log:
         last = log[-1]
         total = sum(r["wall_s"] for r in log)
