@@ -148,6 +148,10 @@ def add_parser(subparsers: Any) -> None:
                    help="iterations per run (default: the env's, 40 for the built-in ids)")
     p.add_argument("--seed", type=int, default=0,
                    help="first seed of the test (and train) objectives")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="objectives to evaluate on: held-out TEST, or TRAIN (the ones GPS "
+                        "trains on and the grid search tunes on: a learned optimiser's "
+                        "training-set figures, to set against its test figures)")
     p.add_argument("--criterion", choices=("mean", "final"), default="mean",
                    help="tuning score: mean f over the horizon, or final f")
     p.add_argument("--no-tune", action="store_true",
@@ -304,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{label_m}: evaluating")
         t0 = time.perf_counter()
         evaluations[label_m] = evaluate(method, args.env, n_test=args.n_test, horizon=horizon,
-                                        seed=args.seed, device=device, name=label_m)
+                                        seed=args.seed, split=args.split, device=device,
+                                        name=label_m)
         walls[label_m] = time.perf_counter() - t0
         bar.update(1)
     bar.close()
@@ -317,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     written = [write_results(doc, out / "results.json")]
     if not args.no_plots:
         written += plot_results(doc, out)
-    print(f"{label}: {args.n_test} test objectives, horizon {horizon}"
+    print(f"{label}: {args.n_test} {args.split} objectives, horizon {horizon}"
           + (f", tuned on {args.n_train} train objectives" if tune else ", default settings"))
     print(format_table(doc))
     print("wrote " + ", ".join(str(p) for p in written))

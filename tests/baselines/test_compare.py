@@ -68,6 +68,17 @@ def test_compare_without_tuning_uses_library_defaults(tmp_path):
     assert not (tmp_path / "out" / "mean_f.png").exists()
 
 
+def test_split_train_evaluates_the_training_objectives_and_says_so(tmp_path, capsys):
+    assert compare.run(_small(tmp_path, "--no-tune", "--no-plots", "--split", "train")) == 0
+    assert "6 train objectives" in capsys.readouterr().out
+    doc = read_results(tmp_path / "out" / "results.json")
+    assert doc["split"] == "train"
+    want = evaluate("gd", "optenv/Quadratic-v0", n_test=6, horizon=8, split="train")
+    test = evaluate("gd", "optenv/Quadratic-v0", n_test=6, horizon=8)
+    assert doc["methods"]["gd"]["mean_f"] == pytest.approx(want.f.mean(0).tolist())
+    assert not np.allclose(want.f, test.f)  # the two splits are different objectives
+
+
 def test_defaults_are_the_papers_setting():
     a = _args()
     assert (a.env, a.n_test, a.n_train, a.horizon) == ("optenv/LogisticRegression-v0", 100,
