@@ -4,8 +4,8 @@
         [--algorithm badmm|mdgps] [--iterations N] [--device cuda] [--resume]
 
 The run folder (:class:`optenv.training.RunDir`) gets ``config.json``, ``checkpoint.pt``
-(atomic, every iteration: policy, Adam state, controllers, duals, step sizes, last model, RNG
-states), ``log.csv``, ``curves.png`` and ``policy.pt`` — the learned optimiser, loadable with one
+(atomic, every iteration: policy, Adam state, controllers, duals, step sizes, the two expected
+costs per condition the next step-size update needs, GMM warm starts, RNG states), ``log.csv``, ``curves.png`` and ``policy.pt`` — the learned optimiser, loadable with one
 call (:func:`load_optimizer`, or ``optenv.policy.load_policy``) and usable in any optenv env of the
 same family and d, on CPU or GPU, and through ``optenv compare --methods gps:DIR``
 (:func:`load_for_compare`).
