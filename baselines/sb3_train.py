@@ -247,20 +247,6 @@ def _flush_denormals() -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """``n`` torch CPU threads while training (None: leave torch's setting), restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train(algorithm: str, env_id: str, out: str | Path, *, steps: int | None = None,
           vec: str | None = None, num_envs: int | None = None, seed: int | None = None,
           resume: bool = False, device: str = "cpu", conf_file: str | Path | None = None,
@@ -275,7 +261,7 @@ def train(algorithm: str, env_id: str, out: str | Path, *, steps: int | None = N
     import json
 
     from optenv.evaluate import resolve_env
-    from optenv.training import RunDir
+    from optenv.training import RunDir, torch_threads
 
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: got {algorithm!r}, allowed: {', '.join(ALGORITHMS)}")
@@ -327,7 +313,7 @@ def train(algorithm: str, env_id: str, out: str | Path, *, steps: int | None = N
     if resume:
         state, log = run_dir.load()
     venv = make_venv(env_id, vec, num_envs, seed, hp.normalize, gamma)
-    with _flush_denormals(), _torch_threads(threads):
+    with _flush_denormals(), torch_threads(threads):
         if resume:
             model = cls.load(io.BytesIO(state["model"]), env=venv, device=device)
             if state.get("vecnormalize") is not None:

@@ -57,16 +57,18 @@ ALGORITHMS = ("badmm", "mdgps")
 SAMPLE_LIMIT = 1e8
 
 
-def _checked_tuple(name: str, value: Any, kind: type, ok: Any, allowed: str, *,
-                   allow_empty: bool = False) -> tuple[Any, ...]:
+def _checked_tuple(name: str, value: Any, kind: type, ok: Callable[[Any], bool], allowed: str,
+                   *, allow_empty: bool = False) -> tuple[Any, ...]:
     """``value`` as a tuple of ``kind`` whose every entry passes ``ok``, or a ValueError that
     names the field."""
     try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
         items = tuple(value)
         if kind is int and any(isinstance(v, bool) or int(v) != v for v in items):
             raise ValueError
         out = tuple(kind(v) for v in items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name}: got {value!r}, allowed: {allowed}") from None
     if (not out and not allow_empty) or not all(ok(v) for v in out):
         raise ValueError(f"{name}: got {value!r}, allowed: {allowed}")

@@ -5,8 +5,9 @@
 
 The run folder (:class:`optenv.training.RunDir`) gets ``config.json``, ``checkpoint.pt``
 (atomic, every iteration: policy, Adam state, controllers, duals, step sizes, the two expected
-costs per condition the next step-size update needs, GMM warm starts, RNG states), ``log.csv``, ``curves.png`` and ``policy.pt`` — the learned optimiser, loadable with one
-call (:func:`load_optimizer`, or ``optenv.policy.load_policy``) and usable in any optenv env of the
+costs per condition the next step-size update needs, GMM warm starts, RNG states), ``log.csv``,
+``curves.png`` and ``policy.pt`` — the learned optimiser, loadable with one call
+(:func:`load_optimizer`, or ``optenv.policy.load_policy``) and usable in any optenv env of the
 same family and d, on CPU or GPU, and through ``optenv compare --methods gps:DIR``
 (:func:`load_for_compare`).
 
@@ -23,7 +24,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +56,9 @@ QUICK: dict[str, Any] = {
 # LQR crawl through PD retries (RobustRegression quick, 2026-11-26: 1 367 s exact vs 198 s psd;
 # exact learns a somewhat better optimiser, 0.5303 vs 0.5340 mean f at iteration 40). Convex
 # families: equal.
-#: Options that may change when a run is resumed (they do not change the numbers).
+#: Options a resumed run may change: they set where and how fast it runs and what it prints,
+#: not what it computes (though another device or thread count sums in another order, so the
+#: numbers can differ in the last bits and the run can then take another path).
 RESUMABLE = ("iterations", "device", "threads", "quiet")
 POLICY_FILE = "policy.pt"
 #: curves.png is redrawn every this many iterations and after the last one.
@@ -79,7 +84,7 @@ def _float_tuple(text: str) -> tuple[float, ...]:
 
 
 #: Every :class:`~gps.agent.GPSConfig` field but ``algorithm`` as a flag (a test keeps it so).
-_OPTIONS: list[tuple[str, Any, str]] = [
+_OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
     ("conditions", int, "training objectives (conditions) M"),
     ("samples", int, "samples per condition per iteration N"),
     ("horizon", int, "trajectory length T"),
@@ -102,7 +107,7 @@ _OPTIONS: list[tuple[str, Any, str]] = [
     ("gmm_iters", int, "EM iterations of each GMM fit"),
     ("prior_strength", float, "weight of the GMM prior in the per-step fits"),
     ("policy_hidden", _int_tuple, "hidden layer sizes of the policy's MLP, comma-separated "
-     "(e.g. 50 or 100,100)"),
+     "(e.g. 50 or 100,100; empty: a linear policy)"),
     ("policy_lr", float, "Adam learning rate of the policy"),
     ("policy_weight_decay", float, "Adam weight decay of the policy"),
     ("policy_steps", int, "Adam steps per policy update"),
@@ -161,8 +166,23 @@ def train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *,
     """Run (or resume) GPS on ``env_id``'s TRAIN objectives into ``out``; returns the log.
 
     The python entry point behind ``optenv train gps``; a user's family works through an id
-    registered with ``optenv.register_objective``.
+    registered with ``optenv.register_objective``. ``threads``: torch CPU threads for the run
+    (None: torch's default, or on ``resume`` the count the run recorded), restored afterwards.
     """
+    from optenv.training import run_threads, torch_threads
+
+    try:
+        threads = run_threads(out, threads, resume)
+        with torch_threads(threads):
+            return _train(env_id, out, config, device=device, resume=resume, quiet=quiet)
+    except ValueError as err:
+        if str(err).startswith("threads:"):
+            raise ValueError(f"--{err}") from err
+        raise
+
+
+def _train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *, device: str,
+           resume: bool, quiet: bool) -> list[dict[str, Any]]:
     from optenv.checkpoint import load_tagged
     from optenv.evaluate import resolve_env
     from optenv.policy import save_policy
@@ -178,8 +198,6 @@ def train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *,
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"--device: got {device!r}, allowed: an available torch device such "
                          "as 'cpu'") from err
-    if threads is not None:
-        torch.set_num_threads(threads)
     run_config = {"trainer": "gps", "env": env_id, "history": defaults["history"],
                   "max_step": defaults["max_step"], **config.to_dict(), "device": str(dev),
                   "threads": torch.get_num_threads(), "quiet": quiet}  # the count in effect:
@@ -238,11 +256,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name, _t, _h in _OPTIONS}
     try:
         config = make_config(args.algorithm, args.quick, **overrides)
-    except ValueError as err:  # "field: got ..." -> "--flag: got ..."
-        name, sep, rest = str(err).partition(":")
-        if sep and name in overrides:
-            raise ValueError(f"--{name.replace('_', '-')}:{rest}") from err
-        raise
+    except ValueError as err:  # "kl_step: got ..." -> "--kl-step: got ..."
+        raise ValueError(re.sub(r"\b(" + "|".join(overrides) + r")\b",
+                                lambda m: "--" + m.group(1).replace("_", "-"), str(err))) \
+            from err
     # Threads: torch's default (one per core) unless --threads says otherwise. Alone on a
     # 2-core machine two threads beat one (quick LogisticRegression 99 vs 140 s, NeuralNet 56
     # vs 88 s per iteration); two runs sharing it should take --threads 1 each, since

@@ -24,13 +24,14 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from optenv.checkpoint import atomic_write, load_tagged, save_tagged
 
-__all__ = ["TRAINERS", "RunDir", "add_parser"]
+__all__ = ["TRAINERS", "RunDir", "add_parser", "run_threads", "torch_threads"]
 
 CHECKPOINT_FORMAT = "optenv.training.checkpoint/1"
 
@@ -41,6 +42,38 @@ TRAINERS: dict[str, str] = {
     "bptt": "baselines.bptt_train",
     "sb3": "baselines.sb3_train",
 }
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """``n`` torch CPU threads inside the block (None: leave torch's setting), restored after,
+    so a trainer called from Python does not change its caller's thread count."""
+    import torch
+
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"threads: got {n!r}, allowed: None or an int >= 1")
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_threads(out: str | os.PathLike[str], threads: int | None, resume: bool) -> int | None:
+    """The thread count a run should use: ``threads`` if given; when resuming without it, the
+    count the run's ``config.json`` recorded (the order of the CPU's parallel sums, and so the
+    numbers, depend on it); else None (torch's default)."""
+    if threads is not None or not resume:
+        return threads
+    try:
+        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # RunDir reports a missing or unreadable run in its own words
+    value = saved.get("threads") if isinstance(saved, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 \
+        else None
 
 
 class RunDir:

@@ -354,7 +354,28 @@ def test_a_bad_option_value_names_its_flag_and_writes_nothing(
     out = tmp_path / "run"
     for flag, value in [("--momentum-grid", "0.5,1.2"), ("--policy-hidden", "8,x"),
                         ("--policy-hidden", "0"), ("--init-var", "0"),
-                        ("--momentum-lr-grid", "")]:
+                        ("--momentum-lr-grid", ""), ("--max-step-mult", "0.005")]:
         code, err = _cli(_tiny_args(out, flag, value), capsys)
         assert code == 2 and flag in err and err.count("\n") == 1, (flag, value, err)
         assert not out.exists()
+
+
+def test_a_resumed_run_keeps_its_thread_count_and_the_callers_is_restored(
+        tmp_path: Path) -> None:
+    """The thread count sets the order of the CPU's parallel sums, so a resumed run keeps the
+    one its config.json recorded unless told otherwise; train() leaves the caller's alone."""
+    env, out = "optenv/LogisticRegression-v0", tmp_path / "run"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train(env, out, _tiny_config(1), quiet=True, threads=1)
+        assert torch.get_num_threads() == 2
+        assert json.loads((out / "config.json").read_text())["threads"] == 1
+        train(env, out, _tiny_config(2), quiet=True, resume=True)
+        assert torch.get_num_threads() == 2
+        assert json.loads((out / "config.json").read_text())["threads"] == 1
+        with pytest.raises(ValueError, match="--threads: got 0"):
+            train(env, tmp_path / "other", _tiny_config(1), quiet=True, threads=0)
+        assert not (tmp_path / "other").exists()
+    finally:
+        torch.set_num_threads(before)
