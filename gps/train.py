@@ -98,10 +98,10 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
     ("init_pol_wt", float, "BADMM's initial per-step KL weight nu (0 with --lg-step 0: the "
      "controllers ignore the policy)"),
     ("init_var", float, "variance of the initial (momentum) controllers' actions"),
-    ("lqr_history", int, "history of the LQR state (default: the env's, i.e. the full state)"),
+    ("lqr_history", int, "history of the LQR state"),
     ("lqr_max_iter", int, "dual (eta) iterations of each KL-constrained LQR solve"),
     ("dynamics_reg", float, "ridge added to the dynamics fits' covariance"),
-    ("cost_hessian", str, "exact (default) or psd (negative curvature of f clipped to 0)"),
+    ("cost_hessian", str, "exact or psd (negative curvature of f clipped to 0)"),
     ("gmm_clusters", int, "clusters of the GMM priors (dynamics and policy linearisation)"),
     ("gmm_min_samples", int, "samples per GMM cluster, at least"),
     ("gmm_iters", int, "EM iterations of each GMM fit"),
@@ -131,12 +131,27 @@ def add_train_parser(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="small preset for a CPU (minutes)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, one per core; a resumed run "
+                        "keeps the count it recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    authors = GPSConfig()
     for name, typ, help_ in _OPTIONS:
+        default = f"default {_show(getattr(authors, name))}"
+        if name in QUICK:
+            default += f"; --quick {_show(QUICK[name])}"
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
-                       help=help_)
+                       help=f"{help_} ({default})")
     p.set_defaults(func=run)
+
+
+def _show(value: Any) -> str:
+    """An option's value as the flag takes it."""
+    if value is None:
+        return "the env's"
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
+    return f"{value:.12g}" if isinstance(value, float) else str(value)
 
 
 def make_config(algorithm: str = "badmm", quick: bool = False, **overrides: Any) -> GPSConfig:

@@ -320,7 +320,8 @@ def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
 
 
-def test_every_config_field_is_a_train_flag_that_reaches_the_config() -> None:
+def test_every_config_field_is_a_train_flag_that_reaches_the_config(
+        capsys: pytest.CaptureFixture[str]) -> None:
     """The README promises every GPS option is a flag: each GPSConfig field but ``algorithm``
     parses from ``optenv train gps`` into the config, tuples as comma-separated lists."""
     from optenv.cli import build_parser
@@ -336,6 +337,11 @@ def test_every_config_field_is_a_train_flag_that_reaches_the_config() -> None:
              "momentum_lr_grid": "0.5,1", "momentum_grid": "0.3,0.6", "seed": "7"}
     fields = {f.name for f in dataclasses.fields(GPSConfig)} - {"algorithm"}
     assert set(given) == fields
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "gps", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "BADMM inner iterations (default 4; --quick 2)" in text  # both presets are shown
+    assert "(default 0.0009765625," in text  # 2**-10 in full
     argv = ["train", "gps", "--out", "unused"]
     for name, value in given.items():
         argv += ["--" + name.replace("_", "-"), value]
