@@ -470,16 +470,20 @@ def _backward_pass(p: _Problem, eta: Tensor, K: Tensor, k: Tensor, S: Tensor, pr
     w_next = None
     for t in range(T - 1, -1, -1):
         w = eta + p.nu[:, t] + p.max_ent
+        # in place where a fresh tensor is not needed: these [B,n,n] element-wise passes are
+        # memory-bound, and fresh outputs cost the CPU more (B=90, dX=99, n=111, 2 threads,
+        # 3 alternating runs: 1.34-1.41 s per evaluation against 1.44-1.63 s); the values are
+        # the same to the bit
         Q = torch.baddbmm(p.Cm[:, t], p.G[:, t].mT, p.PG[:, t] * eta[:, None, None])
-        Q = Q / w[:, None, None]
+        Q.div_(w[:, None, None])
         q = (p.cv[:, t] + eta[:, None] * p.g[:, t]) / w[:, None]
         if V is not None and v is not None and w_next is not None:
             F = p.Fm[:, t]
-            Vs = V * (w_next / w)[:, None, None]
-            Q = torch.baddbmm(Q, F.mT, Vs @ F)
+            Vs = V.mul_((w_next / w)[:, None, None])  # V is not used again
+            Q.baddbmm_(F.mT, Vs @ F)
             vs = v * (w_next / w)[:, None] + (Vs @ p.fv[:, t, :, None]).squeeze(-1)
             q = q + (F.mT @ vs[..., None]).squeeze(-1)
-        Q = 0.5 * (Q + Q.mT)
+        Q = Q.add(Q.mT).mul_(0.5)
         Quu = Q[:, dX:, dX:]
         L, info = torch.linalg.cholesky_ex(Quu)
         bad = (info != 0) | ~torch.isfinite(L).all(-1).all(-1)
@@ -492,11 +496,11 @@ def _backward_pass(p: _Problem, eta: Tensor, K: Tensor, k: Tensor, S: Tensor, pr
         k_t = -Z[..., -1]
         Qxu = Q[:, :dX, dX:]
         V = Q[:, :dX, :dX] + Qxu @ K_t
-        V = 0.5 * (V + V.mT)
+        V = V.add(V.mT).mul_(0.5)
         v = q[:, :dX] + (Qxu @ k_t[..., None]).squeeze(-1)
         # a failed condition's remaining steps are discarded; zero its value function so that
         # nothing overflows on the way (conditions never mix, this only keeps numbers tidy)
-        V = torch.where(bad[:, None, None], 0.0, V)
+        V.masked_fill_(bad[:, None, None], 0.0)
         v = torch.where(bad[:, None], 0.0, v)
         K[:, t] = K_t
         k[:, t] = k_t
@@ -549,8 +553,8 @@ def _forward_pass(p: _Problem, K: Tensor, k: Tensor, S: Tensor, logdet: Tensor,
             Fu = F[:, :, dX:]
             A = F[:, :, :dX] + Fu @ Kt
             mx = (F @ torch.cat([mx, mu_u], -1)[..., None]).squeeze(-1) + p.fv[:, t]
-            Sx = A @ Sx @ A.mT + Fu @ St @ Fu.mT + p.dyn_covar[:, t]
-            Sx = 0.5 * (Sx + Sx.mT)
+            Sx = (A @ Sx @ A.mT).add_(Fu @ St @ Fu.mT).add_(p.dyn_covar[:, t])
+            Sx = Sx.add(Sx.mT).mul_(0.5)
     return torch.stack(kls, dim=1)
 
 
