@@ -249,7 +249,7 @@ class GMMPrior:
         mu0 = w @ gmm.mu  # [B,S,D]
         second = gmm.sigma + gmm.mu[..., :, None] * gmm.mu[..., None, :]  # [B,K,D,D]
         Phi = (w @ second.reshape(B, -1, D * D)).reshape(B, S, D, D)
-        Phi = Phi - mu0[..., :, None] * mu0[..., None, :]
-        Phi = 0.5 * (Phi + Phi.mT)
+        Phi.sub_(mu0[..., :, None] * mu0[..., None, :])  # in place: [B,S,D,D] can be GBs
+        Phi = Phi.add(Phi.mT).mul_(0.5)
         m = n0 = self.strength
-        return mu0, Phi * m, m, n0
+        return mu0, Phi.mul_(m), m, n0
