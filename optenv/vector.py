@@ -242,8 +242,10 @@ class OptimizationVectorEnv(VectorEnv):
         *,
         problem: dict[str, torch.Tensor] | None = None,
         x0: torch.Tensor | None = None,
+        keep_outcome: bool = False,
     ) -> None:
-        """Draw the instances (seed, episode) of the envs in ``mask`` and start them."""
+        """Draw the instances (seed, episode) of the envs in ``mask`` and start them
+        (``keep_outcome``: leave the step's reward, terminated and truncated as they are)."""
         if self._index_resets and problem is None and x0 is None:
             idx = mask.nonzero().squeeze(-1)
             if idx.numel() == 0:
@@ -253,7 +255,7 @@ class OptimizationVectorEnv(VectorEnv):
             start = self.core.start(data, x0_new)
             for k, v in data.items():
                 self._data[k].index_copy_(0, idx, v)
-            self._write_start(start, idx=idx)
+            self._write_start(start, idx=idx, keep_outcome=keep_outcome)
             return
         if problem is None and x0 is None and not bool(mask.any()):
             # One read of the mask skips drawing N instances on the steps where no env resets
@@ -265,7 +267,7 @@ class OptimizationVectorEnv(VectorEnv):
         start = self.core.start(data, x0 if x0 is not None else x0_drawn)
         for k, v in data.items():
             self._data[k].copy_(torch.where(_bcast(mask, v), v, self._data[k]))
-        self._write_start(start, mask=mask)
+        self._write_start(start, mask=mask, keep_outcome=keep_outcome)
 
     def _write_start(
         self,
@@ -273,19 +275,22 @@ class OptimizationVectorEnv(VectorEnv):
         *,
         idx: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        keep_outcome: bool = False,
     ) -> None:
-        """Write fresh episode starts into the buffers, by index (CPU) or by mask."""
+        """Write fresh episode starts into the buffers, by index (CPU) or by mask; with
+        ``keep_outcome`` the reward, terminated and truncated buffers keep the step's values
+        (SAME_STEP autoresets return the ended step's outcome with the new episode's obs)."""
         zeros_b = torch.zeros_like(start.diverged)
-        fields = (
+        fields = [
             (self._state, start.state),
             (self._f, start.f),
             (self._f0, start.f),
             (self._t, torch.zeros_like(start.f, dtype=torch.int64)),
-            (self._reward, torch.zeros_like(start.f)),
-            (self._terminated, zeros_b),
-            (self._truncated, zeros_b),
             (self._needs_reset, zeros_b),
-        )
+        ]
+        if not keep_outcome:
+            fields += [(self._reward, torch.zeros_like(start.f)), (self._terminated, zeros_b),
+                       (self._truncated, zeros_b)]
         for buf, new in fields:
             if idx is not None:
                 buf.index_copy_(0, idx, new)
@@ -395,23 +400,17 @@ class OptimizationVectorEnv(VectorEnv):
         if mode is AutoresetMode.NEXT_STEP:
             self._autoreset(self._resetting)
         elif mode is AutoresetMode.SAME_STEP:
-            if not bool(self._final_done.any()):  # the one host read; no env restarts
-                return
             # the step's own reward and flags survive the restart of the envs that ended
-            kept = [(buf, buf.clone()) for buf in (self._reward, self._terminated,
-                                                   self._truncated)]
-            self._autoreset(self._final_done)
-            for buf, value in kept:
-                buf.copy_(value)
+            self._autoreset(self._final_done, keep_outcome=True)
 
     def _out(self, buf: torch.Tensor) -> torch.Tensor:
         """What step/reset hand out: a copy of a buffer, or the live buffer if copy=False."""
         return buf.clone() if self.copy else buf
 
-    def _autoreset(self, mask: torch.Tensor) -> None:
+    def _autoreset(self, mask: torch.Tensor, *, keep_outcome: bool = False) -> None:
         """Start the next episode (same seed, episode + 1) of the envs in ``mask``."""
         self._episodes.add_(mask.to(torch.int64))
-        self._restart(mask)
+        self._restart(mask, keep_outcome=keep_outcome)
 
     def _check_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
         shape = (self.num_envs, self.family.d)
