@@ -65,22 +65,16 @@ POLICY_FILE = "policy.pt"
 PLOT_EVERY = 5
 PLOT_KEYS = ("sampled_cost", "policy_cost", "kl", "eta", "step_mult", "dyn_residual", "wall_s")
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    """argparse type of a comma-separated list of ints ("" = none)."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"got {text!r}, allowed: comma-separated ints such as 50 or 100,100") from None
-
-
-def _float_tuple(text: str) -> tuple[float, ...]:
-    """argparse type of a comma-separated list of numbers."""
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"got {text!r}, allowed: comma-separated numbers such as 0.5,0.9") from None
+def _comma_list(kind: type, example: str) -> Callable[[str], tuple[Any, ...]]:
+    """argparse type of a comma-separated list of ``kind`` ("" = none)."""
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"got {text!r}, allowed: comma-separated {kind.__name__}s such as {example}"
+            ) from None
+    return parse
 
 
 #: Every :class:`~gps.agent.GPSConfig` field but ``algorithm`` as a flag (a test keeps it so).
@@ -106,16 +100,17 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str]] = [
     ("gmm_min_samples", int, "samples per GMM cluster, at least"),
     ("gmm_iters", int, "EM iterations of each GMM fit"),
     ("prior_strength", float, "weight of the GMM prior in the per-step fits"),
-    ("policy_hidden", _int_tuple, "hidden layer sizes of the policy's MLP, comma-separated "
-     "(e.g. 50 or 100,100; empty: a linear policy)"),
+    ("policy_hidden", _comma_list(int, "50 or 100,100"),
+     "hidden layer sizes of the policy's MLP, comma-separated (e.g. 50 or 100,100; empty: a "
+     "linear policy)"),
     ("policy_lr", float, "Adam learning rate of the policy"),
     ("policy_weight_decay", float, "Adam weight decay of the policy"),
     ("policy_steps", int, "Adam steps per policy update"),
     ("policy_batch", int, "minibatch size of the policy updates"),
-    ("momentum_lr_grid", _float_tuple, "learning rates of the initial controllers' grid "
-     "search, comma-separated"),
-    ("momentum_grid", _float_tuple, "momenta of the initial controllers' grid search, "
-     "comma-separated"),
+    ("momentum_lr_grid", _comma_list(float, "0.5,1"),
+     "learning rates of the initial controllers' grid search, comma-separated"),
+    ("momentum_grid", _comma_list(float, "0.5,0.9"),
+     "momenta of the initial controllers' grid search, comma-separated"),
     ("seed", int, "seed (training conditions, sampling noise, policy init)"),
 ]
 
