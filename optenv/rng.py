@@ -43,12 +43,7 @@ def split_index(split: str) -> int:
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
     """lowbias32 on the low 32 bits of an int64 tensor; returns values in [0, 2**32)."""
-    x = x & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
-    return x ^ (x >> 16)
+    return _hash32_bits(_as_int32(x & _MASK32)).to(torch.int64) & _MASK32
 
 
 def instance_keys(
@@ -83,8 +78,8 @@ def _as_int32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hash32_bits(x: torch.Tensor) -> torch.Tensor:
-    """:func:`hash32` on int32 bit patterns (logical shifts by masking; products wrap mod 2**32,
-    so the low 32 bits are those of the int64 version)."""
+    """lowbias32 on int32 bit patterns, the one implementation of the hash (logical shifts by
+    masking; int32 products wrap mod 2**32, which is the hash's arithmetic)."""
     x = x ^ ((x >> 16) & 0xFFFF)
     x = x * 0x7FEB352D
     x = x ^ ((x >> 15) & 0x1FFFF)

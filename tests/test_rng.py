@@ -29,6 +29,23 @@ def test_hash32_is_a_deterministic_32_bit_bijection_on_a_sample():
     assert torch.equal(hash32(x + (7 << 32)), h)
 
 
+def _lowbias32_int64(x: torch.Tensor) -> torch.Tensor:
+    """Wellons' lowbias32 written plainly on int64 values: the reference the hash is held to."""
+    m = 0xFFFFFFFF
+    x = x & m
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & m
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & m
+    return x ^ (x >> 16)
+
+
+def test_hash32_is_lowbias32_on_the_low_32_bits():
+    x = torch.tensor([0, 1, 2, 0x12345678, 2**31, 2**32 - 1, 2**40 + 5], dtype=torch.int64)
+    torch.testing.assert_close(hash32(x), _lowbias32_int64(x), rtol=0, atol=0)
+    assert int(hash32(torch.tensor([1]))[0]) == 0x688990C0  # pinned: every draw rests on it
+
+
 def test_the_int32_hash_of_a_draws_words_gives_the_same_bits_as_hash32():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randint(0, 2**32, (1 << 16,), generator=g, dtype=torch.int64),
@@ -36,6 +53,7 @@ def test_the_int32_hash_of_a_draws_words_gives_the_same_bits_as_hash32():
     bits = _hash32_bits(_as_int32(x))
     assert bits.dtype == torch.int32
     assert torch.equal(bits.to(torch.int64) & 0xFFFFFFFF, hash32(x))
+    assert torch.equal(hash32(x), _lowbias32_int64(x))
     # the words' unit-interval values are those of the unsigned words
     want = (hash32(x).to(torch.float64) + 0.5) / 2**32
     assert torch.equal(_unit_interval(bits), want)
