@@ -136,8 +136,8 @@ class LQRResult:
     variable that produced the returned controller (max_eta where none was computed). kl [B]:
     total KL(new || prev) over the T steps. converged [B]: status CONVERGED or KL_BOUND_INACTIVE.
     status [B] (int64, :class:`LQRStatus` codes) and reason (one string per condition) say why a
-    condition did not converge. iterations [B]: dual iterations per condition. n_evaluations: backward passes run
-    for the whole batch (lock-step, PD retries included).
+    condition did not converge. iterations [B]: dual iterations per condition. n_evaluations:
+    backward passes run for the whole batch (lock-step, PD retries included).
     """
 
     K: Tensor
