@@ -22,8 +22,9 @@ The learner built on it:
 
 from gps.agent import GPSAgent, GPSConfig
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
-from gps.gmm import GMM, GMMPrior, fit_gmm
+from gps.gmm import GMM, fit_gmm
 from gps.lqr import LQRResult, LQRStatus, kl_constrained_lqr, lqr_backward, lqr_forward
+from gps.prior import GMMPrior
 from gps.train import load_optimizer
 
 __all__ = [

@@ -31,8 +31,9 @@ from torch import Tensor
 
 from gps import reference
 from gps.dynamics import fit_linear_gaussian
-from gps.gmm import GMM, GMMPrior, _init, fit_gmm, n_clusters_for
+from gps.gmm import GMM, _init, fit_gmm, n_clusters_for
 from gps.lqr import _backward_pass, _prepare, kl_constrained_lqr
+from gps.prior import GMMPrior
 
 LQR_GRID = [(B, T, dX, dU) for (dX, dU) in ((20, 2), (100, 10), (233, 4))
             for T in (40, 100) for B in (1, 64, 256, 1024)]

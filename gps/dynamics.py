@@ -5,7 +5,7 @@ Gaussian; conditioning it on [x_t, u_t] yields x_{t+1} ~ N(Fm [x_t; u_t] + fv, d
 (Levine et al. 2016, appendix; the reference code's ``DynamicsLRPrior``). With few samples the
 empirical covariance is rank-deficient (N < 2 dX + dU), so it is combined with a
 normal-inverse-Wishart prior (mu0, Phi, m, n0) from a GMM fitted on all transitions
-(:class:`gps.gmm.GMMPrior`), the MAP estimate being::
+(:class:`gps.prior.GMMPrior`), the MAP estimate being::
 
     Sigma = (N S_emp + Phi + N m / (N + m) (mu_emp - mu0)(mu_emp - mu0)^T) / (N + n0)
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gps.gmm import GMMPrior
+from gps.prior import GMMPrior, check_transitions
 
 __all__ = ["LinearGaussianDynamics", "condition_joint_gaussian", "fit_linear_gaussian"]
 
@@ -41,30 +41,6 @@ class LinearGaussianDynamics:
     dyn_covar: Tensor
     x0mu: Tensor
     x0sigma: Tensor
-
-
-def _check_xu(X: object, U: object) -> tuple[int, int, int, int, int]:
-    """Validate X [B,N,T,dX], U [B,N,T,dU]; returns B, N, T, dX, dU."""
-    for name, x, dims in (("X", X, "[B,N,T,dX]"), ("U", U, "[B,N,T,dU]")):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor {dims}; got {type(x).__name__}")
-        if x.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"{name} has dtype {x.dtype}; allowed: torch.float32 or torch.float64")
-        if x.dim() != 4 or min(x.shape) < 1:
-            raise ValueError(f"{name} must be a 4-D tensor {dims}; got shape {list(x.shape)}")
-    assert isinstance(X, Tensor) and isinstance(U, Tensor)
-    if X.shape[:3] != U.shape[:3]:
-        raise ValueError(
-            f"U must share B, N, T with X: X is {list(X.shape)} [B,N,T,dX], U is {list(U.shape)}"
-        )
-    if U.dtype != X.dtype or U.device != X.device:
-        raise ValueError(
-            f"U ({U.dtype}, {U.device}) must have the dtype and device of X ({X.dtype}, {X.device})"
-        )
-    B, N, T, dX = X.shape
-    if T < 2:
-        raise ValueError(f"X needs T >= 2 time steps to contain a transition; got T={T}")
-    return B, N, T, dX, U.shape[3]
 
 
 def condition_joint_gaussian(pts: Tensor, n_in: int, prior: GMMPrior | None, reg: float
@@ -116,7 +92,7 @@ def fit_linear_gaussian(
 
     Args:
         X [B,N,T,dX], U [B,N,T,dU]: N sampled trajectories per condition.
-        prior: a :class:`gps.gmm.GMMPrior` (batch 1 or B) fitted on transitions, or None for the
+        prior: a :class:`gps.prior.GMMPrior` (batch 1 or B) fitted on transitions, or None for the
             plain regularised maximum-likelihood fit (needs N > 1; well-posed only for
             N > dX + dU unless reg carries it).
         reg: ridge added as reg * I to the [x, u] block of the joint covariance (the reference GPS
@@ -125,7 +101,7 @@ def fit_linear_gaussian(
         t_chunk: time steps processed at once (bounds memory: B * t_chunk * D^2 entries); default
             all of them.
     """
-    B, N, T, dX, dU = _check_xu(X, U)
+    B, N, T, dX, dU = check_transitions(X, U)
     if prior is None and N < 2:
         raise ValueError(f"X has N={N} sample per condition; the fit needs N >= 2 or a prior")
     if not isinstance(reg, (int, float)) or reg < 0:

@@ -1,12 +1,8 @@
-"""Batched Gaussian mixture models (EM) and the normal-inverse-Wishart dynamics prior built on them.
+"""Batched Gaussian mixture models fitted by EM: a plain GMM, nothing GPS-specific.
 
-Levine et al. (2016) fit a GMM to all observed transitions [x_t, u_t, x_{t+1}] and use it as a
-prior for the per-time-step linear-Gaussian dynamics fit: for the N samples at step t, the mixture
-moments under the samples' averaged cluster responsibilities give the prior mean mu0 and scale
-matrix Phi of a normal-inverse-Wishart. The reference code runs one EM per condition in numpy with
-a loop over clusters; here B mixtures (one per condition, or one shared) run EM in lock-step, each
-with its own convergence mask, so every condition's mixture is exactly what its own EM would give
-(checked against :func:`gps.reference.gmm_em_np`).
+B mixtures (one per condition, or one shared) run EM in lock-step, each with its own convergence
+mask, so every condition's mixture is exactly what its own EM would give (checked against the
+numpy reference of the reference GPS code). :mod:`gps.prior` builds the dynamics prior on it.
 
 Differences from the reference code, and why:
 
@@ -15,9 +11,6 @@ Differences from the reference code, and why:
   with means from a random assignment, which is scale-free and never singular.
 * Convergence: the reference compares ``|ll - prevll| < 1e-5 * prevll`` which never fires for a
   negative log-likelihood; here ``tol * |ll|``.
-* NIW strengths: the reference uses m = 1 and n0 = (N_gmm - 2 - D) / N_gmm (times ``strength``);
-  that n0 goes negative for small data sets, which can make the posterior denominator N + n0
-  non-positive. Here m = n0 = ``strength`` (the reference's large-data limit).
 """
 
 from __future__ import annotations
@@ -28,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["GMM", "GMMPrior", "fit_gmm", "gmm_log_obs", "n_clusters_for"]
+__all__ = ["GMM", "fit_gmm", "gmm_log_obs", "n_clusters_for"]
 
 
 @dataclass
@@ -179,77 +172,3 @@ def fit_gmm(
 def n_clusters_for(n_points: int, max_clusters: int = 20, min_samples_per_cluster: int = 20) -> int:
     """The reference code's rule: max(2, min(max_clusters, floor(n_points / min_samples)))."""
     return int(max(2, min(max_clusters, n_points // min_samples_per_cluster)))
-
-
-@dataclass
-class GMMPrior:
-    """Normal-inverse-Wishart prior for linear-Gaussian dynamics, from a GMM over transitions.
-
-    ``gmm`` has batch 1 (shared by all conditions) or B (one per condition); dX, dU name the
-    blocks of the D = 2 dX + dU dimensional points [x_t, u_t, x_{t+1}]; ``strength`` scales the
-    prior's pseudo-counts (m = n0 = strength).
-    """
-
-    gmm: GMM
-    dX: int
-    dU: int
-    strength: float = 1.0
-
-    @classmethod
-    def fit(
-        cls,
-        X: Tensor,
-        U: Tensor,
-        *,
-        shared: bool = False,
-        max_clusters: int = 20,
-        min_samples_per_cluster: int = 20,
-        strength: float = 1.0,
-        init: GMMPrior | GMM | None = None,
-        generator: torch.Generator | None = None,
-        max_iter: int = 100,
-        reg: float = 1e-6,
-    ) -> GMMPrior:
-        """Fit the mixture to all transitions of X [B,N,T,dX], U [B,N,T,dU].
-
-        Per condition (default, as the reference code) or ``shared`` across conditions (pooling
-        helps when each condition has few samples). The number of clusters follows
-        :func:`n_clusters_for`; ``max_clusters`` defaults to the 20 that Li & Malik used.
-        ``init`` warm-starts EM from a previous prior or mixture (same number of clusters).
-        """
-        from gps.dynamics import _check_xu  # local: gps.dynamics imports this module
-
-        B, N, T, dX, dU = _check_xu(X, U)
-        if not isinstance(strength, (int, float)) or not strength > 0:
-            raise ValueError(f"strength must be a float > 0; got {strength!r}")
-        pts = torch.cat([X[:, :, :-1], U[:, :, :-1], X[:, :, 1:]], dim=-1)  # [B,N,T-1,D]
-        pts = pts.reshape(B, N * (T - 1), 2 * dX + dU)
-        if shared:
-            pts = pts.reshape(1, B * N * (T - 1), -1)
-        K = n_clusters_for(pts.shape[1], max_clusters, min_samples_per_cluster)
-        start = init.gmm if isinstance(init, GMMPrior) else init
-        gmm = fit_gmm(pts, K, init=start, generator=generator,
-                      max_iter=max_iter, reg=reg)
-        return cls(gmm, dX, dU, float(strength))
-
-    def eval(self, pts: Tensor) -> tuple[Tensor, Tensor, float, float]:
-        """NIW parameters for groups of points pts [B,S,N,D] (S groups, e.g. time steps, of N).
-
-        Returns mu0 [B,S,D], Phi [B,S,D,D] (= m * mixture covariance), m, n0. Cluster weights:
-        each point's posterior responsibilities averaged over its group.
-        """
-        B, S, N, D = pts.shape
-        gmm = self.gmm
-        if gmm.mu.shape[0] == 1 and B > 1:
-            gmm = GMM(gmm.mu.expand(B, -1, -1), gmm.sigma.expand(B, -1, -1, -1),
-                      gmm.logmass.expand(B, -1))
-        logobs = gmm_log_obs(gmm, pts.reshape(B, S * N, D)).reshape(B, S, N, -1)
-        logw = logobs - torch.logsumexp(logobs, dim=-1, keepdim=True)
-        w = torch.exp(torch.logsumexp(logw, dim=2) - math.log(N))  # [B,S,K]
-        mu0 = w @ gmm.mu  # [B,S,D]
-        second = gmm.sigma + gmm.mu[..., :, None] * gmm.mu[..., None, :]  # [B,K,D,D]
-        Phi = (w @ second.reshape(B, -1, D * D)).reshape(B, S, D, D)
-        Phi.sub_(mu0[..., :, None] * mu0[..., None, :])  # in place: [B,S,D,D] can be GBs
-        Phi = Phi.add(Phi.mT).mul_(0.5)
-        m = n0 = self.strength
-        return mu0, Phi.mul_(m), m, n0

@@ -27,8 +27,9 @@ from torch import Tensor
 
 from gps.controller import LQRStateMap
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
-from gps.gmm import GMM, GMMPrior
+from gps.gmm import GMM
 from gps.lqr import lqr_forward
+from gps.prior import GMMPrior
 from optenv.families.base import ObjectiveFamily
 
 __all__ = ["COST_HESSIANS", "QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics"]

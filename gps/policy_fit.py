@@ -23,7 +23,8 @@ from torch import Tensor
 
 from gps.controller import LinearGaussianController
 from gps.dynamics import condition_joint_gaussian
-from gps.gmm import GMM, GMMPrior, fit_gmm, n_clusters_for
+from gps.gmm import GMM, fit_gmm, n_clusters_for
+from gps.prior import GMMPrior
 from optenv.cuda_graphs import capture, warm_up
 from optenv.policy import GaussianMLPPolicy
 

@@ -9,7 +9,7 @@ import torch
 from gps import reference
 from gps.bench import random_linear_gaussian_data
 from gps.dynamics import fit_linear_gaussian
-from gps.gmm import GMMPrior
+from gps.prior import GMMPrior
 
 
 def test_recovers_known_linear_gaussian_dynamics_from_200_samples():

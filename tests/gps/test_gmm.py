@@ -11,7 +11,8 @@ from scipy.stats import multivariate_normal
 
 from gps import reference
 from gps.bench import random_linear_gaussian_data
-from gps.gmm import GMM, GMMPrior, _init, fit_gmm, gmm_log_obs, n_clusters_for
+from gps.gmm import GMM, _init, fit_gmm, gmm_log_obs, n_clusters_for
+from gps.prior import GMMPrior
 
 
 def _blobs(B: int, per: int, centres: torch.Tensor, seed: int) -> torch.Tensor:
