@@ -3,7 +3,7 @@
 Two architectures: ``lstm`` (Andrychowicz et al.'s coordinatewise LSTM; truncated unrolls of
 ``--unroll`` steps) and ``mlp`` (the GPS policy class on the observation Φ, trained by BPTT over
 the whole horizon unless ``--unroll`` says otherwise). The run folder follows
-:mod:`optenv.training`; the trained optimiser is ``optimizer.pt`` and evaluates through
+:mod:`optenv.runs`; the trained optimiser is ``optimizer.pt`` and evaluates through
 ``optenv compare --methods bptt:DIR``.
 """
 
@@ -30,8 +30,8 @@ from baselines.bptt import (
 from optenv.core import OptimizationCore
 from optenv.policy import GaussianMLPPolicy, load_policy, save_policy
 from optenv.registration import family_of
-from optenv.training import RunDir
-from optenv.validation import check_int, check_number
+from optenv.runs import RunDir
+from optenv.validation import check_int, check_number, parse_device
 
 __all__ = ["add_train_parser", "load_for_compare", "observation_scale", "run"]
 
@@ -121,10 +121,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         check_int(f"--{name.replace('_', '-')}", cfg[name], 1)
     check_int("--seed", cfg["seed"], 0)
     check_number("--lr", cfg["lr"])
-    try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device: got {args.device!r}, which torch cannot use here") from err
+    parse_device(args.device, "--device")
     return cfg
 
 

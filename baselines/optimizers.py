@@ -13,7 +13,7 @@ L-BFGS's memory) for a batch of B independent objectives, with two faces:
     what a vector env's autoreset produces.
 
 (b) **A direct batched run** (:func:`run_optimizer`) on a family's batch through the shared
-    :class:`~optenv.core.OptimizationCore` (via :func:`optenv.evaluate.rollout`): the iterate and
+    :class:`~optenv.core.OptimizationCore` (via :func:`optenv.rollout.rollout`): the iterate and
     state update is the core's, never re-written here. Line-search methods (nonlinear CG,
     L-BFGS) evaluate f and ∇f at trial points through a counting oracle; evaluations beyond one
     per iteration are reported as ``extra_evals``.
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from optenv.core import StateLayout
-from optenv.evaluate import Rollout, rollout
 from optenv.families import ObjectiveFamily
+from optenv.rollout import Rollout, rollout
 
 __all__ = [
     "CG",
@@ -590,7 +590,7 @@ def run_optimizer(
     """Run ``optimizer`` on a batch of a family's instances for ``horizon`` iterations.
 
     The iterate/state update is :class:`~optenv.core.OptimizationCore`'s (through
-    :func:`optenv.evaluate.rollout`); the optimiser only proposes steps. The optimiser's state
+    :func:`optenv.rollout.rollout`); the optimiser only proposes steps. The optimiser's state
     is reset first. Returns per-row f at x(0..horizon), divergence flags and ``extra_evals``
     (line-search evaluations beyond one per iteration).
     """

@@ -12,7 +12,7 @@ the hyper-parameters say ``normalize``. Hyper-parameters per env id come from th
 YAML files shipped in ``baselines/hyperparams`` (see :mod:`baselines.sb3_hyperparams`);
 ``--conf-file`` and ``--hyperparams KEY=VALUE`` change them.
 
-The run folder is :class:`optenv.training.RunDir`'s: ``config.json``; ``checkpoint.pt`` with the
+The run folder is :class:`optenv.runs.RunDir`'s: ``config.json``; ``checkpoint.pt`` with the
 model, the VecNormalize statistics, the replay buffer (SAC/TD3) and the log, rewritten
 atomically every ``--checkpoint-every`` steps by an SB3 callback; ``log.csv`` (timesteps,
 episodes, mean episode return, mean final f, fraction diverged, wall time); ``curves.png``;
@@ -72,6 +72,7 @@ from baselines.sb3_policy import (
     restore_normalization,
     save_artifacts,
 )
+from optenv.validation import parse_device
 
 __all__ = [
     "VEC_MODES",
@@ -175,15 +176,7 @@ def _check_int(flag: str, value: Any, low: int, optional: bool = True) -> int | 
 
 
 def _check_device(device: Any) -> str:
-    import torch
-
-    try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise ValueError(f"--device: got {device!r}, allowed: an available torch device such "
-                         "as 'cpu'") from err
-    return str(device)
+    return str(parse_device(device, "--device"))
 
 
 def make_venv(env_id: str, vec: str, num_envs: int, seed: int,
@@ -261,7 +254,7 @@ def train(algorithm: str, env_id: str, out: str | Path, *, steps: int | None = N
     import json
 
     from optenv.evaluate import resolve_env
-    from optenv.training import RunDir, torch_threads
+    from optenv.runs import RunDir, torch_threads
 
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: got {algorithm!r}, allowed: {', '.join(ALGORITHMS)}")

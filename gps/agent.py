@@ -40,7 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gps.controller import LinearGaussianController, LQRStateMap, momentum_controller
+from gps.controller import (
+    HeavyBall,
+    LinearGaussianController,
+    LQRStateMap,
+    momentum_controller,
+)
 from gps.dynamics import LinearGaussianDynamics
 from gps.gmm import GMM
 from gps.lqr import LQRStatus, kl_constrained_lqr
@@ -49,6 +54,8 @@ from gps.policy_fit import linearise_policy, policy_means, train_policy
 from optenv.core import OptimizationCore
 from optenv.families.base import ObjectiveFamily
 from optenv.policy import GaussianMLPPolicy
+from optenv.tuning import search_grid
+from optenv.validation import parse_device
 
 __all__ = ["ALGORITHMS", "GPSAgent", "GPSConfig", "SampleBatch"]
 
@@ -197,7 +204,7 @@ class GPSAgent:
     def __init__(self, family: ObjectiveFamily, config: GPSConfig, *, history: int = 25,
                  max_step: float = 1.0, device: str | torch.device = "cpu") -> None:
         self.family, self.cfg = family, config
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         self.dtype = torch.float64
         self.core = OptimizationCore(family, history)
         lqr_h = history if config.lqr_history is None else config.lqr_history
@@ -238,13 +245,11 @@ class GPSAgent:
     # ----------------------------------------------------------------------------- setup
     def initialise(self) -> dict[str, Any]:
         """Initial controllers: the best momentum (lr, momentum) on the training conditions."""
-        from baselines.tuning import grid_search
-
         cfg = self.cfg
         t0 = time.perf_counter()
-        res = grid_search("momentum", self.family,
-                          grid={"lr": list(cfg.momentum_lr_grid),
-                                "momentum": list(cfg.momentum_grid)},
+        res = search_grid(lambda h: HeavyBall(h["lr"], h["momentum"]),
+                          {"lr": cfg.momentum_lr_grid, "momentum": cfg.momentum_grid},
+                          self.family, method="momentum", defaults={"lr": 0.1, "momentum": 0.9},
                           n_train=cfg.conditions, horizon=cfg.horizon, seed=cfg.seed,
                           history=self.core.layout.history, device=self.device)
         lr, mom = float(res.best["lr"]), float(res.best["momentum"])

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from optenv.core import StateLayout
 
-__all__ = ["LQRStateMap", "LinearGaussianController", "momentum_controller"]
+__all__ = ["HeavyBall", "LQRStateMap", "LinearGaussianController", "momentum_controller"]
 
 
 class LQRStateMap:
@@ -140,3 +140,31 @@ def momentum_controller(smap: LQRStateMap, M: int, T: int, lr: float, momentum: 
     k = torch.zeros(M, T, d, dtype=dtype, device=device)
     covar = (variance * eye).expand(M, T, d, d).clone()
     return LinearGaussianController(K, k, covar)
+
+
+class HeavyBall:
+    """Heavy-ball momentum as a batched direct optimiser, to tune the initial controller.
+
+    ``torch.optim.SGD(lr, momentum)``'s update (b = μb + g, Δx = −lr·b, rows with a non-finite f
+    or ∇f step zero) with ``lr`` and ``momentum`` numbers or per-row [B] tensors, so
+    :func:`optenv.tuning.search_grid` scores a whole (lr, momentum) grid in one batch. It is the
+    rule :func:`momentum_controller` encodes; GPS tunes it here rather than through the
+    baselines package, which GPS does not depend on.
+    """
+
+    def __init__(self, lr: float | Tensor, momentum: float | Tensor) -> None:
+        self.lr, self.momentum = lr, momentum
+        self.buf: Tensor | None = None
+
+    def reset(self) -> None:
+        self.buf = None
+
+    def propose(self, x: Tensor, f: Tensor, g: Tensor, oracle: object = None) -> Tensor:
+        ok = (torch.isfinite(f) & torch.isfinite(g).all(-1)).unsqueeze(-1)
+        g = torch.where(ok, g, torch.zeros_like(g))
+        if self.buf is None or self.buf.shape != g.shape:
+            self.buf = torch.zeros_like(g)
+        lr, mu = (v.to(g).reshape(-1, 1) if isinstance(v, Tensor) else v
+                  for v in (self.lr, self.momentum))
+        self.buf = self.buf * mu + g
+        return torch.where(ok, -lr * self.buf, torch.zeros_like(g))

@@ -3,7 +3,7 @@
     optenv train gps --env optenv/LogisticRegression-v0 --out runs/gps [--quick]
         [--algorithm badmm|mdgps] [--iterations N] [--device cuda] [--resume]
 
-The run folder (:class:`optenv.training.RunDir`) gets ``config.json``, ``checkpoint.pt``
+The run folder (:class:`optenv.runs.RunDir`) gets ``config.json``, ``checkpoint.pt``
 (atomic, every iteration: policy, Adam state, controllers, duals, step sizes, the two expected
 costs per condition the next step-size update needs, GMM warm starts, RNG states), ``log.csv``,
 ``curves.png`` and ``policy.pt`` — the learned optimiser, loadable with one call
@@ -179,7 +179,7 @@ def train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *,
     registered with ``optenv.register_objective``. ``threads``: torch CPU threads for the run
     (None: torch's default, or on ``resume`` the count the run recorded), restored afterwards.
     """
-    from optenv.training import run_threads, torch_threads
+    from optenv.runs import run_threads, torch_threads
 
     try:
         threads = run_threads(out, threads, resume)
@@ -196,18 +196,14 @@ def _train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *, devic
     from optenv.checkpoint import load_tagged
     from optenv.evaluate import resolve_env
     from optenv.policy import save_policy
-    from optenv.training import CHECKPOINT_FORMAT, RunDir
+    from optenv.runs import CHECKPOINT_FORMAT, RunDir
+    from optenv.validation import parse_device
 
     try:
         _label, family, defaults = resolve_env(env_id)
     except ValueError as err:
         raise ValueError(f"--{err}") from err
-    try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device: got {device!r}, allowed: an available torch device such "
-                         "as 'cpu'") from err
+    dev = parse_device(device, "--device")
     run_config = {"trainer": "gps", "env": env_id, "history": defaults["history"],
                   "max_step": defaults["max_step"], **config.to_dict(), "device": str(dev),
                   "threads": torch.get_num_threads(), "quiet": quiet}  # the count in effect:

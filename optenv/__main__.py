@@ -2,6 +2,6 @@
 
 import sys
 
-from optenv.cli import main
+from optenv.lab.cli import main
 
 sys.exit(main())

@@ -3,8 +3,9 @@
 What can be evaluated (``method`` of :func:`evaluate`):
 
 * a **hand-designed optimiser** — any object with ``propose(x, f, g, oracle) -> Δx`` and
-  ``reset()`` (``baselines.optimizers``), or its name (``"adam"``, ``"lbfgs"``, ...). It runs
-  directly on the batch, unclipped, with line-search evaluations counted (``extra_evals``);
+  ``reset()`` (:class:`~optenv.rollout.DirectOptimizer`; ``baselines.optimizers`` has them, and
+  ``baselines.optimizers.make_optimizer("adam")`` builds one by name). It runs directly on the
+  batch, unclipped, with line-search evaluations counted (``extra_evals``);
 * a **Stable-Baselines3 model** (anything with ``predict(obs, deterministic=...)``), given numpy
   observations [B, obs_dim] as the env emits them — a model trained behind ``VecNormalize``
   needs its saved statistics: load its run folder with ``baselines.sb3_policy`` (what
@@ -27,112 +28,18 @@ comparison. ``Evaluation.diverged`` also flags runs that end above where they st
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 
 from optenv.core import OptimizationCore
 from optenv.families import ObjectiveFamily
-from optenv.validation import check_int, parse_dtype
+from optenv.rollout import DirectOptimizer, Oracle, StepFn, rollout
+from optenv.validation import check_int, parse_device, parse_dtype
 
-__all__ = ["DirectOptimizer", "Evaluation", "Rollout", "evaluate", "resolve_env", "rollout"]
-
-Oracle = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-StepFn = Callable[[torch.Tensor, torch.Tensor, Oracle], torch.Tensor]
-
-
-@runtime_checkable
-class DirectOptimizer(Protocol):
-    """A hand-designed optimiser run directly on a batch (see ``baselines.optimizers``)."""
-
-    def reset(self) -> None: ...
-
-    def propose(
-        self, x: torch.Tensor, f: torch.Tensor, g: torch.Tensor, oracle: Oracle | None = None
-    ) -> torch.Tensor: ...
-
-
-@dataclass
-class Rollout:
-    """A batch of runs: ``f`` [B, T+1] (f(x0) first; +inf from divergence on), ``nonfinite`` [B],
-    final iterate ``x`` [B, d], ``evals`` [B, T+1] (f/∇f evaluations made by the end of each
-    iteration, f(x0)'s not counted: t plus the line searches' extra ones)."""
-
-    f: torch.Tensor
-    nonfinite: torch.Tensor
-    x: torch.Tensor
-    evals: torch.Tensor
-
-    @property
-    def extra_evals(self) -> torch.Tensor:
-        """[B] f/∇f evaluations beyond one per iteration (the line searches')."""
-        return self.evals[:, -1] - (self.evals.shape[1] - 1)
-
-
-def rollout(
-    core: OptimizationCore,
-    data: Mapping[str, torch.Tensor],
-    x0: torch.Tensor,
-    horizon: int,
-    step: DirectOptimizer | StepFn,
-    *,
-    progress: bool = False,
-    desc: str | None = None,
-) -> Rollout:
-    """Run ``horizon`` iterations of a batch through ``core``.
-
-    ``step`` is a :class:`DirectOptimizer` (its ``propose`` gets x, f, ∇f from the state) or a
-    function ``(state [B, dX], f [B], oracle) -> Δx [B, d]``. ``oracle(x, active)`` evaluates
-    f and ∇f on the batch and counts one evaluation per ``active`` row; an iteration that makes
-    k ≥ 1 oracle calls for a row costs k − 1 extra evaluations (the core's own evaluation at the
-    accepted point is one the line search already made), one with none costs nothing extra.
-    """
-    family = core.family
-    lay = core.layout.state_slices
-    b = x0.shape[0]
-    counts = torch.zeros(b, dtype=torch.int64, device=x0.device)
-
-    def oracle(x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal counts
-        counts = counts + active.to(torch.int64)
-        return family.value_and_grad(x, data)
-
-    if isinstance(step, DirectOptimizer):
-        opt = step
-
-        def step_fn(state: torch.Tensor, f: torch.Tensor, orc: Oracle) -> torch.Tensor:
-            return opt.propose(state[:, lay["CUR_LOC"]], f, state[:, lay["CUR_GRAD"]], orc)
-    else:
-        step_fn = step
-
-    with torch.no_grad():
-        start = core.start(data, x0)
-        state, f = start.state, start.f
-        alive = ~start.diverged
-        inf = torch.full_like(f, math.inf)
-        fs = [torch.where(alive, f, inf)]
-        used = [torch.zeros_like(counts)]  # cumulative evaluations after each iteration
-        iterator: Any = range(horizon)
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(iterator, desc=desc, leave=False)
-        for _ in iterator:
-            before = counts
-            delta = step_fn(state, f, oracle)
-            used.append(used[-1] + (counts - before).clamp_min(1))
-            delta = torch.where(alive.unsqueeze(-1), delta.to(state.dtype),
-                                torch.zeros_like(delta, dtype=state.dtype))
-            res = core.step(data, state, f, delta)
-            alive = alive & ~res.diverged
-            state, f = res.state, res.f
-            fs.append(torch.where(alive, f, inf))
-    return Rollout(torch.stack(fs, dim=1), ~alive, state[:, lay["CUR_LOC"]],
-                   torch.stack(used, dim=1))
-
+__all__ = ["Evaluation", "evaluate", "resolve_env"]
 
 @dataclass
 class Evaluation:
@@ -209,8 +116,9 @@ def _method_kind(method: Any) -> str:
     if callable(method):
         return "callable"
     raise ValueError(f"method: got {type(method).__name__}, allowed: a hand-designed optimiser "
-                     "(name or object with propose/reset), an SB3 model (with .predict) or a "
-                     "callable on batched observations")
+                     "object (with propose/reset; e.g. baselines.optimizers.make_optimizer"
+                     "('adam')), an SB3 model (with .predict) or a callable on batched "
+                     "observations")
 
 
 def evaluate(
@@ -235,8 +143,9 @@ def evaluate(
     registered ids; any longer horizon on request), all at once.
 
     ``env``: an optenv env id, an ObjectiveFamily or an env instance; ``history`` and
-    ``max_step`` default to the env's. ``method``: see the module docstring; a string names a
-    hand-designed optimiser of ``baselines.optimizers`` with its default hyper-parameters.
+    ``max_step`` default to the env's. ``method``: an optimiser object, see the module
+    docstring (names are resolved by the caller: this library layer imports no optimiser
+    package).
     The same arguments give the same numbers (the instances are keyed by seed and split).
     """
     label, family, defaults = resolve_env(env)
@@ -248,16 +157,7 @@ def evaluate(
     if not (math.isfinite(max_step) and max_step > 0):
         raise ValueError(f"max_step: got {max_step!r}, allowed: a finite number > 0")
     dt, odt = parse_dtype(dtype), parse_dtype(obs_dtype)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: got {device!r}, allowed: a torch device such as 'cpu'") \
-            from err
-    if isinstance(method, str):
-        from baselines.optimizers import make_optimizer  # lazy: optenv never imports baselines
-
-        name = name or method
-        method = make_optimizer(method)
+    dev = parse_device(device)
     kind = _method_kind(method)
     if name is None:
         name = getattr(method, "name", None) or type(method).__name__

@@ -15,6 +15,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_seed",
+    "parse_device",
     "parse_dtype",
     "problem_from_user",
     "x0_from_user",
@@ -30,6 +31,18 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype: got {dtype!r}, allowed: 'float32', 'float64'")
+
+
+def parse_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """A torch device that exists here (a tensor can be made on it); ValueError naming ``name``
+    (``"--device"`` for a flag) otherwise."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise ValueError(f"{name}: got {device!r}, allowed: an available torch device such as "
+                         "'cpu' or 'cuda'") from err
+    return dev
 
 
 def check_number(name: str, value: Any, *, low: float = 0.0, strict: bool = True) -> float:

@@ -21,6 +21,7 @@ from optenv.validation import (
     check_int,
     check_number,
     check_seed,
+    parse_device,
     parse_dtype,
     problem_from_user,
     x0_from_user,
@@ -104,11 +105,7 @@ class OptimizationVectorEnv(VectorEnv):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: got {render_mode!r}, allowed: None, "
                              + ", ".join(map(repr, self.metadata["render_modes"])))
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device: got {device!r}, allowed: a torch device such as "
-                             "'cpu' or 'cuda'") from err
+        self.device = parse_device(device)
         # How autoresets draw new instances: by index (CPU, where reading the mask is free) or
         # by masked select over a full draw (accelerators; see _restart).
         self._index_resets = self.device.type == "cpu"

@@ -10,7 +10,7 @@ import torch
 from baselines.bptt import MLPOptimizer, unrolled_meta_loss
 from baselines.bptt_train import load_for_compare, observation_scale
 from optenv import OptimizationCore, make_family
-from optenv.cli import main
+from optenv.lab.cli import main
 from optenv.policy import GaussianMLPPolicy
 
 TINY = ["--iterations", "3", "--batch-size", "4", "--horizon", "6", "--quiet"]

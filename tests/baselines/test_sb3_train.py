@@ -30,8 +30,8 @@ from baselines.sb3_hyperparams import (
     safe_eval,
 )
 from baselines.sb3_policy import SB3Optimizer, load_run
-from optenv import cli, compare
 from optenv.evaluate import evaluate
+from optenv.lab import cli, methods
 
 ENV = "optenv/LogisticRegression-v0"
 STEPS = 96  # 2 envs x 48 steps: each env finishes one 40-step episode
@@ -100,7 +100,7 @@ def test_smoke_run_writes_the_run_folder_and_round_trips_through_compare(tmp_pat
     assert finished and all(np.isfinite(float(r["mean_final_f"])) for r in finished)
     assert int(rows[-1]["episodes"]) == 2  # one 40-step episode per env
 
-    loader = compare._load_entry(compare.METHOD_LOADERS[algo])
+    loader = methods.METHOD_LOADERS[algo]
     opt = loader(str(out), _context())
     assert isinstance(opt, SB3Optimizer)
     obs = _raw_obs()
@@ -337,9 +337,9 @@ def test_loaders_refuse_wrong_folders_algorithms_and_shapes(tmp_path):
     out = tmp_path / "run"
     _train("ppo", out, steps=16)
     with pytest.raises(ValueError, match="holds a 'ppo' run, not 'sac'"):
-        compare._load_entry(compare.METHOD_LOADERS["sac"])(str(out), _context())
+        methods.METHOD_LOADERS["sac"](str(out), _context())
     with pytest.raises(ValueError, match="observation shape"):
         load_run(out, "ppo", _context("optenv/NeuralNet-v0"))
     opt = load_run(out / "model.zip", "ppo", _context("optenv/RobustRegression-v0"))
     assert opt.predict(_raw_obs(1))[0].shape == (1, 4)  # same sizes: transfer is allowed
-    assert compare.parse_methods(f"gd,ppo:{out},recurrent-ppo:{out}")[2][0] == "recurrent-ppo"
+    assert methods.parse_methods(f"gd,ppo:{out},recurrent-ppo:{out}")[2][0] == "recurrent-ppo"

@@ -291,7 +291,7 @@ def test_policy_roundtrip_and_compare_loader(tmp_path: Path) -> None:
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    from optenv.cli import main
+    from optenv.lab.cli import main
 
     code = main(argv)
     return code, capsys.readouterr().err
@@ -324,7 +324,7 @@ def test_every_config_field_is_a_train_flag_that_reaches_the_config(
         capsys: pytest.CaptureFixture[str]) -> None:
     """The README promises every GPS option is a flag: each GPSConfig field but ``algorithm``
     parses from ``optenv train gps`` into the config, tuples as comma-separated lists."""
-    from optenv.cli import build_parser
+    from optenv.lab.cli import build_parser
 
     given = {"conditions": "3", "samples": "4", "horizon": "5", "iterations": "6",
              "kl_step": "0.3", "min_step_mult": "0.02", "max_step_mult": "9",

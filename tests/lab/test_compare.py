@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optenv import compare
+from baselines.optimizers import make_optimizer
 from optenv.evaluate import evaluate
-from optenv.results import (
+from optenv.lab import compare, methods
+from optenv.lab.results import (
     SCHEMA,
     atomic_write,
     make_results,
@@ -73,8 +74,8 @@ def test_split_train_evaluates_the_training_objectives_and_says_so(tmp_path, cap
     assert "6 train objectives" in capsys.readouterr().out
     doc = read_results(tmp_path / "out" / "results.json")
     assert doc["split"] == "train"
-    want = evaluate("gd", "optenv/Quadratic-v0", n_test=6, horizon=8, split="train")
-    test = evaluate("gd", "optenv/Quadratic-v0", n_test=6, horizon=8)
+    want = evaluate(make_optimizer("gd"), "optenv/Quadratic-v0", n_test=6, horizon=8, split="train")
+    test = evaluate(make_optimizer("gd"), "optenv/Quadratic-v0", n_test=6, horizon=8)
     assert doc["methods"]["gd"]["mean_f"] == pytest.approx(want.f.mean(0).tolist())
     assert not np.allclose(want.f, test.f)  # the two splits are different objectives
 
@@ -83,7 +84,7 @@ def test_defaults_are_the_papers_setting():
     a = _args()
     assert (a.env, a.n_test, a.n_train, a.horizon) == ("optenv/LogisticRegression-v0", 100,
                                                         90, None)
-    assert set(compare.parse_methods(a.methods)) >= {("gd", None), ("cg", None),
+    assert set(methods.parse_methods(a.methods)) >= {("gd", None), ("cg", None),
                                                      ("lbfgs", None), ("adam", None)}
 
 
@@ -120,7 +121,7 @@ def test_registered_loader_prefix_is_evaluated_like_any_policy(tmp_path, monkeyp
         calls.append((path, context["env_id"]))
         return lambda obs: torch.zeros(obs.shape[0], context["family"].d)
 
-    monkeypatch.setitem(compare.METHOD_LOADERS, "fake", loader)
+    monkeypatch.setitem(methods.METHOD_LOADERS, "fake", loader)
     args = _args("--env", "optenv/Quadratic-v0", "--methods", "gd,fake:some/dir", "--n-test",
                  "3", "--n-train", "2", "--horizon", "4", "--quiet", "--no-plots",
                  "--out", str(tmp_path))
@@ -135,7 +136,7 @@ def _doc() -> dict:
     from optenv.families import Quadratic
 
     fam = Quadratic(dim=3)
-    evs = {m: evaluate(m, fam, n_test=4, horizon=5) for m in ("gd", "adam")}
+    evs = {m: evaluate(make_optimizer(m), fam, n_test=4, horizon=5, name=m) for m in ("gd", "adam")}
     return make_results(evs, family=fam, seed=0)
 
 
@@ -182,7 +183,7 @@ def test_results_of_different_objectives_are_refused():
     from optenv.families import Quadratic
 
     fam = Quadratic(dim=3)
-    a = evaluate("gd", fam, n_test=4, horizon=5)
-    b = evaluate("gd", fam, n_test=4, horizon=5, seed=1)
+    a = evaluate(make_optimizer("gd"), fam, n_test=4, horizon=5)
+    b = evaluate(make_optimizer("gd"), fam, n_test=4, horizon=5, seed=1)
     with pytest.raises(ValueError, match="same test objectives"):
         make_results({"a": a, "b": b}, family=fam, seed=0)

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -189,8 +188,3 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(row), flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    from optenv.cli import main
-
-    sys.exit(main(["bench", *sys.argv[1:]]))

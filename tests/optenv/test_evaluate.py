@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from baselines.optimizers import GD, OptimizerPolicy
+from baselines.optimizers import GD, OptimizerPolicy, make_optimizer
 from optenv.env import OptimizationEnv
 from optenv.evaluate import evaluate
 from optenv.families import Quadratic
@@ -36,9 +36,9 @@ def test_evaluate_records_f_at_x0_and_every_iteration_of_test_objectives():
 
 
 def test_evaluate_is_seeded_and_the_seed_selects_the_objectives():
-    a = evaluate("adam", ENV, n_test=5, horizon=6, seed=3)
-    b = evaluate("adam", ENV, n_test=5, horizon=6, seed=3)
-    c = evaluate("adam", ENV, n_test=5, horizon=6, seed=4)
+    a = evaluate(make_optimizer("adam"), ENV, n_test=5, horizon=6, seed=3)
+    b = evaluate(make_optimizer("adam"), ENV, n_test=5, horizon=6, seed=3)
+    c = evaluate(make_optimizer("adam"), ENV, n_test=5, horizon=6, seed=4)
     np.testing.assert_array_equal(a.f, b.f)
     np.testing.assert_array_equal(a.f[1:], c.f[:4])  # seeds 4..7 are shared
     assert a.seeds.tolist() == [3, 4, 5, 6, 7]
@@ -106,7 +106,7 @@ def test_non_finite_actions_count_as_divergence_without_aborting():
 
 
 def test_longer_horizon_on_request_and_family_objects_accepted():
-    ev = evaluate("gd", Quadratic(dim=3), n_test=2, horizon=100)
+    ev = evaluate(make_optimizer("gd"), Quadratic(dim=3), n_test=2, horizon=100)
     assert ev.f.shape == (2, 101)
 
 

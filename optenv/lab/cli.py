@@ -8,14 +8,16 @@ the same single line.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
+
+from optenv.lab import bench, compare, demo, train
 
 __all__ = ["main"]
 
-# Sub-command modules; each has add_parser(subparsers) and sets func=run(args) -> int.
-SUBCOMMANDS: tuple[str, ...] = ("optenv.compare", "optenv.training", "optenv.demo", "optenv.bench")
+#: Sub-command modules; each has add_parser(subparsers) and sets func=run(args) -> int.
+SUBCOMMANDS: tuple[ModuleType, ...] = (compare, train, demo, bench)
 
 
 class UserError(Exception):
@@ -33,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"optenv {__version__}")
     subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
-    for name in SUBCOMMANDS:
-        importlib.import_module(name).add_parser(subparsers)
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
     return parser
 
 

@@ -3,19 +3,11 @@
 The package's main job. For one env id it grid-searches each hand-designed optimiser's
 hyper-parameters on ``--n-train`` training objectives (Li & Malik's protocol), runs every method
 on the same ``--n-test`` held-out objectives for ``--horizon`` iterations, prints a table, and
-writes ``results.json`` (schema in :mod:`optenv.results`) plus ``mean_f.png`` and
+writes ``results.json`` (schema in :mod:`optenv.lab.results`) plus ``mean_f.png`` and
 ``margin_of_victory.png`` into ``--out``.
 
-Methods (``--methods``, comma-separated): the hand-designed optimisers of
-``baselines.optimizers`` (gd, momentum, nesterov, adam, adagrad, rmsprop, cg, lbfgs) and
-``PREFIX:PATH`` specs for saved learned optimisers: the run folders of ``optenv train``
-(``gps:DIR``, ``bptt:DIR``, ``ppo:DIR``, ``sac:DIR``, ``td3:DIR``, ``recurrent-ppo:DIR``).
-Loaders for prefixes are found through :data:`METHOD_LOADERS` — a "module:function" string or a
-callable per prefix, registered by the package that owns the format
-(:func:`register_method_loader`) — so optenv never imports ``gps`` or ``baselines`` at module
-level. A loader is called as ``loader(path, context)`` with ``context`` holding ``env_id``,
-``family``, ``history``, ``max_step``, ``device``, and returns anything
-:func:`optenv.evaluate.evaluate` accepts (a policy callable, an SB3 model, ...).
+Methods (``--methods``, comma-separated): the hand-designed optimisers and ``PREFIX:DIR`` specs
+for saved learned optimisers, resolved by :mod:`optenv.lab.methods`.
 
 User errors raise ValueError naming the argument (the CLI prints that one line and exits 2).
 """
@@ -23,105 +15,24 @@ User errors raise ValueError naming the argument (the CLI prints that one line a
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "DEFAULT_ENV",
-    "DEFAULT_METHODS",
-    "METHOD_LOADERS",
-    "add_parser",
-    "format_table",
-    "parse_methods",
-    "register_method_loader",
-    "run",
-]
+from baselines.tuning import grid_search
+from optenv.evaluate import evaluate, resolve_env
+from optenv.lab.methods import HAND_OPTIMIZERS, load_method, parse_methods
+from optenv.lab.results import make_results, plot_results, write_results
+from optenv.validation import parse_device
+
+__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "add_parser", "format_table", "run"]
 
 DEFAULT_ENV = "optenv/LogisticRegression-v0"
 DEFAULT_METHODS = "gd,momentum,nesterov,cg,lbfgs,adam,adagrad,rmsprop"
-#: Where the hand-designed optimisers live (a string entry point: imported only when used).
-HAND_OPTIMIZERS = "baselines.optimizers:OPTIMIZERS"
-#: prefix → loader ("module:function" or a callable); None = a known format with no loader.
-METHOD_LOADERS: dict[str, str | Callable[[str, dict[str, Any]], Any] | None] = {
-    "gps": "gps.train:load_for_compare",
-    "bptt": "baselines.bptt_train:load_for_compare",
-    "ppo": "baselines.sb3_policy:load_ppo",
-    "sac": "baselines.sb3_policy:load_sac",
-    "td3": "baselines.sb3_policy:load_td3",
-    "recurrent-ppo": "baselines.sb3_policy:load_recurrent_ppo",
-}
-
-
-def register_method_loader(
-    prefix: str, loader: str | Callable[[str, dict[str, Any]], Any]
-) -> None:
-    """Make ``--methods PREFIX:PATH`` load a saved optimiser with ``loader(PATH, context)``."""
-    if not isinstance(prefix, str) or not prefix.replace("-", "_").isidentifier():
-        raise ValueError(f"prefix: got {prefix!r}, allowed: a name such as 'gps' or "
-                         "'recurrent-ppo'")
-    if not (callable(loader) or (isinstance(loader, str) and ":" in loader)):
-        raise ValueError(f"loader: got {loader!r}, allowed: a callable or 'module:function'")
-    METHOD_LOADERS[prefix] = loader
-
-
-def _load_entry(ref: str | Callable[..., Any]) -> Any:
-    if callable(ref):
-        return ref
-    module, _, attr = ref.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _hand_optimizers() -> dict[str, Any]:
-    return _load_entry(HAND_OPTIMIZERS)
-
-
-def parse_methods(spec: str) -> list[tuple[str, str | None]]:
-    """``"gd,adam,gps:runs/gps"`` → [("gd", None), ("adam", None), ("gps", "runs/gps")].
-
-    Raises ValueError for empty or duplicate entries, unknown names and prefixes without a
-    loader.
-    """
-    hand = _hand_optimizers()
-    allowed = ", ".join(list(hand) + [f"{p}:DIR" for p in METHOD_LOADERS])
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"--methods: got {spec!r}, allowed: a comma-separated list of {allowed}")
-    out: list[tuple[str, str | None]] = []
-    seen: set[str] = set()
-    for raw in spec.split(","):
-        item = raw.strip()
-        if not item:
-            raise ValueError(f"--methods: got an empty entry in {spec!r}, allowed: "
-                             f"a comma-separated list of {allowed}")
-        if item in seen:
-            raise ValueError(f"--methods: got {item!r} twice, allowed: each method once")
-        seen.add(item)
-        prefix, sep, path = item.partition(":")
-        if sep:
-            if prefix not in METHOD_LOADERS:
-                raise ValueError(f"--methods: got {item!r}, unknown prefix {prefix!r}; "
-                                 f"allowed: {allowed}")
-            if METHOD_LOADERS[prefix] is None:
-                raise ValueError(f"--methods: got {item!r}, but loading {prefix!r} optimisers "
-                                 "is not available yet (no loader registered); allowed now: "
-                                 + ", ".join(hand))
-            if not path:
-                raise ValueError(f"--methods: got {item!r}, allowed: {prefix}:DIR with a path")
-            out.append((prefix, path))
-        elif item in hand:
-            out.append((item, None))
-        else:
-            raise ValueError(f"--methods: got unknown method {item!r}, allowed: {allowed}")
-    return out
 
 
 def add_parser(subparsers: Any) -> None:
@@ -255,9 +166,6 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison ``args`` describe; returns the exit status (0)."""
     import torch
 
-    from optenv.evaluate import evaluate, resolve_env
-    from optenv.results import make_results, plot_results, write_results
-
     _check_args(args)
     try:
         label, family, defaults = resolve_env(args.env)
@@ -268,18 +176,12 @@ def run(args: argparse.Namespace) -> int:
     env_name = args.env.split("/")[-1]
     out = Path(args.out) if args.out is not None else Path("runs") / "compare" / env_name
     _check_out_dir(out)
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device: got {args.device!r}, allowed: an available torch device "
-                         "such as 'cpu'") from err
+    device = parse_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     from tqdm.auto import tqdm
 
-    hand = _hand_optimizers()
     tune = not args.no_tune
     evaluations, tuned, hyper, walls = {}, {}, {}, {}
     context = {"env_id": args.env, "family": family, "history": defaults["history"],
@@ -289,10 +191,8 @@ def run(args: argparse.Namespace) -> int:
         label_m = name if path is None else f"{name}:{path}"
         if path is None:
             bar.set_postfix_str(f"{name}: tuning" if tune else name)
-            cls = hand[name]
+            cls = HAND_OPTIMIZERS[name]
             if tune and cls.default_grid:
-                from baselines.tuning import grid_search
-
                 tr = grid_search(name, family, n_train=args.n_train, horizon=horizon,
                                  seed=args.seed, history=defaults["history"],
                                  criterion=args.criterion, device=device)
@@ -303,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             hyper[label_m] = hp
             method: Any = cls(**hp)
         else:
-            method = _load_entry(METHOD_LOADERS[name])(path, context)  # type: ignore[arg-type]
+            method = load_method(name, path, context)
             hyper[label_m] = None
         bar.set_postfix_str(f"{label_m}: evaluating")
         t0 = time.perf_counter()
@@ -327,21 +227,3 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(doc))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m optenv.compare``), for use before the CLI wires it in."""
-    parser = argparse.ArgumentParser(prog="optenv")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except ValueError as err:
-        print(f"optenv compare: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from optenv.bench import bench_env, profile_env
-from optenv.cli import main
+from optenv.lab.bench import bench_env, profile_env
+from optenv.lab.cli import main
 
 
 def test_bench_env_measures_single_sync_vector_and_batched_envs():

@@ -1,4 +1,8 @@
-"""What every ``optenv train ALGO`` run shares: its folder, checkpoints, resume and log.
+"""Run folders: what every ``optenv train ALGO`` run shares — its folder, checkpoints, resume, log.
+
+The trainers (``gps.train``, ``baselines.bptt_train``, ``baselines.sb3_train``) build on this;
+the ``optenv train`` dispatcher that offers them lives in the application layer
+(:mod:`optenv.lab.train`).
 
 Layout of a run folder (``--out DIR``), the same for GPS, BPTT and the SB3 agents::
 
@@ -17,9 +21,7 @@ nothing.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import importlib
 import io
 import json
 import math
@@ -31,17 +33,11 @@ from typing import Any
 
 from optenv.checkpoint import atomic_write, load_tagged, save_tagged
 
-__all__ = ["TRAINERS", "RunDir", "add_parser", "run_threads", "torch_threads"]
+__all__ = ["CHECKPOINT_FORMAT", "RunDir", "run_threads", "torch_threads"]
 
+#: The tag inside every run's checkpoint.pt (its old module name is kept in the tag, so the
+#: checkpoints written before this module was renamed still resume).
 CHECKPOINT_FORMAT = "optenv.training.checkpoint/1"
-
-#: ``optenv train NAME`` → module with ``add_train_parser(subparsers)`` (imported on demand, so
-#: optenv never imports gps/ or baselines/ at module level).
-TRAINERS: dict[str, str] = {
-    "gps": "gps.train",
-    "bptt": "baselines.bptt_train",
-    "sb3": "baselines.sb3_train",
-}
 
 
 @contextmanager
@@ -181,17 +177,3 @@ class RunDir:
         fig.tight_layout()
         return atomic_write(self.path / "curves.png",
                             lambda fh: fig.savefig(fh, format="png", dpi=100), binary=True)
-
-
-def add_parser(subparsers: Any) -> None:
-    """``optenv train ALGO ...``: each trainer module adds its own sub-commands."""
-    p = subparsers.add_parser("train", help="train a learned optimiser (gps, bptt, SB3 agents)")
-    algos = p.add_subparsers(dest="algorithm", parser_class=type(p))
-    for module_name in TRAINERS.values():
-        importlib.import_module(module_name).add_train_parser(algos)
-    p.set_defaults(func=lambda args: _missing_algorithm(p, args))
-
-
-def _missing_algorithm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    parser.print_help()
-    return 0

@@ -1,0 +1,91 @@
+"""Method names and ``PREFIX:DIR`` specs, resolved to the optimiser objects that
+:func:`optenv.evaluate.evaluate` runs.
+
+``--methods`` (of ``optenv compare`` and the study) is a comma-separated list of the
+hand-designed optimisers of :mod:`baselines.optimizers` (gd, momentum, nesterov, adam, adagrad,
+rmsprop, cg, lbfgs) and ``PREFIX:PATH`` specs for saved learned optimisers: the run folders of
+``optenv train`` (``gps:DIR``, ``bptt:DIR``, ``ppo:DIR``, ``sac:DIR``, ``td3:DIR``,
+``recurrent-ppo:DIR``). Each prefix has a loader, ``loader(path, context) -> optimiser``, with
+``context`` holding ``env_id``, ``family``, ``history``, ``max_step`` and ``device``; a package
+of your own adds its format with :func:`register_method_loader`.
+
+This is the application layer's job: the env library's ``evaluate`` takes objects, never names,
+so that it imports no optimiser package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from baselines import bptt_train, sb3_policy
+from baselines.optimizers import OPTIMIZERS, HandOptimizer
+from gps import train as gps_train
+
+__all__ = ["HAND_OPTIMIZERS", "METHOD_LOADERS", "Loader", "parse_methods",
+           "register_method_loader"]
+
+#: A saved optimiser's loader: (path, context) -> anything ``evaluate`` accepts.
+Loader = Callable[[str, dict[str, Any]], Any]
+
+#: The hand-designed optimisers by name (class with ``defaults`` and ``default_grid``).
+HAND_OPTIMIZERS: dict[str, type[HandOptimizer]] = OPTIMIZERS
+
+#: prefix → loader of ``PREFIX:DIR`` specs.
+METHOD_LOADERS: dict[str, Loader] = {
+    "gps": gps_train.load_for_compare,
+    "bptt": bptt_train.load_for_compare,
+    "ppo": sb3_policy.load_ppo,
+    "sac": sb3_policy.load_sac,
+    "td3": sb3_policy.load_td3,
+    "recurrent-ppo": sb3_policy.load_recurrent_ppo,
+}
+
+
+def register_method_loader(prefix: str, loader: Loader) -> None:
+    """Make ``--methods PREFIX:PATH`` load a saved optimiser with ``loader(PATH, context)``."""
+    if not isinstance(prefix, str) or not prefix.replace("-", "_").isidentifier():
+        raise ValueError(f"prefix: got {prefix!r}, allowed: a name such as 'gps' or "
+                         "'recurrent-ppo'")
+    if not callable(loader):
+        raise TypeError(f"loader: got {type(loader).__name__}, allowed: a callable "
+                        "(path, context) -> optimiser")
+    METHOD_LOADERS[prefix] = loader
+
+
+def parse_methods(spec: str) -> list[tuple[str, str | None]]:
+    """``"gd,adam,gps:runs/gps"`` → [("gd", None), ("adam", None), ("gps", "runs/gps")].
+
+    Raises ValueError for empty or duplicate entries, unknown names and unknown prefixes.
+    """
+    allowed = ", ".join(list(HAND_OPTIMIZERS) + [f"{p}:DIR" for p in METHOD_LOADERS])
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"--methods: got {spec!r}, allowed: a comma-separated list of {allowed}")
+    out: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    for raw in spec.split(","):
+        item = raw.strip()
+        if not item:
+            raise ValueError(f"--methods: got an empty entry in {spec!r}, allowed: "
+                             f"a comma-separated list of {allowed}")
+        if item in seen:
+            raise ValueError(f"--methods: got {item!r} twice, allowed: each method once")
+        seen.add(item)
+        prefix, sep, path = item.partition(":")
+        if sep:
+            if prefix not in METHOD_LOADERS:
+                raise ValueError(f"--methods: got {item!r}, unknown prefix {prefix!r}; "
+                                 f"allowed: {allowed}")
+            if not path:
+                raise ValueError(f"--methods: got {item!r}, allowed: {prefix}:DIR with a path")
+            out.append((prefix, path))
+        elif item in HAND_OPTIMIZERS:
+            out.append((item, None))
+        else:
+            raise ValueError(f"--methods: got unknown method {item!r}, allowed: {allowed}")
+    return out
+
+
+def load_method(prefix: str, path: str, context: dict[str, Any]) -> Any:
+    """The saved optimiser of a ``PREFIX:PATH`` spec (see the module docstring)."""
+    return METHOD_LOADERS[prefix](path, context)

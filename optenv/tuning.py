@@ -1,0 +1,154 @@
+"""Grid search of an optimiser's hyper-parameters on the TRAIN split: the harness.
+
+Li & Malik (2016) compare their learned optimiser to hand-designed ones whose hyper-parameters
+were tuned by grid search on the training objectives, and initialise GPS from the best momentum
+method found that way; this is the harness both use (``baselines.tuning`` names the
+hand-designed methods, ``gps`` tunes its momentum initialisation). It never looks at the TEST
+objectives that evaluation uses (the splits are disjoint streams, see :mod:`optenv.rng`).
+
+Why one batch per grid: a batchable optimiser takes per-row tensor hyper-parameters, so a grid of
+G points over N training objectives runs as one batch of G·N rows (chunked to ``max_rows``) — T
+iterations of a few tensor ops instead of G Python-level runs.
+
+Score of a grid point (``criterion``): ``"mean"`` — the mean over objectives of the mean of f over
+iterations 1..T (the papers' cost, the area under the objective curve, per iteration) — or
+``"final"`` — the mean final f. A grid point on which any training run goes non-finite ranks
+below every point without one (fewest non-finite runs first, then the score over the finite
+runs), so the tuned method is one that does not blow up on the training objectives.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from optenv.core import OptimizationCore
+from optenv.families import ObjectiveFamily
+from optenv.rollout import DirectOptimizer, rollout
+from optenv.validation import check_int, parse_dtype
+
+__all__ = ["CRITERIA", "TuningResult", "search_grid"]
+
+#: A grid point's hyper-parameters: numbers, or [rows] tensors for a batch of grid points.
+Hyper = dict[str, Any]
+
+CRITERIA = ("mean", "final")
+
+
+@dataclass
+class TuningResult:
+    """The outcome of :func:`grid_search`; ``to_dict()`` is what results JSON stores."""
+
+    method: str
+    best: dict[str, float]
+    score: float
+    criterion: str
+    grid: dict[str, list[float]]
+    table: list[dict[str, Any]]
+    n_train: int
+    seed: int
+    horizon: int
+    split: str = "train"
+    fixed: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (non-finite scores become None)."""
+        out = asdict(self)
+        out["score"] = _finite_or_none(self.score)
+        out["table"] = [{**row, "score": _finite_or_none(row["score"])} for row in self.table]
+        return out
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _scores(f: torch.Tensor, criterion: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid point: (score over the finite runs, number of non-finite runs); f [G, N, T+1]."""
+    per_run = f[..., 1:].mean(-1) if criterion == "mean" else f[..., -1]
+    finite = torch.isfinite(per_run)
+    n_bad = (~finite).sum(-1)
+    total = torch.where(finite, per_run, torch.zeros_like(per_run)).sum(-1)
+    score = total / finite.sum(-1).clamp_min(1)
+    score = torch.where(finite.any(-1), score, torch.full_like(score, math.inf))
+    return score.cpu().numpy(), n_bad.cpu().numpy()
+
+
+def search_grid(
+    make: Callable[[Hyper], DirectOptimizer],
+    grid: Mapping[str, Sequence[float]],
+    family: ObjectiveFamily,
+    *,
+    method: str,
+    defaults: Mapping[str, float],
+    fixed: Mapping[str, float] | None = None,
+    batchable: bool = True,
+    n_train: int = 90,
+    horizon: int = 40,
+    seed: int = 0,
+    history: int = 25,
+    criterion: str = "mean",
+    dtype: str | torch.dtype = "float64",
+    device: str | torch.device = "cpu",
+    max_rows: int = 8192,
+) -> TuningResult:
+    """Score every point of ``grid`` on training objectives ``seed .. seed + n_train − 1``.
+
+    ``make(hyper)`` builds the optimiser for a grid point — or, when ``batchable``, for a chunk of
+    grid points at once, each hyper-parameter then a tensor with one entry per row (the points
+    repeated over the ``n_train`` objectives). ``defaults`` and ``fixed`` complete the best
+    point's hyper-parameters in the result; ``method`` names it. Returns the best point, its
+    score and the whole table of scores.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion: got {criterion!r}, allowed: {', '.join(CRITERIA)}")
+    check_int("n_train", n_train, 1)
+    check_int("horizon", horizon, 1)
+    check_int("max_rows", max_rows, 1)
+    grid = {k: [float(v) for v in vals] for k, vals in grid.items()}
+    fixed = {k: float(v) for k, v in (fixed or {}).items()}
+    keys = list(grid)
+    points = [dict(zip(keys, combo, strict=True)) for combo in
+              itertools.product(*(grid[k] for k in keys))]
+    dt = parse_dtype(dtype)
+    seeds = torch.arange(seed, seed + n_train, dtype=torch.int64)
+    data, x0 = family.sample(seeds, split="train", dtype=dt, device=device)
+    core = OptimizationCore(family, history)
+
+    scores: list[float] = []
+    n_bad: list[int] = []
+    per_chunk = max(1, max_rows // n_train) if batchable else 1
+    for start in range(0, len(points), per_chunk):
+        chunk = points[start:start + per_chunk]
+        g = len(chunk)
+        if batchable and g > 1:
+            hyper: Hyper = {
+                k: torch.tensor([p[k] for p in chunk], dtype=dt,
+                                device=x0.device).repeat_interleave(n_train)
+                for k in keys}
+            d_rep = {k: v.repeat(g, *([1] * (v.dim() - 1))) for k, v in data.items()}
+            x_rep = x0.repeat(g, 1)
+        else:
+            hyper = dict(chunk[0])
+            d_rep, x_rep = data, x0
+        opt = make(hyper)
+        opt.reset()
+        res = rollout(core, d_rep, x_rep, horizon, opt)
+        s, b = _scores(res.f.reshape(g, n_train, -1), criterion)
+        scores.extend(float(v) for v in s)
+        n_bad.extend(int(v) for v in b)
+
+    order = sorted(range(len(points)), key=lambda i: (n_bad[i], scores[i]))
+    best = order[0]
+    table = [{"hyperparameters": points[i], "score": scores[i], "n_nonfinite": n_bad[i]}
+             for i in range(len(points))]
+    best_hyper = {**{k: float(v) for k, v in defaults.items()}, **fixed, **points[best]}
+    return TuningResult(method=method, best=best_hyper, score=scores[best], criterion=criterion,
+                        grid=grid, table=table, n_train=n_train, seed=seed, horizon=horizon,
+                        fixed=fixed)
