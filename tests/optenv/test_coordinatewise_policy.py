@@ -88,14 +88,14 @@ def test_a_saved_policy_loads_with_the_same_steps(tmp_path, cell: str) -> None:
 
 
 def test_bad_arguments_raise_naming_them(tmp_path) -> None:
-    with pytest.raises(ValueError, match="^cell: got 'gru'"):
+    with pytest.raises(ValueError, match=r"^cell: got 'gru'"):
         CoordinatewisePolicy(WIDTH, cell="gru")
-    with pytest.raises(ValueError, match="^hidden: .*exactly one"):
+    with pytest.raises(ValueError, match=r"^hidden: .*exactly one"):
         CoordinatewisePolicy(WIDTH, cell="lstm", hidden=(8, 8))
-    with pytest.raises(ValueError, match="^kinds: got"):
+    with pytest.raises(ValueError, match=r"^kinds: got"):
         CoordinatewisePolicy(WIDTH, kinds=("weight", "matrix"))
     pol = CoordinatewisePolicy(WIDTH, kinds=("weight", "bias"))
-    with pytest.raises(ValueError, match="^groups: group 'x' has kind 'other'"):
+    with pytest.raises(ValueError, match=r"^groups: group 'x' has kind 'other'"):
         pol.kind_index(optenv.Quadratic().coordinate_groups())
     with pytest.raises(ValueError, match=f"^rows: got 5 columns, allowed: {WIDTH}.*li-malik-2016"):
         pol(torch.zeros(1, 3, 5), torch.zeros(3, dtype=torch.int64))
