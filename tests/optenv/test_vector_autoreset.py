@@ -38,14 +38,7 @@ def _run_and_compare(env_id, mode, seed, *, seeds_list=None, diverge_at=None,
     if masked_resets:
         venv._index_resets = False
     singles = [gym.make(env_id, max_episode_steps=HORIZON, **kwargs) for _ in range(N_ENVS)]
-    seeds = seeds_list if seeds_list is not None else [seed + i for i in range(N_ENVS)]
-    obs, infos = venv.reset(seed=seeds_list if seeds_list is not None else seed)
-    assert isinstance(obs, torch.Tensor) and obs.dtype == torch.float32
-    for i, env in enumerate(singles):
-        s_obs, s_info = env.reset(seed=seeds[i])
-        np.testing.assert_array_equal(to_numpy(obs[i]), s_obs)
-        np.testing.assert_array_equal(to_numpy(venv.x[i]), s_info["x"])
-        assert float(infos["f"][i]) == s_info["f"]
+    _reset_and_compare(venv, singles, seed, seeds_list)
     d = venv.single_action_space.shape[0]
     rng = np.random.default_rng(seed)
     needs_reset = [False] * N_ENVS
@@ -59,39 +52,65 @@ def _run_and_compare(env_id, mode, seed, *, seeds_list=None, diverge_at=None,
         out = venv.step(torch.as_tensor(a))
         done = torch.zeros(N_ENVS, dtype=torch.bool)
         for i, env in enumerate(singles):
-            if mode is AutoresetMode.NEXT_STEP and needs_reset[i]:
-                s_obs, s_info = env.reset()
-                _assert_env_i_matches(out, i, (s_obs, 0.0, False, False, s_info))
-                needs_reset[i] = False
-                continue
-            s = env.step(a[i])
-            s_done = s[2] or s[3]
-            n_ends += s_done
-            if mode is AutoresetMode.SAME_STEP and s_done:
-                assert bool(out[4]["_final_obs"][i])
-                np.testing.assert_array_equal(to_numpy(out[4]["final_obs"][i]), s[0])
-                np.testing.assert_equal(float(out[4]["final_info"]["f"][i]), s[4]["f"])
-                r_obs, r_info = env.reset()
-                _assert_env_i_matches(out, i, (r_obs, *s[1:4], {**s[4], "t": 0,
-                                                                "f": r_info["f"]}))
-                continue
-            if mode is AutoresetMode.SAME_STEP:
-                assert not bool(out[4]["_final_obs"][i])
-            _assert_env_i_matches(out, i, s)
-            needs_reset[i] = s_done
-            done[i] = s_done
+            ended, done[i] = _step_and_compare_env_i(out, i, env, a[i], mode, needs_reset)
+            n_ends += ended
         if mode is AutoresetMode.DISABLED and bool(done.any()):
-            keep = to_numpy(venv.state).copy()
-            obs, _ = venv.reset(options={"reset_mask": done})
-            for i, env in enumerate(singles):
-                if done[i]:
-                    s_obs, s_info = env.reset()
-                    np.testing.assert_array_equal(to_numpy(obs[i]), s_obs)
-                    np.testing.assert_array_equal(to_numpy(venv.x[i]), s_info["x"])
-                else:
-                    np.testing.assert_array_equal(to_numpy(venv.state[i]), keep[i])
+            _reset_mask_and_compare(venv, singles, done)
     assert n_ends >= N_ENVS * 2, "the run crossed episode boundaries"
     return venv
+
+
+def _reset_and_compare(venv, singles, seed, seeds_list):
+    """The first reset: env i of the vector env starts where single env i reset with its seed
+    does (seed + i, or the i-th of ``seeds_list``)."""
+    seeds = seeds_list if seeds_list is not None else [seed + i for i in range(N_ENVS)]
+    obs, infos = venv.reset(seed=seeds_list if seeds_list is not None else seed)
+    assert isinstance(obs, torch.Tensor) and obs.dtype == torch.float32
+    for i, env in enumerate(singles):
+        s_obs, s_info = env.reset(seed=seeds[i])
+        np.testing.assert_array_equal(to_numpy(obs[i]), s_obs)
+        np.testing.assert_array_equal(to_numpy(venv.x[i]), s_info["x"])
+        assert float(infos["f"][i]) == s_info["f"]
+
+
+def _step_and_compare_env_i(out, i, env, action, mode, needs_reset):
+    """Advance single env i as the vector env's step advanced env i — a reset where NEXT_STEP
+    restarted it, else a step (and, in SAME_STEP, the reset that follows an ending) — and
+    compare; returns (an episode ended on this step, env i awaits a DISABLED-mode reset)."""
+    if mode is AutoresetMode.NEXT_STEP and needs_reset[i]:
+        s_obs, s_info = env.reset()
+        _assert_env_i_matches(out, i, (s_obs, 0.0, False, False, s_info))
+        needs_reset[i] = False
+        return False, False
+    s = env.step(action)
+    s_done = s[2] or s[3]
+    if mode is AutoresetMode.SAME_STEP and s_done:
+        assert bool(out[4]["_final_obs"][i])
+        np.testing.assert_array_equal(to_numpy(out[4]["final_obs"][i]), s[0])
+        np.testing.assert_equal(float(out[4]["final_info"]["f"][i]), s[4]["f"])
+        r_obs, r_info = env.reset()
+        _assert_env_i_matches(out, i, (r_obs, *s[1:4], {**s[4], "t": 0,
+                                                        "f": r_info["f"]}))
+        return s_done, False
+    if mode is AutoresetMode.SAME_STEP:
+        assert not bool(out[4]["_final_obs"][i])
+    _assert_env_i_matches(out, i, s)
+    needs_reset[i] = s_done
+    return s_done, s_done
+
+
+def _reset_mask_and_compare(venv, singles, done):
+    """DISABLED mode: reset the finished envs by mask; they restart as the single envs do,
+    the others keep their state."""
+    keep = to_numpy(venv.state).copy()
+    obs, _ = venv.reset(options={"reset_mask": done})
+    for i, env in enumerate(singles):
+        if done[i]:
+            s_obs, s_info = env.reset()
+            np.testing.assert_array_equal(to_numpy(obs[i]), s_obs)
+            np.testing.assert_array_equal(to_numpy(venv.x[i]), s_info["x"])
+        else:
+            np.testing.assert_array_equal(to_numpy(venv.state[i]), keep[i])
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
