@@ -40,6 +40,7 @@ import torch
 from optenv.core import StateLayout
 from optenv.families import ObjectiveFamily
 from optenv.rollout import Rollout, rollout
+from optenv.validation import check_choice, check_number
 
 __all__ = [
     "CG",
@@ -637,8 +638,7 @@ OPTIMIZERS: dict[str, type[HandOptimizer]] = {
 def make_optimizer(name: str, **hyper: Any) -> HandOptimizer:
     """An optimiser by name (``gd``, ``momentum``, ``nesterov``, ``adam``, ``adagrad``,
     ``rmsprop``, ``cg``, ``lbfgs``) with hyper-parameters overriding its defaults."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"method: got {name!r}, allowed: {', '.join(OPTIMIZERS)}")
+    check_choice("method", name, OPTIMIZERS)
     return OPTIMIZERS[name](**hyper)
 
 
@@ -699,8 +699,7 @@ class OptimizerPolicy:
             if key not in observation_layout:
                 raise ValueError(f"observation_layout: missing {key!r}, allowed: the env's "
                                  "observation_layout (name → slice)")
-        if not (isinstance(max_step, int | float) and math.isfinite(max_step) and max_step > 0):
-            raise ValueError(f"max_step: got {max_step!r}, allowed: a finite number > 0")
+        check_number("max_step", max_step)
         self.optimizer = optimizer
         self.layout = dict(observation_layout)
         self.max_step = float(max_step)

@@ -31,6 +31,7 @@ from gps.gmm import GMM
 from gps.lqr import lqr_forward
 from gps.prior import GMMPrior
 from optenv.families.base import ObjectiveFamily
+from optenv.validation import check_choice
 
 __all__ = ["COST_HESSIANS", "QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics"]
 
@@ -132,9 +133,7 @@ def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, 
     and "psd" 198 s, and "exact" learned the better optimiser (mean f at iteration 40 on
     held-out objectives 0.5303 vs 0.5340).
     """
-    if hessian not in COST_HESSIANS:
-        raise ValueError(f"hessian: got {hessian!r}, allowed: "
-                         f"{', '.join(map(repr, COST_HESSIANS))}")
+    check_choice("hessian", hessian, COST_HESSIANS)
     M, _N, T, dX = Z.shape
     d = U.shape[-1]
     n = dX + d

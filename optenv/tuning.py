@@ -31,7 +31,7 @@ import torch
 from optenv.core import OptimizationCore
 from optenv.families import ObjectiveFamily
 from optenv.rollout import DirectOptimizer, rollout
-from optenv.validation import check_int, parse_dtype
+from optenv.validation import check_choice, check_int, parse_dtype
 
 __all__ = ["CRITERIA", "TuningResult", "search_grid"]
 
@@ -106,8 +106,7 @@ def search_grid(
     point's hyper-parameters in the result; ``method`` names it. Returns the best point, its
     score and the whole table of scores.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion: got {criterion!r}, allowed: {', '.join(CRITERIA)}")
+    check_choice("criterion", criterion, CRITERIA)
     check_int("n_train", n_train, 1)
     check_int("horizon", horizon, 1)
     check_int("max_rows", max_rows, 1)
