@@ -8,6 +8,9 @@
 
     env = gym.make("optenv/LogisticRegression-v0")
     venv = gym.make_vec("optenv/LogisticRegression-v0", num_envs=1024, device="cpu")
+    rows = gym.make("optenv/NeuralNet-v0", observation="coordinatewise")  # obs [d, k]
+
+Feature sets for the coordinatewise observation: :data:`optenv.features.FEATURE_SETS`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from optenv.families import (
     make_family,
     register_family,
 )
+from optenv.features import FEATURE_SETS, OBSERVATION_MODES
 from optenv.registration import BUILTIN_IDS, family_of, register_envs, register_objective
 from optenv.rng import KeyedRNG, instance_keys
 from optenv.vector import OptimizationVectorEnv, numpy_vector_env
@@ -36,6 +40,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BUILTIN_IDS",
     "FAMILIES",
+    "FEATURE_SETS",
+    "OBSERVATION_MODES",
     "CoordinateGroup",
     "CoreStep",
     "Evaluation",

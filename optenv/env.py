@@ -11,10 +11,18 @@ from gymnasium import spaces
 
 from optenv.core import OptimizationCore, StateLayout
 from optenv.families import ObjectiveFamily, index_problem, make_family, problem_to_numpy
+from optenv.features import (
+    DEFAULT_FEATURES,
+    DEFAULT_OBSERVATION,
+    Observer,
+    check_features,
+    check_observation,
+    make_observer,
+    resolve_history,
+)
 from optenv.render import render_ansi, render_rgb
 from optenv.rng import instance_keys, split_index
 from optenv.validation import (
-    check_int,
     check_number,
     check_seed,
     parse_dtype,
@@ -43,11 +51,24 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
     actions raise ``ValueError`` and leave the env unchanged.
 
     ## Observation Space
-    ``Box(-inf, inf, (obs_dim,), float32)`` with obs_dim = d + H + 2·H·d (H = ``history``): the
-    state without the current iterate, laid out as ``observation_layout`` says (name → slice):
-    PAST_OBJ_VAL_DELTAS (H relative changes (f_i − f_{i−1}) / f_{i−1}), PAST_GRADS (H·d),
-    CUR_GRAD (d), PAST_LOC_DELTAS (H·d, the past steps). Histories are oldest first and zero at
-    the start. The full state (with CUR_LOC = x first) is ``env.unwrapped.state``.
+    ``observation="flat"`` (default): ``Box(-inf, inf, (obs_dim,), float32)`` with
+    obs_dim = d + H + 2·H·d (H = ``history``): the state without the current iterate, laid out
+    as ``observation_layout`` says (name → slice): PAST_OBJ_VAL_DELTAS (H relative changes
+    (f_i − f_{i−1}) / f_{i−1}), PAST_GRADS (H·d), CUR_GRAD (d), PAST_LOC_DELTAS (H·d, the past
+    steps). Histories are oldest first and zero at the start. The full state (with CUR_LOC = x
+    first) is ``env.unwrapped.state``.
+
+    ``observation="coordinatewise"``: ``Box(-inf, inf, (d, k), float32)``, one row per
+    coordinate, k independent of d (so one policy shared across coordinates runs on any d); the
+    columns of a row are ``coordinate_layout`` (name → column slice; ``observation_layout`` is
+    the same then). ``features`` chooses them (see :mod:`optenv.features`):
+    ``"li-malik-2016"`` (default), the flat observation rearranged — row j holds the shared
+    PAST_OBJ_VAL_DELTAS (H), then coordinate j's PAST_GRADS (H), CUR_GRAD (1) and
+    PAST_LOC_DELTAS (H), k = 3H + 1; ``"li-malik-2017"``, Li & Malik 2017's averaged stride-5
+    features Φ, AVG_OBJ_CHANGES (25), AVG_GRADS_NORMALISED (26), AVG_ITERATE_CHANGE_RATIOS (25),
+    k = 76, needs H >= 132; ``"li-malik-2017-psi"``, their observation features Ψ,
+    OBJ_CHANGE, GRAD_NORMALISED, ITERATE_CHANGE_RATIO, k = 3, needs H >= 2. Every set is
+    computed from the same state, so ``state`` and the dynamics do not change with it.
 
     ## Rewards
     −f(x) after the step (the papers' cost is f summed over the horizon). On divergence (f or x
@@ -65,10 +86,13 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Arguments
     ``family``: a registered family name (``"LogisticRegression"``, ...) or an
-    :class:`~optenv.families.ObjectiveFamily`; ``history`` (H, default 25); ``max_step``
-    (default the family's); ``split``; ``dtype`` of the arithmetic ("float64" default; the
-    observation is always float32); ``divergence_penalty``; ``render_mode`` ("rgb_array",
-    "ansi"); any further keyword goes to the family (e.g. ``dim=2``).
+    :class:`~optenv.families.ObjectiveFamily`; ``observation`` ("flat" default, or
+    "coordinatewise"); ``features`` ("li-malik-2016" default, "li-malik-2017",
+    "li-malik-2017-psi"; the 2017 sets only coordinatewise); ``history`` (H, default 25, or
+    132 for "li-malik-2017"; a history too short for the feature set is a ValueError);
+    ``max_step`` (default the family's); ``split``; ``dtype`` of the arithmetic ("float64"
+    default; the observation is always float32); ``divergence_penalty``; ``render_mode``
+    ("rgb_array", "ansi"); any further keyword goes to the family (e.g. ``dim=2``).
 
     ## Seeding
     ``reset(seed=s)`` draws instance (s, episode 0); each later ``reset()`` moves to the next
@@ -77,7 +101,8 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
     env i the instances of seed s + i.
 
     ## Version History
-    * v0: initial release.
+    * v0: initial release. The ``observation`` and ``features`` arguments came later without a
+      version bump: their defaults give the original observation, bit for bit.
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 10}
@@ -86,7 +111,9 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         self,
         family: str | ObjectiveFamily = "LogisticRegression",
         *,
-        history: int = 25,
+        observation: str = DEFAULT_OBSERVATION,
+        features: str = DEFAULT_FEATURES,
+        history: int | None = None,
         max_step: float | None = None,
         split: str = "train",
         dtype: str | torch.dtype = "float64",
@@ -95,13 +122,19 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         **family_kwargs: Any,
     ) -> None:
         self.family = make_family(family, **family_kwargs)
-        check_int("history", history, 1)
+        # observation, then features, then history: each checked against the one before
+        self.observation_mode = check_observation(observation)
+        feature_set = check_features(features, self.observation_mode)
+        self.features: str = feature_set.name
+        history = resolve_history(feature_set, history)
         split_index(split)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: got {render_mode!r}, allowed: None, "
                              + ", ".join(map(repr, self.metadata["render_modes"])))
         self.core = OptimizationCore(self.family, history)
         self.layout: StateLayout = self.core.layout
+        self._observer: Observer = make_observer(self.observation_mode, self.features,
+                                                 self.layout)
         self.max_step = check_number(
             "max_step", self.family.default_max_step if max_step is None else max_step
         )
@@ -112,8 +145,9 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         self.render_mode = render_mode
         d = self.family.d
         self.action_space = spaces.Box(-1.0, 1.0, (d,), np.float32)
-        self.observation_space = spaces.Box(-np.inf, np.inf, (self.layout.obs_dim,), np.float32)
-        self.observation_layout: dict[str, slice] = self.layout.observation_slices
+        self.observation_space = spaces.Box(-np.inf, np.inf, self._observer.shape, np.float32)
+        self.observation_layout: dict[str, slice] = self._observer.observation_layout
+        self.coordinate_layout: dict[str, slice] = self._observer.coordinate_layout
         self._seed: int | None = None
         self._episode = 0
         self._data: dict[str, torch.Tensor] | None = None
@@ -216,7 +250,8 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         return a
 
     def _observation(self) -> np.ndarray:
-        return self.layout.observation(self._state)[0].to(torch.float32).numpy().copy()
+        obs = self._observer(self._state, self._t)
+        return obs[0].to(torch.float32).numpy().copy()
 
     def _info(self, *, diverged: bool, clipped: bool) -> dict[str, Any]:
         g = self._state[0, self.layout.state_slices["CUR_GRAD"]]

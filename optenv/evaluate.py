@@ -13,10 +13,12 @@ What can be evaluated (``method`` of :func:`evaluate`):
 * a **policy callable** on batched torch observations [B, obs_dim] returning actions [B, d]
   (torch or numpy); a ``reset()`` method, if any, is called before the run.
 
-Policies act with the env's semantics: the observation is the state without CUR_LOC, cast to
-``obs_dtype`` (float32 by default, as the env emits it), and the step is
-``max_step · clip(action, −1, 1)``. Everything steps through the one shared
-:class:`~optenv.core.OptimizationCore`, N objectives at once.
+Policies act with the env's semantics: the observation is what the env would emit — the state
+without CUR_LOC ([B, obs_dim], ``observation="flat"``) or its rows per coordinate ([B, d, k],
+``observation="coordinatewise"``, of the ``features`` set), through the envs' own observation
+map (:class:`optenv.features.Observer`) — cast to ``obs_dtype`` (float32 by default, as the env
+emits it), and the step is ``max_step · clip(action, −1, 1)``. Everything steps through the one
+shared :class:`~optenv.core.OptimizationCore`, N objectives at once.
 
 Divergence: a run whose f or iterate becomes non-finite is frozen there (zero steps after), and
 its recorded f is +inf from that iteration on (``nonfinite``). Non-finite actions count as
@@ -36,6 +38,16 @@ import torch
 
 from optenv.core import OptimizationCore
 from optenv.families import ObjectiveFamily
+from optenv.features import (
+    DEFAULT_FEATURES,
+    DEFAULT_OBSERVATION,
+    FEATURE_SETS,
+    Observer,
+    check_features,
+    check_observation,
+    make_observer,
+    resolve_history,
+)
 from optenv.rollout import DirectOptimizer, Oracle, Rollout, StepFn, rollout
 from optenv.validation import check_int, parse_device, parse_dtype
 
@@ -72,7 +84,9 @@ class Evaluation:
 def resolve_env(env: Any) -> tuple[str, ObjectiveFamily, dict[str, Any]]:
     """(label, family, defaults) for an env id, an ObjectiveFamily or an optenv env instance.
 
-    ``defaults`` holds the ``history``, ``max_step`` and ``horizon`` the env would use.
+    ``defaults`` holds the ``history``, ``max_step``, ``horizon``, ``observation`` and
+    ``features`` the env would use, and ``history_given`` (whether the env fixes its history,
+    rather than taking its feature set's default).
     """
     import gymnasium as gym
 
@@ -90,20 +104,33 @@ def resolve_env(env: Any) -> tuple[str, ObjectiveFamily, dict[str, Any]]:
                              "ids registered with optenv.register_objective")
         family = family_of(env)
         max_step = spec.kwargs.get("max_step") or family.default_max_step
-        return env, family, {"history": int(spec.kwargs.get("history", 25)),
-                             "max_step": float(max_step),
-                             "horizon": int(spec.max_episode_steps or DEFAULT_HORIZON)}
+        observation = spec.kwargs.get("observation", DEFAULT_OBSERVATION)
+        features = spec.kwargs.get("features", DEFAULT_FEATURES)
+        history = spec.kwargs.get("history")
+        # an unknown name is reported by whoever uses it (evaluate, or gym.make)
+        fs = FEATURE_SETS.get(features, FEATURE_SETS[DEFAULT_FEATURES])
+        return env, family, {
+            "history": resolve_history(fs, history),
+            "history_given": history is not None, "max_step": float(max_step),
+            "horizon": int(spec.max_episode_steps or DEFAULT_HORIZON),
+            "observation": observation, "features": features}
     if isinstance(env, ObjectiveFamily):
-        return repr(env), env, {"history": 25, "max_step": float(env.default_max_step),
-                                "horizon": DEFAULT_HORIZON}
+        return repr(env), env, {"history": FEATURE_SETS[DEFAULT_FEATURES].default_history,
+                                "history_given": False,
+                                "max_step": float(env.default_max_step),
+                                "horizon": DEFAULT_HORIZON, "observation": DEFAULT_OBSERVATION,
+                                "features": DEFAULT_FEATURES}
     base = getattr(env, "unwrapped", None)
     if base is not None and isinstance(getattr(base, "family", None), ObjectiveFamily):
         spec = getattr(env, "spec", None) or getattr(base, "spec", None)
         horizon = getattr(spec, "max_episode_steps", None) or getattr(
             base, "max_episode_steps", None) or DEFAULT_HORIZON
         label = spec.id if spec is not None else repr(base.family)
-        return label, base.family, {"history": base.layout.history,
-                                    "max_step": float(base.max_step), "horizon": int(horizon)}
+        return label, base.family, {
+            "history": base.layout.history, "history_given": True,
+            "max_step": float(base.max_step), "horizon": int(horizon),
+            "observation": getattr(base, "observation_mode", DEFAULT_OBSERVATION),
+            "features": getattr(base, "features", DEFAULT_FEATURES)}
     raise ValueError(f"env: got {type(env).__name__}, allowed: an optenv env id, an "
                      "ObjectiveFamily or an optenv env")
 
@@ -131,6 +158,8 @@ def evaluate(
     split: str = "test",
     history: int | None = None,
     max_step: float | None = None,
+    observation: str | None = None,
+    features: str | None = None,
     dtype: str | torch.dtype = "float64",
     obs_dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
@@ -142,15 +171,20 @@ def evaluate(
     ``split`` (default TEST) for ``horizon`` iterations (default the env's, 40 for the
     registered ids; any longer horizon on request), all at once.
 
-    ``env``: an optenv env id, an ObjectiveFamily or an env instance; ``history`` and
-    ``max_step`` default to the env's. ``method``: an optimiser object, see the module
-    docstring (names are resolved by the caller: this library layer imports no optimiser
-    package).
+    ``env``: an optenv env id, an ObjectiveFamily or an env instance; ``history``,
+    ``max_step``, ``observation`` ("flat" or "coordinatewise") and ``features`` (a name of
+    :data:`optenv.features.FEATURE_SETS`) default to the env's, so a policy trained on an env
+    made with ``observation="coordinatewise"`` is evaluated on the rows it was trained on;
+    naming another feature set without a ``history`` takes that set's default history unless
+    the env fixes one. ``method``: an optimiser object, see the module docstring (names are
+    resolved by the caller: this library layer imports no optimiser package).
     The same arguments give the same numbers (the instances are keyed by seed and split).
     """
     label, family, defaults = resolve_env(env)
     check_int("n_test", n_test, 1)
     check_int("seed", seed, 0)
+    observation, features, history = _observation_settings(defaults, observation, features,
+                                                           history)
     horizon, history, max_step = _run_settings(defaults, horizon, history, max_step)
     dt, odt = parse_dtype(dtype), parse_dtype(obs_dtype)
     dev = parse_device(device)
@@ -159,19 +193,35 @@ def evaluate(
         name = getattr(method, "name", None) or type(method).__name__
 
     seeds = torch.arange(seed, seed + n_test, dtype=torch.int64)
-    data, x0 = family.sample(seeds, split=split, dtype=dt, device=dev)
     core = OptimizationCore(family, history)
+    observer = make_observer(observation, features, core.layout)
+    data, x0 = family.sample(seeds, split=split, dtype=dt, device=dev)
     if callable(getattr(method, "reset", None)):
         method.reset()
     if kind == "direct":
         step: DirectOptimizer | StepFn = method
     else:
-        step = _policy_step(method, kind, core, max_step, odt, family.d, deterministic)
+        step = _policy_step(method, kind, observer, max_step, odt, family.d, deterministic)
     res = rollout(core, data, x0, horizon, step, progress=progress, desc=name)
     return _evaluation(res, name, seeds, horizon=horizon, split=split, env=label,
                        info={"kind": kind, "history": history, "max_step": max_step,
+                             "observation": observation, "features": features,
                              "device": str(dev), "dtype": str(dt).replace("torch.", ""),
                              "obs_dtype": str(odt).replace("torch.", "")})
+
+
+def _observation_settings(
+    defaults: dict[str, Any], observation: str | None, features: str | None,
+    history: int | None,
+) -> tuple[str, str, int | None]:
+    """(observation, features, history) of the run: the caller's where given, else the env's.
+    A feature set named here without a history takes that set's default history unless the
+    env fixes one (a history too short for the set is then a ValueError)."""
+    mode = check_observation(defaults["observation"] if observation is None else observation)
+    fs = check_features(defaults["features"] if features is None else features, mode)
+    if history is None and (features is None or defaults["history_given"]):
+        history = defaults["history"]
+    return mode, fs.name, resolve_history(fs, history)
 
 
 def _run_settings(
@@ -210,16 +260,22 @@ def _evaluation(
 def _policy_step(
     policy: Any,
     kind: str,
-    core: OptimizationCore,
+    observer: Observer,
     max_step: float,
     obs_dtype: torch.dtype,
     d: int,
     deterministic: bool,
 ) -> StepFn:
-    """The env's action semantics around a policy: obs → action → max_step · clip(action)."""
+    """The env's action semantics around a policy: obs → action → max_step · clip(action).
+
+    The rollout calls the step once per iteration, all rows in lock-step, so the iteration t
+    that the 2017 feature sets need is the number of calls so far."""
+    calls = 0
 
     def step_fn(state: torch.Tensor, f: torch.Tensor, oracle: Oracle) -> torch.Tensor:
-        obs = core.layout.observation(state).to(obs_dtype)
+        nonlocal calls
+        obs = observer(state, calls).to(obs_dtype)
+        calls += 1
         if kind == "predict":
             out = policy.predict(obs.cpu().numpy(), deterministic=deterministic)
             action = out[0] if isinstance(out, tuple) else out

@@ -28,7 +28,8 @@ def register_objective(
 ) -> None:
     """Register ``env_id`` for ``gym.make`` / ``gym.make_vec`` on a registered family name.
 
-    ``kwargs`` (JSON-serialisable: family arguments, ``history``, ``max_step``, ``split``, ...)
+    ``kwargs`` (JSON-serialisable: family arguments, ``observation``, ``features``, ``history``,
+    ``max_step``, ``split``, ...)
     become the id's defaults. Registering the same id with the same arguments again does
     nothing; with different ones it raises ValueError.
     """
@@ -51,7 +52,9 @@ def register_objective(
     )
 
 
-_ENV_KWARGS = frozenset({"history", "max_step", "split", "dtype", "divergence_penalty"})
+#: Spec kwargs that configure the env rather than its family (family_of leaves them out).
+_ENV_KWARGS = frozenset({"history", "max_step", "split", "dtype", "divergence_penalty",
+                         "observation", "features"})
 
 
 def register_envs() -> None:

@@ -44,7 +44,9 @@ class SB3VecEnv(VecEnv):
             which one is made with ``gym.make_vec(env, num_envs, autoreset_mode=SAME_STEP,
             **kwargs)``.
         num_envs: with an id, the number of envs (default 8).
-        kwargs: with an id, further env arguments (``device``, ``dtype``, family arguments, ...).
+        kwargs: with an id, further env arguments (``device``, ``dtype``, family arguments,
+            ``observation="coordinatewise"`` and ``features``: SB3 then gets rows [N, d, k],
+            which its MlpPolicy flattens, ...).
     """
 
     def __init__(self, env: OptimizationVectorEnv | str, num_envs: int | None = None,

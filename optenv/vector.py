@@ -15,6 +15,15 @@ from optenv.core import CoreStep, OptimizationCore, StateLayout
 from optenv.cuda_graphs import capture, warm_up
 from optenv.env import DEFAULT_DIVERGENCE_PENALTY
 from optenv.families import ObjectiveFamily, make_family
+from optenv.features import (
+    DEFAULT_FEATURES,
+    DEFAULT_OBSERVATION,
+    Observer,
+    check_features,
+    check_observation,
+    make_observer,
+    resolve_history,
+)
 from optenv.render import render_ansi, render_rgb
 from optenv.rng import instance_keys, split_index
 from optenv.validation import (
@@ -71,6 +80,10 @@ class OptimizationVectorEnv(VectorEnv):
     step in float64), but observations, rewards and flags are torch tensors on ``device``.
     :func:`numpy_vector_env` wraps one for numpy in and out.
 
+    Observations are [N, obs_dim] (``observation="flat"``) or [N, d, k]
+    (``observation="coordinatewise"``, rows as the single env documents, for any ``features``),
+    computed by the single env's observation map from the same state, in every autoreset mode.
+
     Arguments beyond the single env's: ``num_envs``; ``device`` ("cpu", "cuda", ...);
     ``max_episode_steps`` (the horizon; truncation is computed here, batched); ``autoreset_mode``
     (NEXT_STEP default, SAME_STEP with ``infos["final_obs"]``/``infos["_final_obs"]``, or DISABLED
@@ -103,7 +116,9 @@ class OptimizationVectorEnv(VectorEnv):
         family: str | ObjectiveFamily = "LogisticRegression",
         num_envs: int = 1,
         *,
-        history: int = 25,
+        observation: str = DEFAULT_OBSERVATION,
+        features: str = DEFAULT_FEATURES,
+        history: int | None = None,
         max_step: float | None = None,
         split: str = "train",
         device: str | torch.device = "cpu",
@@ -122,7 +137,10 @@ class OptimizationVectorEnv(VectorEnv):
         # allocate the buffers that step/reset update in place; then build the spaces.
         self.family = make_family(family, **family_kwargs)
         self.num_envs = check_int("num_envs", num_envs, 1)
-        check_int("history", history, 1)
+        self.observation_mode = check_observation(observation)
+        feature_set = check_features(features, self.observation_mode)
+        self.features: str = feature_set.name
+        history = resolve_history(feature_set, history)
         self.max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
         split_index(split)
         self.autoreset_mode = _parse_autoreset_mode(autoreset_mode)
@@ -149,7 +167,11 @@ class OptimizationVectorEnv(VectorEnv):
 
         self.core = OptimizationCore(self.family, history)
         self.layout: StateLayout = self.core.layout
-        self.observation_layout = self.layout.observation_slices
+        # the single env's observation map: one implementation for both envs
+        self._observer: Observer = make_observer(self.observation_mode, self.features,
+                                                 self.layout)
+        self.observation_layout = self._observer.observation_layout
+        self.coordinate_layout = self._observer.coordinate_layout
         self._allocate_buffers()
         self._build_spaces()
 
@@ -169,7 +191,7 @@ class OptimizationVectorEnv(VectorEnv):
         self._f = torch.zeros(n, dtype=dt, device=dev)
         self._f0 = torch.zeros(n, dtype=dt, device=dev)
         self._t = torch.zeros(n, dtype=torch.int64, device=dev)
-        self._obs = torch.zeros(n, self.layout.obs_dim, dtype=torch.float32, device=dev)
+        self._obs = torch.zeros(n, *self._observer.shape, dtype=torch.float32, device=dev)
         self._reward = torch.zeros(n, dtype=dt, device=dev)
         self._terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self._truncated = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -192,7 +214,7 @@ class OptimizationVectorEnv(VectorEnv):
         [-1, 1]^d) and their batched versions, as Gymnasium's ``batch_space`` builds them."""
         self.single_action_space = spaces.Box(-1.0, 1.0, (self.family.d,), np.float32)
         self.single_observation_space = spaces.Box(
-            -np.inf, np.inf, (self.layout.obs_dim,), np.float32
+            -np.inf, np.inf, self._observer.shape, np.float32
         )
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -321,7 +343,7 @@ class OptimizationVectorEnv(VectorEnv):
             else:
                 assert mask is not None
                 buf.copy_(torch.where(_bcast(mask, buf), new, buf))
-        self._obs.copy_(self.layout.observation(self._state))
+        self._obs.copy_(self._observer(self._state, self._t))
 
     # ------------------------------------------------------------------ step
     def step(
@@ -403,7 +425,7 @@ class OptimizationVectorEnv(VectorEnv):
         self._truncated.copy_(truncated)
         self._clipped.copy_(clipped)
         self._invalid.copy_(invalid)
-        self._obs.copy_(self.layout.observation(self._state))
+        self._obs.copy_(self._observer(self._state, self._t))
 
         mode = self.autoreset_mode
         if mode is AutoresetMode.NEXT_STEP:

@@ -9,12 +9,18 @@ writes ``results.json`` (schema in :mod:`optenv.lab.results`) plus ``mean_f.png`
 Methods (``--methods``, comma-separated): the hand-designed optimisers and ``PREFIX:DIR`` specs
 for saved learned optimisers, resolved by :mod:`optenv.lab.methods`.
 
+Variants of an id (``--env-kwargs KEY=VALUE,...``): family arguments (``dim=20`` on
+LogisticRegression) and the env's ``observation``, ``features``, ``history`` and ``max_step``,
+so that one learned optimiser can be evaluated on larger models or other feature sets without
+registering a new id. Values are read as int, float, bool (true/false) or else str.
+
 User errors raise ValueError naming the argument (the CLI prints that one line and exits 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import tempfile
 import time
@@ -26,14 +32,19 @@ import numpy as np
 
 from baselines.tuning import grid_search
 from optenv.evaluate import evaluate, resolve_env
+from optenv.families import FAMILIES
 from optenv.lab.methods import HAND_OPTIMIZERS, load_method, parse_methods
 from optenv.lab.results import make_results, plot_results, write_results
 from optenv.validation import parse_device
 
-__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "add_parser", "format_table", "run"]
+__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "ENV_ARGUMENTS", "add_parser", "format_table",
+           "parse_env_kwargs", "run"]
 
 DEFAULT_ENV = "optenv/LogisticRegression-v0"
 DEFAULT_METHODS = "gd,momentum,nesterov,cg,lbfgs,adam,adagrad,rmsprop"
+#: Env arguments ``--env-kwargs`` may set besides the family's own (the split, horizon, device and
+#: dtype are compare's own flags).
+ENV_ARGUMENTS = ("observation", "features", "history", "max_step")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,6 +61,11 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--env", default=DEFAULT_ENV, help="optenv env id")
+    p.add_argument("--env-kwargs", default=None, metavar="KEY=VALUE,...",
+                   help="family or env arguments for the id, e.g. dim=20 or "
+                        "observation=coordinatewise,features=li-malik-2017 (values read as "
+                        "int, float, bool or str); allowed keys: the family's arguments and "
+                        + ", ".join(ENV_ARGUMENTS))
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods: gd, momentum, nesterov, adam, adagrad, "
                         "rmsprop, cg, lbfgs, or PREFIX:DIR for saved learned optimisers")
@@ -69,13 +85,64 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-tune", action="store_true",
                    help="use each method's default hyper-parameters")
     p.add_argument("--out", default=None,
-                   help="output directory (default: runs/compare/<env name>)")
+                   help="output directory (default: runs/compare/<env name>, with "
+                        "-<env kwargs> appended for a variant)")
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _parse_value(text: str) -> Any:
+    """A value of ``--env-kwargs``: bool (true/false, any case), int, float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_env_kwargs(text: str | None) -> dict[str, Any]:
+    """``"dim=20,lam=1e-3,observation=coordinatewise"`` → {"dim": 20, "lam": 0.001,
+    "observation": "coordinatewise"}; None → {}. ValueError naming ``--env-kwargs`` for an
+    entry that is not KEY=VALUE or a key given twice."""
+    if text is None:
+        return {}
+    out: dict[str, Any] = {}
+    for raw in text.split(","):
+        key, sep, value = (part.strip() for part in raw.partition("="))
+        if not sep or not key.isidentifier() or not value:
+            raise ValueError(f"--env-kwargs: got {raw.strip()!r} in {text!r}, allowed: "
+                             "KEY=VALUE pairs separated by commas, e.g. dim=20")
+        if key in out:
+            raise ValueError(f"--env-kwargs: got {key!r} twice, allowed: each key once")
+        out[key] = _parse_value(value)
+    return out
+
+
+def _env_variant(env_id: str, kwargs: dict[str, Any]) -> Any:
+    """The env ``env_id`` made with ``kwargs`` (keys checked first: the family's arguments and
+    :data:`ENV_ARGUMENTS`), to evaluate on; ValueError naming ``--env-kwargs`` otherwise."""
+    import gymnasium as gym
+
+    family = gym.spec(env_id).kwargs["family"]
+    params = inspect.signature(FAMILIES[family]).parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = [k for k in params if params[k].kind is not inspect.Parameter.VAR_KEYWORD]
+    allowed += list(ENV_ARGUMENTS)
+    unknown = [k for k in kwargs if k not in allowed and not open_ended]
+    if unknown:
+        raise ValueError(f"--env-kwargs: got unknown key(s) {', '.join(map(repr, unknown))} "
+                         f"for {env_id}, allowed: {', '.join(allowed)}")
+    try:
+        return gym.make(env_id, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--env-kwargs: {err}") from err
 
 
 def _check_out_dir(out: Path) -> None:
@@ -169,6 +236,7 @@ class _Plan:
     a second, not after minutes of tuning)."""
 
     label: str
+    env: Any  # the env id, or the variant --env-kwargs made
     family: Any
     defaults: dict[str, Any]
     methods: list[tuple[str, str | None]]
@@ -208,19 +276,26 @@ def _plan(args: argparse.Namespace) -> _Plan:
     import torch
 
     _check_args(args)
+    env_kwargs = parse_env_kwargs(getattr(args, "env_kwargs", None))
     try:
         label, family, defaults = resolve_env(args.env)
     except ValueError as err:
         raise ValueError(f"--{err}") from err  # "env: got ..." → "--env: got ..."
+    env: Any = args.env
+    variant = ",".join(f"{k}={v}" for k, v in env_kwargs.items())
+    if env_kwargs:
+        env = _env_variant(args.env, env_kwargs)
+        _, family, defaults = resolve_env(env)
+        label = f"{label} with {variant}"
     methods = parse_methods(args.methods)
     horizon = args.horizon or defaults["horizon"]
-    env_name = args.env.split("/")[-1]
+    env_name = args.env.split("/")[-1] + (f"-{variant}" if variant else "")
     out = Path(args.out) if args.out is not None else Path("runs") / "compare" / env_name
     _check_out_dir(out)
     device = parse_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    return _Plan(label, family, defaults, methods, horizon, out, device, not args.no_tune)
+    return _Plan(label, env, family, defaults, methods, horizon, out, device, not args.no_tune)
 
 
 def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan) -> _Runs:
@@ -230,7 +305,9 @@ def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan) -> _Runs:
 
     runs = _Runs()
     context = {"env_id": args.env, "family": plan.family, "history": plan.defaults["history"],
-               "max_step": plan.defaults["max_step"], "device": str(plan.device)}
+               "max_step": plan.defaults["max_step"], "device": str(plan.device),
+               "observation": plan.defaults["observation"],
+               "features": plan.defaults["features"]}
     bar = tqdm(total=len(plan.methods), desc="compare", disable=args.quiet, file=sys.stderr)
     for name, path in plan.methods:
         label_m = name if path is None else f"{name}:{path}"
@@ -242,7 +319,7 @@ def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan) -> _Runs:
             runs.hyper[label_m] = None
         bar.set_postfix_str(f"{label_m}: evaluating")
         t0 = time.perf_counter()
-        runs.evaluations[label_m] = evaluate(method, args.env, n_test=args.n_test,
+        runs.evaluations[label_m] = evaluate(method, plan.env, n_test=args.n_test,
                                              horizon=plan.horizon, seed=args.seed,
                                              split=args.split, device=plan.device, name=label_m)
         runs.walls[label_m] = time.perf_counter() - t0

@@ -6,8 +6,10 @@ hand-designed optimisers of :mod:`baselines.optimizers` (gd, momentum, nesterov,
 rmsprop, cg, lbfgs) and ``PREFIX:PATH`` specs for saved learned optimisers: the run folders of
 ``optenv train`` (``gps:DIR``, ``bptt:DIR``, ``ppo:DIR``, ``sac:DIR``, ``td3:DIR``,
 ``recurrent-ppo:DIR``). Each prefix has a loader, ``loader(path, context) -> optimiser``, with
-``context`` holding ``env_id``, ``family``, ``history``, ``max_step`` and ``device``; a package
-of your own adds its format with :func:`register_method_loader`.
+``context`` holding ``env_id``, ``family``, ``history``, ``max_step``, ``device``,
+``observation`` and ``features`` (what the env emits, so a loader can refuse a policy trained on
+other observations); a package of your own adds its format with
+:func:`register_method_loader`.
 
 This is the application layer's job: the env library's ``evaluate`` takes objects, never names,
 so that it imports no optimiser package.
