@@ -10,8 +10,9 @@ Public API of the numerical core:
   BADMM / mirror-descent cost terms.
 * :func:`gps.dynamics.fit_linear_gaussian` with :class:`gps.gmm.GMMPrior`: per-step
   linear-Gaussian dynamics with a normal-inverse-Wishart prior from a batched-EM GMM.
-* :mod:`gps.reference`: the slow per-condition numpy implementation (test oracle, benchmark
-  baseline); ``python -m gps.bench lqr|dynamics`` times one against the other.
+* The slow per-condition numpy implementation (test oracle, benchmark baseline) is not part of
+  the package: ``benchmarks/reference.py`` in the repository, and ``python -m
+  benchmarks.gps_bench lqr|dynamics`` (from the repository root) times one against the other.
 
 The learner built on it:
 

@@ -24,11 +24,12 @@ in numpy (~0.6 s per condition at T=100, dX=100, dU=10). Here each condition has
 bracket, retry counter and status, kept in tensors and updated with ``torch.where``; one
 "evaluation" (backward pass, forward pass, KL, state update) advances every unfinished condition
 by exactly the step the sequential algorithm would take, so each condition follows the same
-sequence of etas as the per-condition loop (:mod:`gps.reference` checks this to 1e-8). Finished
-conditions are masked, not removed, so shapes stay static: there is no host synchronisation
-inside the T-step passes (``cholesky_ex`` instead of ``cholesky``, masks instead of ``if``), and on
-CUDA the whole evaluation is captured once as a CUDA graph and replayed. The host reads one flag
-per evaluation to stop when every condition is finished.
+sequence of etas as the per-condition loop (the numpy reference ``benchmarks/reference.py``,
+outside the package, checks this to 1e-8). Finished conditions are masked, not removed, so shapes
+stay static: there is no host synchronisation inside the T-step passes (``cholesky_ex`` instead
+of ``cholesky``, masks instead of ``if``), and on CUDA the whole evaluation is captured once as a
+CUDA graph and replayed. The host reads one flag per evaluation to stop when every condition is
+finished.
 
 Extra cost terms for the GPS variants (all optional, all folded into the same passes):
 

@@ -7,8 +7,8 @@ import pytest
 import scipy.linalg as sla
 import torch
 
-from gps import reference
-from gps.bench import random_lqr_problem
+from benchmarks import reference
+from benchmarks.gps_bench import random_lqr_problem
 from gps.lqr import (
     LQRStatus,
     _DualSearch,

@@ -1,18 +1,23 @@
 """Benchmarks of the batched GPS numerics against the per-condition numpy loop.
 
-    python -m gps.bench lqr [--quick] [--device cpu|cuda] [--dtype float64|float32]
-    python -m gps.bench dynamics [--quick] [...]
+From the repository root (``benchmarks`` is not an installed package)::
+
+    python -m benchmarks.gps_bench lqr [--quick] [--device cpu|cuda] [--dtype float64|float32]
+    python -m benchmarks.gps_bench dynamics [--quick] [...]
 
 Each line of output is one JSON object naming the device. For every configuration (B conditions,
 T steps, dX, dU) ``lqr`` reports the time of a full :func:`gps.lqr.kl_constrained_lqr` call (eta
 search included) and of one backward pass, for the batched version and for the per-condition
-numpy loop of :mod:`gps.reference`, the FLOP count of one backward pass
+numpy loop of :mod:`benchmarks.reference`, the FLOP count of one backward pass
 (B*T*(2 dX^2 n + 2 n^2 dX + 2 dX^2 dU), n = dX + dU) and the fraction of the device's peak.
 The loop is linear in B, so it is timed on at most ``--loop-conditions`` conditions or
 ``--loop-seconds`` and scaled to B (``loop_extrapolated``). Configurations whose inputs would not
 fit in ``--max-gib`` of memory or whose estimated time exceeds ``--max-seconds`` are reported as
 skipped, not run. ``dynamics`` reports the same for the GMM prior (EM with a fixed iteration
 budget, from the same initialisation) and the per-step fit.
+
+The problem generators (:func:`random_lqr_problem`, :func:`random_linear_gaussian_data`) are also
+the tests' inputs.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gps import reference
+from benchmarks import reference
 from gps.dynamics import fit_linear_gaussian
-from gps.gmm import GMM, _init, fit_gmm, n_clusters_for
+from gps.gmm import GMM, fit_gmm, n_clusters_for
 from gps.lqr import _backward_pass, _prepare, kl_constrained_lqr
 from gps.prior import GMMPrior
 
@@ -285,7 +290,8 @@ def _dynamics_record(B: int, N: int, T: int, dX: int, dU: int, *, device: torch.
     X, U, _, _ = random_linear_gaussian_data(B, N, T, dX, dU, seed=B + T, dtype=dtype,
                                              device=device)
     pts = torch.cat([X[:, :, :-1], U[:, :, :-1], X[:, :, 1:]], -1).reshape(B, -1, D)
-    init = _init(pts, K, torch.Generator().manual_seed(0), 1e-6)
+    # max_iter=0: fit_gmm's own random initialisation, no EM step; both EMs start from it
+    init = fit_gmm(pts, K, generator=torch.Generator().manual_seed(0), max_iter=0, reg=1e-6)
 
     def em(pts: Tensor = pts, K: int = K, init: GMM = init) -> object:
         return fit_gmm(pts, K, init=init, max_iter=em_iters, tol=0.0)
@@ -342,7 +348,8 @@ def _parse_configs(text: str | None, width: int) -> list[tuple[int, ...]] | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gps.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gps_bench",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("which", choices=["lqr", "dynamics"])
     ap.add_argument("--quick", action="store_true", help="small grid (under a minute on a CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
