@@ -20,29 +20,21 @@ as the authors' code does.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from gps.controller import LQRStateMap
+from gps.cost import QuadraticCost
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
 from gps.gmm import GMM
 from gps.lqr import lqr_forward
 from gps.prior import GMMPrior
 from optenv.families.base import ObjectiveFamily
 
+# QuadraticCost is declared in gps.cost (gps.lqr takes it, and this module uses gps.lqr); it is
+# exported here too, beside expand_cost, which builds it
 __all__ = ["COST_HESSIANS", "QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics"]
-
-
-@dataclass
-class QuadraticCost:
-    """cost_t(z, u) ≈ 1/2 [z;u]^T Cm_t [z;u] + cv_t^T [z;u] + c0_t; Cm [M,T,n,n], cv [M,T,n],
-    c0 [M,T]."""
-
-    Cm: Tensor
-    cv: Tensor
-    c0: Tensor
 
 
 def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
