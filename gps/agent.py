@@ -48,7 +48,7 @@ from gps.controller import (
 )
 from gps.dynamics import LinearGaussianDynamics
 from gps.gmm import GMM
-from gps.lqr import LQRStatus, kl_constrained_lqr
+from gps.lqr import LagrangeTerm, LQRResult, LQRStatus, PolicyTerm, kl_constrained_lqr
 from gps.model import COST_HESSIANS, QuadraticCost, expand_cost, expected_cost, fit_dynamics
 from gps.policy_fit import linearise_policy, policy_means, train_policy
 from optenv.core import OptimizationCore
@@ -326,11 +326,13 @@ class GPSAgent:
 
     # ----------------------------------------------------------------------------- pieces
     def _lqr(self, dyn: LinearGaussianDynamics, cost: QuadraticCost,
-             prev: LinearGaussianController, kl_step: Tensor, **extra: Tensor) -> Any:
-        res = kl_constrained_lqr(dyn.Fm, dyn.fv, dyn.dyn_covar, dyn.x0mu, dyn.x0sigma,
-                                 cost.Cm, cost.cv, prev.K, prev.k, prev.covar, kl_step,
-                                 eta0=self.eta.clamp(1e-8, 1e16),
-                                 max_iter=self.cfg.lqr_max_iter, **extra)
+             prev: LinearGaussianController, kl_step: Tensor, *,
+             policy: PolicyTerm | None = None, lagrange: LagrangeTerm | None = None
+             ) -> LQRResult:
+        """The KL-constrained LQR, warm-started from last solve's eta; counts its passes."""
+        res = kl_constrained_lqr(dyn, cost, prev, kl_step, eta0=self.eta.clamp(1e-8, 1e16),
+                                 policy=policy, lagrange=lagrange,
+                                 max_iter=self.cfg.lqr_max_iter)
         self._lqr_evaluations += res.n_evaluations
         return res
 
@@ -526,10 +528,8 @@ class GPSAgent:
                 if inner == cfg.inner_iterations - 1:
                     self.nu = (self.nu + cfg.lg_step * pol_kl).clamp_min(0.0)
             t0 = self._tick(times, "linearise", t0)
-            res = self._lqr(dyn, cost, sampler, kl_step, policy_K=pol_lin.K,
-                            policy_k=pol_lin.k, policy_covar=pol_lin.covar,
-                            policy_weight=self.nu, lagrange_K=torch.zeros_like(pol_lin.K),
-                            lagrange_k=self.lam_k)
+            res = self._lqr(dyn, cost, sampler, kl_step, policy=PolicyTerm(pol_lin, self.nu),
+                            lagrange=LagrangeTerm(k=self.lam_k))
             statuses.append(res.status)
             self.eta = res.eta
             traj = LinearGaussianController(res.K, res.k, res.pol_covar)

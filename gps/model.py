@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from gps.controller import LQRStateMap
+from gps.controller import LinearGaussianController, LQRStateMap
 from gps.cost import QuadraticCost
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
 from gps.gmm import GMM
@@ -156,7 +156,7 @@ def expected_cost(cost: QuadraticCost, dyn: LinearGaussianDynamics, K: Tensor, k
                   covar: Tensor) -> Tensor:
     """E[sum_t cost_t] [M] of the controller (K, k, covar) under ``dyn``'s Gaussian marginals
     (the Laplace estimate that step-size adaptation compares)."""
-    marg = lqr_forward(dyn.Fm, dyn.fv, dyn.dyn_covar, dyn.x0mu, dyn.x0sigma, K, k, covar)
+    marg = lqr_forward(dyn, LinearGaussianController(K, k, covar))
     mu, sigma = marg.mu, marg.sigma
     quad = 0.5 * ((cost.Cm * sigma).sum((-2, -1))
                   + (mu * (cost.Cm @ mu[..., None]).squeeze(-1)).sum(-1))
