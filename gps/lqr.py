@@ -559,50 +559,74 @@ def _backward_pass(p: LQRProblem, eta: Tensor, K: Tensor, k: Tensor, S: Tensor, 
     dU = n - dX
     eye = torch.eye(dU, dtype=eta.dtype, device=eta.device).expand(B, dU, dU)
     failed = torch.zeros(B, dtype=torch.bool, device=eta.device)
-    V = v = None
-    w_next = None
+    after: tuple[Tensor, Tensor, Tensor] | None = None  # V, v and w of step t+1
     for t in range(T - 1, -1, -1):
         w = eta + p.nu[:, t] + p.max_ent
-        # in place where a fresh tensor is not needed: these [B,n,n] element-wise passes are
-        # memory-bound, and fresh outputs cost the CPU more (B=90, dX=99, n=111, 2 threads,
-        # 3 alternating runs: 1.34-1.41 s per evaluation against 1.44-1.63 s); the values are
-        # the same to the bit
-        Q = torch.baddbmm(p.Cm[:, t], p.G[:, t].mT, p.PG[:, t] * eta[:, None, None])
-        Q.div_(w[:, None, None])
-        q = (p.cv[:, t] + eta[:, None] * p.g[:, t]) / w[:, None]
-        if V is not None and v is not None and w_next is not None:
-            F = p.Fm[:, t]
-            Vs = V.mul_((w_next / w)[:, None, None])  # V is not used again
-            Q.baddbmm_(F.mT, Vs @ F)
-            vs = v * (w_next / w)[:, None] + (Vs @ p.fv[:, t, :, None]).squeeze(-1)
-            q = q + (F.mT @ vs[..., None]).squeeze(-1)
-        Q = Q.add(Q.mT).mul_(0.5)
-        Quu = Q[:, dX:, dX:]
-        L, info = torch.linalg.cholesky_ex(Quu)
-        bad = (info != 0) | ~torch.isfinite(L).all(-1).all(-1)
-        L = torch.where(bad[:, None, None], eye, L)
-        rhs = torch.cat([eye, Q[:, dX:, :dX], q[:, dX:, None]], dim=-1)
-        Z = torch.linalg.solve_triangular(L, rhs, upper=False)
-        Z = torch.linalg.solve_triangular(L.mT, Z, upper=True)
-        S_t = Z[..., :dU]
-        K_t = -Z[..., dU:dU + dX]
-        k_t = -Z[..., -1]
-        Qxu = Q[:, :dX, dX:]
-        V = Q[:, :dX, :dX] + Qxu @ K_t
-        V = V.add(V.mT).mul_(0.5)
-        v = q[:, :dX] + (Qxu @ k_t[..., None]).squeeze(-1)
-        # a failed condition's remaining steps are discarded; zero its value function so that
-        # nothing overflows on the way (conditions never mix, this only keeps numbers tidy)
-        V.masked_fill_(bad[:, None, None], 0.0)
-        v = torch.where(bad[:, None], 0.0, v)
+        Q, q = _q_function(p, t, eta, w, after)
+        L, bad, S_t, K_t, k_t = _controller_from_q(Q, q, dX, eye)
+        V, v = _value_function(Q, q, K_t, k_t, bad, dX)
         K[:, t] = K_t
         k[:, t] = k_t
         S[:, t] = 0.5 * (S_t + S_t.mT)
-        prec[:, t] = Quu
+        prec[:, t] = Q[:, dX:, dX:]
         logdet[:, t] = -2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
         failed = failed | bad
-        w_next = w
+        after = (V, v, w)
     return failed
+
+
+def _q_function(p: LQRProblem, t: int, eta: Tensor, w: Tensor,
+                after: tuple[Tensor, Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """Q_t [B,n,n] (symmetrised) and q_t [B,n] of step t: the eta-scaled KL-augmented cost over
+    w_t, plus step t+1's value (V, v, w_{t+1} in ``after``; None at the last step) pushed
+    through the dynamics and rescaled by w_{t+1}/w_t. ``after``'s V is overwritten."""
+    # in place where a fresh tensor is not needed: these [B,n,n] element-wise passes are
+    # memory-bound, and fresh outputs cost the CPU more (B=90, dX=99, n=111, 2 threads,
+    # 3 alternating runs: 1.34-1.41 s per evaluation against 1.44-1.63 s); the values are
+    # the same to the bit
+    Q = torch.baddbmm(p.Cm[:, t], p.G[:, t].mT, p.PG[:, t] * eta[:, None, None])
+    Q.div_(w[:, None, None])
+    q = (p.cv[:, t] + eta[:, None] * p.g[:, t]) / w[:, None]
+    if after is not None:
+        V, v, w_next = after
+        F = p.Fm[:, t]
+        Vs = V.mul_((w_next / w)[:, None, None])  # V is not used again
+        Q.baddbmm_(F.mT, Vs @ F)
+        vs = v * (w_next / w)[:, None] + (Vs @ p.fv[:, t, :, None]).squeeze(-1)
+        q = q + (F.mT @ vs[..., None]).squeeze(-1)
+    return Q.add(Q.mT).mul_(0.5), q
+
+
+def _controller_from_q(Q: Tensor, q: Tensor, dX: int, eye: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The step's controller from one Cholesky factorisation of Q_uu and two triangular solves
+    with every right-hand side at once: S_t = Q_uu^-1 (not yet symmetrised),
+    K_t = -Q_uu^-1 Q_ux, k_t = -Q_uu^-1 q_u. A Q_uu that is not PD (or not finite) flags its
+    condition in ``bad`` and is factored as the identity, so nothing syncs and nothing is NaN.
+    Returns L, bad, S_t, K_t, k_t."""
+    dU = eye.shape[-1]
+    L, info = torch.linalg.cholesky_ex(Q[:, dX:, dX:])
+    bad = (info != 0) | ~torch.isfinite(L).all(-1).all(-1)
+    L = torch.where(bad[:, None, None], eye, L)
+    rhs = torch.cat([eye, Q[:, dX:, :dX], q[:, dX:, None]], dim=-1)
+    Z = torch.linalg.solve_triangular(L, rhs, upper=False)
+    Z = torch.linalg.solve_triangular(L.mT, Z, upper=True)
+    return L, bad, Z[..., :dU], -Z[..., dU:dU + dX], -Z[..., -1]
+
+
+def _value_function(Q: Tensor, q: Tensor, K_t: Tensor, k_t: Tensor, bad: Tensor, dX: int
+                    ) -> tuple[Tensor, Tensor]:
+    """V_t = Q_xx + Q_xu K_t (symmetrised) and v_t = q_x + Q_xu k_t, the value the step before
+    plans with."""
+    Qxu = Q[:, :dX, dX:]
+    V = Q[:, :dX, :dX] + Qxu @ K_t
+    V = V.add(V.mT).mul_(0.5)
+    v = q[:, :dX] + (Qxu @ k_t[..., None]).squeeze(-1)
+    # a failed condition's remaining steps are discarded; zero its value function so that
+    # nothing overflows on the way (conditions never mix, this only keeps numbers tidy)
+    V.masked_fill_(bad[:, None, None], 0.0)
+    v = torch.where(bad[:, None], 0.0, v)
+    return V, v
 
 
 def _forward_pass(p: LQRProblem, K: Tensor, k: Tensor, S: Tensor, logdet: Tensor,
@@ -749,24 +773,30 @@ class _DualSearch:
 
         Mirrors one pass of the per-condition algorithm: on a failed backward pass retry at
         base + delta (delta doubling); otherwise commit the controller, count the iteration,
-        test convergence and move eta within the bracket.
+        test convergence and move eta within the bracket. Everything is updated in place and
+        nothing reads a value on the host, so a CUDA graph can capture this method.
         """
+        failed, kl = self._evaluate()
+        active = ~self.done
+        retry, ok = active & failed, active & ~failed
+        eta = self.eta.clone()
+        self._commit(ok, eta, kl)
+        iters = self.iters + ok.long()
+        conv, inactive, last, too_big = self._verdicts(ok, eta, kl, iters)
+        dead = self._next_eta(eta, retry, ok & ~conv & ~inactive & ~last, too_big)
+        self.iters.copy_(iters)
+        self._finish(conv, inactive, last & too_big, last & ~too_big, dead)
+
+    def _evaluate(self) -> tuple[Tensor, Tensor]:
+        """Backward and forward pass at the current etas into the candidate buffers. Returns
+        failed [B] (Q_uu not PD, or a non-finite KL or controller) and the total KL [B]."""
         p = self.p
         failed = _backward_pass(p, self.eta, self.cK, self.ck, self.cS, self.cprec, self.clogdet)
         kl = _forward_pass(p, self.cK, self.ck, self.cS, self.clogdet).sum(1)
-        failed = failed | ~torch.isfinite(kl) | ~_finite_rows(self.cK, self.ck)
-        active = ~self.done
-        retry = active & failed
-        ok = active & ~failed
-        eta = self.eta.clone()
+        return failed | ~torch.isfinite(kl) | ~_finite_rows(self.cK, self.ck), kl
 
-        # PD retry: eta = start + delta, delta doubling; give up at max_eta
-        bumped = self.base + self.delta
-        dead = retry & (bumped >= self.max_eta)
-        new_eta = torch.where(retry, bumped, eta)
-        new_delta = torch.where(retry, 2.0 * self.delta, self.delta)
-
-        # commit the successful evaluations
+    def _commit(self, ok: Tensor, eta: Tensor, kl: Tensor) -> None:
+        """Keep the candidate controller, its eta and its KL where the evaluation succeeded."""
         m4 = ok[:, None, None, None]
         self.K.copy_(torch.where(m4, self.cK, self.K))
         self.k.copy_(torch.where(ok[:, None, None], self.ck, self.k))
@@ -774,15 +804,27 @@ class _DualSearch:
         self.prec.copy_(torch.where(m4, self.cprec, self.prec))
         self.eta_out.copy_(torch.where(ok, eta, self.eta_out))
         self.kl_out.copy_(torch.where(ok, kl, self.kl_out))
-        iters = self.iters + ok.long()
 
-        # convergence test and bracket move (as the reference code)
+    def _verdicts(self, ok: Tensor, eta: Tensor, kl: Tensor, iters: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Which successful evaluations end their search (as the reference code): converged,
+        bound inactive (KL below it at eta <= inactive_eta), out of iterations; and too_big:
+        KL below the bound, so eta should come down."""
         con = kl - self.target
         conv = ok & (con.abs() < self.tol * self.target)
         too_big = con < 0
         inactive = ok & ~conv & too_big & (eta <= self.inactive_eta)
         last = ok & ~conv & ~inactive & (iters >= self.max_iter)
-        move = ok & ~conv & ~inactive & ~last
+        return conv, inactive, last, too_big
+
+    def _next_eta(self, eta: Tensor, retry: Tensor, move: Tensor, too_big: Tensor) -> Tensor:
+        """Set the next eta. A failed pass retries at base + delta, delta doubling (``dead``, the
+        returned [B] flag, once that reaches max_eta); a search that goes on narrows its bracket
+        and moves to the geometric mean, at most x10 or /10 per move (as the reference code)."""
+        bumped = self.base + self.delta
+        dead = retry & (bumped >= self.max_eta)
+        new_eta = torch.where(retry, bumped, eta)
+        new_delta = torch.where(retry, 2.0 * self.delta, self.delta)
         hi = torch.where(move & too_big, eta, self.hi)
         lo = torch.where(move & ~too_big, eta, self.lo)
         geo = torch.sqrt(lo) * torch.sqrt(hi)
@@ -793,16 +835,19 @@ class _DualSearch:
         self.eta.copy_(new_eta)
         self.hi.copy_(hi)
         self.lo.copy_(lo)
-        self.iters.copy_(iters)
+        return dead
 
+    def _finish(self, conv: Tensor, inactive: Tensor, last_below: Tensor, last_above: Tensor,
+                dead: Tensor) -> None:
+        """Record the status of the conditions whose search ended in this step."""
         status = self.status
         status = torch.where(conv, int(LQRStatus.CONVERGED), status)
         status = torch.where(inactive, int(LQRStatus.KL_BOUND_INACTIVE), status)
-        status = torch.where(last & too_big, int(LQRStatus.MAX_ITER_KL_BELOW), status)
-        status = torch.where(last & ~too_big, int(LQRStatus.MAX_ITER_KL_ABOVE), status)
+        status = torch.where(last_below, int(LQRStatus.MAX_ITER_KL_BELOW), status)
+        status = torch.where(last_above, int(LQRStatus.MAX_ITER_KL_ABOVE), status)
         status = torch.where(dead, int(LQRStatus.PD_FAILURE), status)
         self.status.copy_(status)
-        self.done.copy_(self.done | conv | inactive | last | dead)
+        self.done.copy_(self.done | conv | inactive | last_below | last_above | dead)
 
     def max_evaluations(self) -> int:
         """Upper bound on evaluations: each iteration retries at most until delta >= max_eta."""
