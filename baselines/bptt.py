@@ -27,8 +27,9 @@ from torch import nn
 from optenv.checkpoint import load_module, save_module
 from optenv.core import OptimizationCore, StateLayout
 from optenv.families import ObjectiveFamily
+from optenv.flags import option
 from optenv.policy import GaussianMLPPolicy
-from optenv.validation import check_int, check_number
+from optenv.validation import check_int, check_number, parse_dtype
 
 __all__ = [
     "CoordinatewiseLSTM",
@@ -213,17 +214,27 @@ def unrolled_meta_loss(
 
 @dataclass
 class MetaTrainConfig:
-    """Meta-training settings (defaults: Andrychowicz et al.'s)."""
+    """Meta-training settings, declared once for :func:`meta_train` and ``optenv train bptt``.
 
-    iterations: int = 200
-    batch_size: int = 32
-    horizon: int = 40
-    unroll: int = 20
-    lr: float = 1e-3
-    second_order: bool = False
+    The defaults are the command's full run: 1000 meta-iterations of 64 TRAIN objectives, Adam
+    at lr 1e-3, truncated unrolls of 20 steps over a horizon of 40 (Andrychowicz et al.'s
+    truncation; 40 is every optenv env's horizon), first-order meta-gradients as in the paper.
+    Fields declared with :func:`~optenv.flags.option` are also the command's flags, with their
+    help text and their ``--quick`` value (100 iterations of 32 objectives); the command fills
+    the horizon from the env and, for the MLP, the truncation from the horizon. ``history``,
+    ``max_grad_norm`` and ``dtype`` are not flags (the env sets the first; the others are fixed
+    for the command).
+    """
+
+    iterations: int = option(1000, quick=100, help="meta-iterations")
+    batch_size: int = option(64, quick=32, help="objectives per iteration")
+    horizon: int = option(40, shown="the env's", help="unroll horizon")
+    unroll: int = option(20, shown="20 for lstm, the horizon for mlp", help="truncation length")
+    lr: float = option(1e-3, help="Adam learning rate")
+    second_order: bool = option(False, help="keep second-order terms (the paper drops them)")
     max_grad_norm: float = 1.0
     history: int = 25
-    seed: int = 0
+    seed: int = option(0, help="seed (training objectives, init)")
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -232,8 +243,7 @@ class MetaTrainConfig:
         check_int("seed", self.seed, 0)
         check_number("lr", self.lr)
         check_number("max_grad_norm", self.max_grad_norm)
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype: got {self.dtype!r}, allowed: 'float32', 'float64'")
+        parse_dtype(self.dtype)
 
 
 @dataclass
@@ -263,7 +273,7 @@ def meta_train(
     is not finite (the inner optimisation diverged) is skipped and counted, never applied;
     meta-gradients are clipped to ``max_grad_norm``.
     """
-    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    dtype = parse_dtype(config.dtype)
     device = next(net.parameters()).device
     net.to(dtype)
     core = OptimizationCore(family, config.history)

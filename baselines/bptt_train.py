@@ -10,6 +10,7 @@ the whole horizon unless ``--unroll`` says otherwise). The run folder follows
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -28,16 +29,16 @@ from baselines.bptt import (
     save_lstm,
 )
 from optenv.core import OptimizationCore
+from optenv.flags import add_flags, config_from_flags, quick_preset
 from optenv.policy import GaussianMLPPolicy, load_policy, save_policy
 from optenv.registration import family_of
 from optenv.runs import RunDir
-from optenv.validation import check_int, check_number, parse_device
+from optenv.validation import parse_device
 
 __all__ = ["add_train_parser", "load_for_compare", "observation_scale", "run"]
 
 ARTIFACT = "optimizer.pt"
-QUICK = {"iterations": 100, "batch_size": 32}
-FULL = {"iterations": 1000, "batch_size": 64}
+ARCHS = ("lstm", "mlp")
 
 
 def observation_scale(family: Any, history: int, horizon: int, n: int = 64,
@@ -75,65 +76,56 @@ def _build(arch: str, family: Any, history: int, horizon: int) -> torch.nn.Modul
 
 
 def add_train_parser(subparsers: Any) -> None:
+    """Add ``bptt`` to ``optenv train``: the run's own flags, and one flag per
+    :class:`~baselines.bptt.MetaTrainConfig` option (generated, see :mod:`optenv.flags`)."""
+    quick = quick_preset(MetaTrainConfig)
     p = subparsers.add_parser("bptt", help="meta-train a learned optimiser by BPTT "
                               "(Andrychowicz et al. 2016)")
     p.add_argument("--env", default="optenv/LogisticRegression-v0", help="optenv env id")
-    p.add_argument("--arch", choices=["lstm", "mlp"], default="lstm",
+    p.add_argument("--arch", choices=ARCHS, default="lstm",
                    help="coordinatewise LSTM, or the GPS policy class (MLP on the observation)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--quick", action="store_true",
-                   help=f"small preset ({QUICK['iterations']} iterations of "
-                        f"{QUICK['batch_size']} objectives)")
-    p.add_argument("--iterations", type=int, default=None, help="meta-iterations")
-    p.add_argument("--batch-size", type=int, default=None, help="objectives per iteration")
-    p.add_argument("--horizon", type=int, default=None, help="unroll horizon (default: env's)")
-    p.add_argument("--unroll", type=int, default=None,
-                   help="truncation length (default 20 for lstm, the horizon for mlp)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--second-order", action="store_true",
-                   help="keep second-order terms (the paper drops them)")
-    p.add_argument("--seed", type=int, default=0, help="seed (training objectives, init)")
+                   help=f"small preset ({quick['iterations']} iterations of "
+                        f"{quick['batch_size']} objectives)")
+    add_flags(p, MetaTrainConfig)
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
+def _config(args: argparse.Namespace) -> tuple[MetaTrainConfig, dict[str, Any]]:
+    """The meta-training config the flags ask for, and the run's ``config.json``; checked
+    before the run folder is touched (a bad flag is a ValueError naming it)."""
     if args.env not in gym.registry or "family" not in gym.spec(args.env).kwargs:
         raise ValueError(f"--env: got {args.env!r}, allowed: a registered optenv id")
     spec = gym.spec(args.env)
-    preset = QUICK if args.quick else FULL
-    horizon = args.horizon if args.horizon is not None else spec.max_episode_steps or 40
-    cfg = {
-        "algorithm": "bptt", "env_id": args.env, "arch": args.arch,
-        "iterations": args.iterations if args.iterations is not None else preset["iterations"],
-        "batch_size": args.batch_size if args.batch_size is not None else preset["batch_size"],
-        "horizon": horizon,
-        "unroll": args.unroll if args.unroll is not None else (
-            20 if args.arch == "lstm" else horizon),
-        "lr": args.lr, "second_order": bool(args.second_order), "seed": args.seed,
-        "history": int(spec.kwargs.get("history", 25)),
-        "max_step": float(spec.kwargs.get("max_step", family_of(args.env).default_max_step)),
-        "device": args.device,
-    }
-    for name in ("iterations", "batch_size", "horizon", "unroll"):
-        check_int(f"--{name.replace('_', '-')}", cfg[name], 1)
-    check_int("--seed", cfg["seed"], 0)
-    check_number("--lr", cfg["lr"])
+    horizon = args.horizon if args.horizon is not None else spec.max_episode_steps
+    mt = config_from_flags(MetaTrainConfig, args, quick=args.quick, horizon=horizon,
+                           history=int(spec.kwargs.get("history", 25)))
+    if args.arch == "mlp" and args.unroll is None:  # the MLP: BPTT over the whole horizon
+        mt = dataclasses.replace(mt, unroll=mt.horizon)
     parse_device(args.device, "--device")
-    return cfg
+    cfg = {"algorithm": "bptt", "env_id": args.env, "arch": args.arch,
+           "iterations": mt.iterations, "batch_size": mt.batch_size, "horizon": mt.horizon,
+           "unroll": mt.unroll, "lr": mt.lr, "second_order": mt.second_order, "seed": mt.seed,
+           "history": mt.history,
+           "max_step": float(spec.kwargs.get("max_step", family_of(args.env).default_max_step)),
+           "device": args.device}
+    return mt, cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    """``optenv train bptt`` (module docstring); returns the exit status."""
+    mt, cfg = _config(args)
     run_dir = RunDir(args.out, cfg, resume=args.resume,
                      resumable_keys=("iterations", "device"))
     family = family_of(cfg["env_id"])
     device = torch.device(cfg["device"])
-    torch.manual_seed(cfg["seed"])
-    net = _build(cfg["arch"], family, cfg["history"], cfg["horizon"]).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    torch.manual_seed(mt.seed)
+    net = _build(cfg["arch"], family, mt.history, mt.horizon).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=mt.lr)
     log: list[dict[str, Any]] = []
     start = 0
     if args.resume:
@@ -142,16 +134,27 @@ def run(args: argparse.Namespace) -> int:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["iteration"]) + 1
-    mt = MetaTrainConfig(iterations=1, batch_size=cfg["batch_size"], horizon=cfg["horizon"],
-                         unroll=cfg["unroll"], lr=cfg["lr"], second_order=cfg["second_order"],
-                         history=cfg["history"], seed=cfg["seed"])
+    _meta_train(net, opt, family, mt, run_dir, log, start, quiet=args.quiet)
+    path = _save(net, run_dir, cfg)
+    if log:
+        run_dir.plot(log, ["meta_loss", "grad_norm"])
+    print(f"wrote {path}")
+    return 0
+
+
+def _meta_train(net: torch.nn.Module, opt: torch.optim.Optimizer, family: Any,
+                mt: MetaTrainConfig, run_dir: RunDir, log: list[dict[str, Any]], start: int,
+                *, quiet: bool) -> None:
+    """Meta-iterations ``start .. mt.iterations - 1``, one :func:`meta_train` call each, so that
+    the log and the checkpoint are written after every one (a resumed run goes on from it)."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start, cfg["iterations"]), initial=start, total=cfg["iterations"],
-               desc="bptt", disable=args.quiet)
+    one_iteration = dataclasses.replace(mt, iterations=1)
+    bar = tqdm(range(start, mt.iterations), initial=start, total=mt.iterations,
+               desc="bptt", disable=quiet)
     for it in bar:
         t0 = time.perf_counter()
-        one = meta_train(net, family, mt, start_iteration=it, optimizer=opt)
+        one = meta_train(net, family, one_iteration, start_iteration=it, optimizer=opt)
         row = {"iteration": it, "meta_loss": one.meta_loss[0], "grad_norm": one.grad_norm[0],
                "skipped_unrolls": one.skipped_unrolls,
                "wall_s": round(time.perf_counter() - t0, 4)}
@@ -159,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix(meta_loss=f"{row['meta_loss']:.4g}")
         run_dir.save({"net": net.state_dict(), "optimizer": opt.state_dict(),
                       "torch_rng": torch.get_rng_state(), "iteration": it}, log)
+
+
+def _save(net: torch.nn.Module, run_dir: RunDir, cfg: dict[str, Any]) -> str:
+    """The trained optimiser as the run's artifact (the LSTM's or the MLP policy's format)."""
     extra = {"env_id": cfg["env_id"], "history": cfg["history"], "max_step": cfg["max_step"],
              "arch": cfg["arch"]}
     path = str(run_dir.path / ARTIFACT)
@@ -166,10 +173,7 @@ def run(args: argparse.Namespace) -> int:
         save_lstm(path, net.cpu(), extra)  # type: ignore[arg-type]
     else:
         save_policy(path, net.policy.cpu(), extra)  # type: ignore[union-attr]
-    if log:
-        run_dir.plot(log, ["meta_loss", "grad_norm"])
-    print(f"wrote {path}")
-    return 0
+    return path
 
 
 def load_for_compare(path: str, context: dict[str, Any]) -> Any:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 from optenv.core import StateLayout
 from optenv.families import ObjectiveFamily
 from optenv.rollout import Rollout, rollout
+from optenv.validation import check_choice, check_number
 
 __all__ = [
     "CG",
@@ -347,13 +349,10 @@ def wolfe_line_search(
     step with sufficient decrease was found.
     """
     dphi0 = (g0 * p).sum(-1)
-    inf = torch.full_like(f0, math.inf)
-    lo, f_lo, d_lo, g_lo = torch.zeros_like(f0), f0, dphi0, g0
-    hi, f_hi, d_hi = inf, inf, torch.zeros_like(f0)
+    bracket = _Bracket.start(f0, dphi0, g0)
+    found = _Accepted.start(f0, g0, active)
     alpha = torch.where(active, alpha0, torch.zeros_like(alpha0))
     done = ~active
-    accepted = torch.zeros_like(active)
-    a_acc, f_acc, g_acc = torch.zeros_like(f0), f0, g0
     for _ in range(max_evals):
         run = ~done
         if not bool(run.any()):
@@ -362,42 +361,109 @@ def wolfe_line_search(
         ft, gt = oracle(x + alpha.unsqueeze(-1) * p, run)
         dt = (gt * p).sum(-1)
         finite = torch.isfinite(ft) & torch.isfinite(dt)
-        fail = ~finite | (ft > f0 + c1 * alpha * dphi0) | (ft >= f_lo)
-        acc = run & ~fail & (dt.abs() <= -c2 * dphi0)
-        a_acc = torch.where(acc, alpha, a_acc)
-        f_acc = torch.where(acc, ft, f_acc)
-        g_acc = torch.where(acc.unsqueeze(-1), gt, g_acc)
-        accepted = accepted | acc
+        # fail: no sufficient decrease (or no better than lo): the trial becomes an upper end
+        fail = ~finite | (ft > f0 + c1 * alpha * dphi0) | (ft >= bracket.f_lo)
+        acc = run & ~fail & (dt.abs() <= -c2 * dphi0)  # both strong-Wolfe conditions hold
+        found.record(acc, alpha, ft, gt)
         upd = run & ~acc
+        bracket.update(upd, fail, alpha, ft, dt, gt)
+        alpha, stalled = bracket.next_trial()
+        done = done | acc | (upd & stalled) | (upd & ~torch.isfinite(alpha))
+    return found.result(bracket, active, f0, g0)
+
+
+@dataclass
+class _Bracket:
+    """Per row, the interval the search narrows (Nocedal & Wright's α_lo, α_hi): ``lo`` is the
+    best trial with sufficient decrease so far, with φ(lo), φ'(lo) and ∇f there; ``hi`` the
+    other end, with φ and φ' there (∞ until a trial fails). Kept as tensors so every row moves
+    in lock-step."""
+
+    lo: torch.Tensor
+    f_lo: torch.Tensor
+    d_lo: torch.Tensor
+    g_lo: torch.Tensor
+    hi: torch.Tensor
+    f_hi: torch.Tensor
+    d_hi: torch.Tensor
+
+    @classmethod
+    def start(cls, f0: torch.Tensor, dphi0: torch.Tensor, g0: torch.Tensor) -> _Bracket:
+        """lo = 0 (x itself), hi = ∞: the search starts by bracketing."""
+        inf = torch.full_like(f0, math.inf)
+        return cls(torch.zeros_like(f0), f0, dphi0, g0, inf, inf, torch.zeros_like(f0))
+
+    def update(
+        self, upd: torch.Tensor, fail: torch.Tensor, alpha: torch.Tensor, ft: torch.Tensor,
+        dt: torch.Tensor, gt: torch.Tensor,
+    ) -> None:
+        """Move the ends for the rows in ``upd`` (searching, trial not accepted): a failed trial
+        becomes ``hi``; a good one becomes ``lo``, and where the slope there points away from
+        ``hi`` the old ``lo`` becomes ``hi`` (N & W Algorithm 3.6's swap)."""
         up_hi = upd & fail
         good = upd & ~fail
-        flip = good & (dt * (hi - lo) >= 0)
-        hi_new = torch.where(up_hi, alpha, torch.where(flip, lo, hi))
-        f_hi = torch.where(up_hi, ft, torch.where(flip, f_lo, f_hi))
-        d_hi = torch.where(up_hi, dt, torch.where(flip, d_lo, d_hi))
-        hi = hi_new
-        lo = torch.where(good, alpha, lo)
-        f_lo = torch.where(good, ft, f_lo)
-        d_lo = torch.where(good, dt, d_lo)
-        g_lo = torch.where(good.unsqueeze(-1), gt, g_lo)
-        # Next trial.
-        width = hi - lo
-        cubic = _cubic_min(lo, f_lo, d_lo, hi, f_hi, d_hi)
-        left, right = torch.minimum(lo, hi), torch.maximum(lo, hi)
+        flip = good & (dt * (self.hi - self.lo) >= 0)
+        hi_new = torch.where(up_hi, alpha, torch.where(flip, self.lo, self.hi))
+        self.f_hi = torch.where(up_hi, ft, torch.where(flip, self.f_lo, self.f_hi))
+        self.d_hi = torch.where(up_hi, dt, torch.where(flip, self.d_lo, self.d_hi))
+        self.hi = hi_new
+        self.lo = torch.where(good, alpha, self.lo)
+        self.f_lo = torch.where(good, ft, self.f_lo)
+        self.d_lo = torch.where(good, dt, self.d_lo)
+        self.g_lo = torch.where(good.unsqueeze(-1), gt, self.g_lo)
+
+    def next_trial(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next α, stalled): ×4 past ``lo`` while there is no upper end (bracketing), else the
+        safeguarded cubic interpolant inside the bracket (zoom); ``stalled`` marks zoom rows
+        whose bracket has shrunk to rounding."""
+        width = self.hi - self.lo
+        cubic = _cubic_min(self.lo, self.f_lo, self.d_lo, self.hi, self.f_hi, self.d_hi)
+        left, right = torch.minimum(self.lo, self.hi), torch.maximum(self.lo, self.hi)
         margin = 0.1 * (right - left)
-        fallback = lo + 0.2 * width  # an overflowing trial: shrink towards lo
-        interp = torch.where(torch.isfinite(cubic) & torch.isfinite(f_hi), cubic, fallback)
+        fallback = self.lo + 0.2 * width  # an overflowing trial: shrink towards lo
+        interp = torch.where(torch.isfinite(cubic) & torch.isfinite(self.f_hi), cubic, fallback)
         interp = torch.minimum(torch.maximum(interp, left + margin), right - margin)
-        expand = torch.isinf(hi)
-        alpha = torch.where(expand, (4 * lo).clamp_max(1e20), interp)
-        tiny = ~expand & (width.abs() <= 1e-14 * right.clamp_min(1e-30))
-        done = done | acc | (upd & tiny) | (upd & ~torch.isfinite(alpha))
-    use_lo = ~accepted & active & (lo > 0)
-    alpha = torch.where(accepted, a_acc, torch.where(use_lo, lo, torch.zeros_like(lo)))
-    f_new = torch.where(accepted, f_acc, torch.where(use_lo, f_lo, f0))
-    g_new = torch.where(accepted.unsqueeze(-1), g_acc,
-                        torch.where(use_lo.unsqueeze(-1), g_lo, g0))
-    return alpha, f_new, g_new, accepted | use_lo
+        expand = torch.isinf(self.hi)
+        alpha = torch.where(expand, (4 * self.lo).clamp_max(1e20), interp)
+        stalled = ~expand & (width.abs() <= 1e-14 * right.clamp_min(1e-30))
+        return alpha, stalled
+
+
+@dataclass
+class _Accepted:
+    """Per row, the first trial that met both Wolfe conditions (α, f and ∇f there)."""
+
+    accepted: torch.Tensor
+    alpha: torch.Tensor
+    f: torch.Tensor
+    g: torch.Tensor
+
+    @classmethod
+    def start(cls, f0: torch.Tensor, g0: torch.Tensor, active: torch.Tensor) -> _Accepted:
+        """Nothing accepted yet."""
+        return cls(torch.zeros_like(active), torch.zeros_like(f0), f0, g0)
+
+    def record(
+        self, acc: torch.Tensor, alpha: torch.Tensor, ft: torch.Tensor, gt: torch.Tensor
+    ) -> None:
+        """Keep the trial of the rows in ``acc`` (they stop searching)."""
+        self.alpha = torch.where(acc, alpha, self.alpha)
+        self.f = torch.where(acc, ft, self.f)
+        self.g = torch.where(acc.unsqueeze(-1), gt, self.g)
+        self.accepted = self.accepted | acc
+
+    def result(
+        self, bracket: _Bracket, active: torch.Tensor, f0: torch.Tensor, g0: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``wolfe_line_search``'s return value: the accepted trial; else, for a row that ran
+        out of evaluations, its ``lo`` if that moved (a sufficient decrease); else no step."""
+        use_lo = ~self.accepted & active & (bracket.lo > 0)
+        zero = torch.zeros_like(bracket.lo)
+        alpha = torch.where(self.accepted, self.alpha, torch.where(use_lo, bracket.lo, zero))
+        f_new = torch.where(self.accepted, self.f, torch.where(use_lo, bracket.f_lo, f0))
+        g_new = torch.where(self.accepted.unsqueeze(-1), self.g,
+                            torch.where(use_lo.unsqueeze(-1), bracket.g_lo, g0))
+        return alpha, f_new, g_new, self.accepted | use_lo
 
 
 class _LineSearchMethod(HandOptimizer):
@@ -572,8 +638,7 @@ OPTIMIZERS: dict[str, type[HandOptimizer]] = {
 def make_optimizer(name: str, **hyper: Any) -> HandOptimizer:
     """An optimiser by name (``gd``, ``momentum``, ``nesterov``, ``adam``, ``adagrad``,
     ``rmsprop``, ``cg``, ``lbfgs``) with hyper-parameters overriding its defaults."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"method: got {name!r}, allowed: {', '.join(OPTIMIZERS)}")
+    check_choice("method", name, OPTIMIZERS)
     return OPTIMIZERS[name](**hyper)
 
 
@@ -634,8 +699,7 @@ class OptimizerPolicy:
             if key not in observation_layout:
                 raise ValueError(f"observation_layout: missing {key!r}, allowed: the env's "
                                  "observation_layout (name → slice)")
-        if not (isinstance(max_step, int | float) and math.isfinite(max_step) and max_step > 0):
-            raise ValueError(f"max_step: got {max_step!r}, allowed: a finite number > 0")
+        check_number("max_step", max_step)
         self.optimizer = optimizer
         self.layout = dict(observation_layout)
         self.max_step = float(max_step)

@@ -32,6 +32,8 @@ import torch
 import yaml
 from torch import nn
 
+from optenv.validation import check_choice
+
 __all__ = [
     "ALGORITHMS",
     "FILE_NAMES",
@@ -79,8 +81,7 @@ _NOT_KWARGS = ("self", "policy", "env", "_init_setup_model", "seed", "device", "
 
 def algorithm_class(name: str) -> type[Any]:
     """The SB3 class for a CLI name (``ppo``, ``sac``, ``td3``, ``recurrent-ppo``)."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"algorithm: got {name!r}, allowed: {', '.join(ALGORITHMS)}")
+    check_choice("algorithm", name, ALGORITHMS)
     module, cls = ALGORITHMS[name]
     import importlib
 
@@ -165,8 +166,7 @@ def _looks_float(s: str) -> bool:
 def read_hyperparams_file(path: str | Path | None, algorithm: str) -> dict[str, Any]:
     """The whole YAML document: ``path``, or the packaged file of ``algorithm``."""
     if path is None:
-        if algorithm not in FILE_NAMES:
-            raise ValueError(f"algorithm: got {algorithm!r}, allowed: {', '.join(FILE_NAMES)}")
+        check_choice("algorithm", algorithm, FILE_NAMES)
         text = (resources.files("baselines") / "hyperparams" / FILE_NAMES[algorithm]) \
             .read_text(encoding="utf-8")
         where = f"baselines/hyperparams/{FILE_NAMES[algorithm]}"

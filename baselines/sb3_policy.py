@@ -26,6 +26,7 @@ import torch
 
 from baselines.sb3_hyperparams import ALGORITHMS, algorithm_class
 from optenv.checkpoint import atomic_write, load_tagged, save_tagged
+from optenv.validation import check_choice
 
 __all__ = [
     "MODEL_FILE",
@@ -168,8 +169,7 @@ def load_run(path: str | Path, algorithm: str, context: Mapping[str, Any] | None
     mid-evaluation. Another env id of the same sizes is allowed (transfer to unseen families is
     a question the study asks).
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm: got {algorithm!r}, allowed: {', '.join(ALGORITHMS)}")
+    check_choice("algorithm", algorithm, ALGORITHMS)
     folder = _run_folder(path)
     config_path = folder / "config.json"
     if config_path.is_file():

@@ -14,6 +14,7 @@ import torch
 from baselines.optimizers import OPTIMIZERS, HandOptimizer
 from optenv.families import ObjectiveFamily
 from optenv.tuning import CRITERIA, TuningResult, search_grid
+from optenv.validation import check_choice
 
 __all__ = ["CRITERIA", "TuningResult", "grid_search"]
 
@@ -40,10 +41,8 @@ def grid_search(
     A method without a grid (CG, L-BFGS: their line searches choose the step) is scored at
     its defaults. Returns the best point, its score and the whole table of scores.
     """
-    if method not in OPTIMIZERS:
-        raise ValueError(f"method: got {method!r}, allowed: {', '.join(OPTIMIZERS)}")
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion: got {criterion!r}, allowed: {', '.join(CRITERIA)}")
+    check_choice("method", method, OPTIMIZERS)
+    check_choice("criterion", criterion, CRITERIA)
     cls: type[HandOptimizer] = OPTIMIZERS[method]
     grid = {k: [float(v) for v in vals] for k, vals in
             (cls.default_grid if grid is None else grid).items()}

@@ -34,12 +34,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from gps.config import ALGORITHMS, GPSConfig  # GPSConfig is declared there; re-exported
 from gps.controller import (
     HeavyBall,
     LinearGaussianController,
@@ -49,7 +50,7 @@ from gps.controller import (
 from gps.dynamics import LinearGaussianDynamics
 from gps.gmm import GMM
 from gps.lqr import LagrangeTerm, LQRResult, LQRStatus, PolicyTerm, kl_constrained_lqr
-from gps.model import COST_HESSIANS, QuadraticCost, expand_cost, expected_cost, fit_dynamics
+from gps.model import QuadraticCost, expand_cost, expected_cost, fit_dynamics
 from gps.policy_fit import linearise_policy, policy_means, train_policy
 from optenv.core import OptimizationCore
 from optenv.families.base import ObjectiveFamily
@@ -59,118 +60,8 @@ from optenv.validation import parse_device
 
 __all__ = ["ALGORITHMS", "GPSAgent", "GPSConfig", "SampleBatch"]
 
-ALGORITHMS = ("badmm", "mdgps")
 #: Samples whose |state| exceeds this are treated as diverged (the GMM and fits need sane data).
 SAMPLE_LIMIT = 1e8
-
-
-def _checked_tuple(name: str, value: Any, kind: type, ok: Callable[[Any], bool], allowed: str,
-                   *, allow_empty: bool = False) -> tuple[Any, ...]:
-    """``value`` as a tuple of ``kind`` whose every entry passes ``ok``, or a ValueError that
-    names the field."""
-    try:
-        if isinstance(value, (str, bytes)):
-            raise TypeError
-        items = tuple(value)
-        if kind is int and any(isinstance(v, bool) or int(v) != v for v in items):
-            raise ValueError
-        out = tuple(kind(v) for v in items)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{name}: got {value!r}, allowed: {allowed}") from None
-    if (not out and not allow_empty) or not all(ok(v) for v in out):
-        raise ValueError(f"{name}: got {value!r}, allowed: {allowed}")
-    return out
-
-
-@dataclass
-class GPSConfig:
-    """Hyper-parameters of a GPS run. Defaults: Li & Malik's settings (DESIGN.md).
-
-    Where the authors' value is not known, the reference GPS code's default is used
-    (min/max step multipliers, lg_step, init_pol_wt, GMM sizes).
-    """
-
-    algorithm: str = "badmm"
-    conditions: int = 90
-    samples: int = 20
-    horizon: int = 40
-    iterations: int = 20
-    kl_step: float = 0.2
-    min_step_mult: float = 0.01
-    max_step_mult: float = 10.0
-    inner_iterations: int = 4
-    policy_dual_rate: float = 0.2
-    lg_step: float = 10.0
-    init_pol_wt: float = 0.01
-    init_var: float = 0.01
-    lqr_history: int | None = None  # None = the env's history (the full state)
-    lqr_max_iter: int = 50
-    dynamics_reg: float = 1e-3
-    cost_hessian: str = "exact"  # or "psd" (see gps.model.expand_cost)
-    gmm_clusters: int = 20
-    gmm_min_samples: int = 20
-    gmm_iters: int = 100
-    prior_strength: float = 1.0
-    policy_hidden: tuple[int, ...] = (50,)
-    policy_lr: float = 1e-4
-    policy_weight_decay: float = 0.005
-    policy_steps: int = 4000
-    policy_batch: int = 25
-    momentum_lr_grid: tuple[float, ...] = field(
-        default_factory=lambda: tuple(2.0**k for k in range(-10, 5)))
-    momentum_grid: tuple[float, ...] = (0.5, 0.7, 0.9, 0.95, 0.99)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.cost_hessian not in COST_HESSIANS:
-            raise ValueError(f"cost_hessian: got {self.cost_hessian!r}, allowed: "
-                             f"{', '.join(map(repr, COST_HESSIANS))}")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm: got {self.algorithm!r}, allowed: "
-                             f"{', '.join(ALGORITHMS)}")
-        ints = {"conditions": 1, "samples": 2, "horizon": 2, "iterations": 0,
-                "inner_iterations": 1, "lqr_max_iter": 1, "gmm_clusters": 1,
-                "gmm_min_samples": 1, "gmm_iters": 1, "policy_steps": 1, "policy_batch": 1,
-                "seed": 0}
-        for name, low in ints.items():
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"{name}: got {v!r}, allowed: an int >= {low}")
-        positive = ("kl_step", "min_step_mult", "max_step_mult", "init_var", "policy_lr",
-                    "prior_strength")
-        for name in positive:
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name}: got {v!r}, allowed: a finite number > 0")
-        for name in ("policy_dual_rate", "lg_step", "init_pol_wt", "dynamics_reg",
-                     "policy_weight_decay"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name}: got {v!r}, allowed: a finite number >= 0")
-        if self.min_step_mult > self.max_step_mult:
-            raise ValueError(f"min_step_mult: got {self.min_step_mult} > max_step_mult "
-                             f"{self.max_step_mult}, allowed: min <= max")
-        self.policy_hidden = _checked_tuple(
-            "policy_hidden", self.policy_hidden, int, lambda h: h >= 1,
-            "a sequence of ints >= 1 (empty: a linear policy)", allow_empty=True)
-        self.momentum_lr_grid = _checked_tuple(
-            "momentum_lr_grid", self.momentum_lr_grid, float,
-            lambda v: math.isfinite(v) and v > 0, "a non-empty sequence of finite numbers > 0")
-        self.momentum_grid = _checked_tuple(
-            "momentum_grid", self.momentum_grid, float, lambda v: 0 <= v < 1,
-            "a non-empty sequence of numbers in [0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> GPSConfig:
-        """The config of a run folder's ``config.json`` (keys that are not fields, such as
-        ``env`` or ``device``, are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
-                      if k in names})
 
 
 @dataclass

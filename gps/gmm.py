@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from optenv.validation import check_int
+
 __all__ = ["GMM", "fit_gmm", "gmm_log_obs", "n_clusters_for"]
 
 
@@ -139,8 +141,7 @@ def fit_gmm(
         got = (f"{type(data).__name__} {getattr(data, 'dtype', '')} "
                f"{list(getattr(data, 'shape', []))}")
         raise ValueError(f"data must be a float32/float64 tensor of shape [B,M,D]; got {got}")
-    if not isinstance(n_clusters, int) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be an int >= 1; got {n_clusters!r}")
+    check_int("n_clusters", n_clusters, 1)
     if not bool(torch.isfinite(data).all()):
         raise ValueError("data contains non-finite values; the GMM cannot be fitted")
     B, _M, D = data.shape

@@ -31,6 +31,7 @@ from gps.gmm import GMM
 from gps.lqr import lqr_forward
 from gps.prior import GMMPrior
 from optenv.families.base import ObjectiveFamily
+from optenv.validation import check_choice
 
 # QuadraticCost is declared in gps.cost (gps.lqr takes it, and this module uses gps.lqr); it is
 # exported here too, beside expand_cost, which builds it
@@ -146,9 +147,7 @@ def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, 
     and "psd" 198 s, and "exact" learned the better optimiser (mean f at iteration 40 on
     held-out objectives 0.5303 vs 0.5340).
     """
-    if hessian not in COST_HESSIANS:
-        raise ValueError(f"hessian: got {hessian!r}, allowed: "
-                         f"{', '.join(map(repr, COST_HESSIANS))}")
+    check_choice("hessian", hessian, COST_HESSIANS)
     M, _N, T, dX = Z.shape
     d = U.shape[-1]
     n = dX + d

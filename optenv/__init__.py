@@ -17,6 +17,7 @@ from optenv.env import OptimizationEnv
 from optenv.evaluate import Evaluation, evaluate
 from optenv.families import (
     FAMILIES,
+    CoordinateGroup,
     FunctionFamily,
     LogisticRegression,
     NeuralNet,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BUILTIN_IDS",
     "FAMILIES",
+    "CoordinateGroup",
     "CoreStep",
     "Evaluation",
     "FunctionFamily",

@@ -98,6 +98,42 @@ class StateLayout:
         return out
 
 
+    # ------------------------------------------------------------- per-coordinate view
+    @property
+    def coordinate_slices(self) -> dict[str, slice]:
+        """Feature name → column slice of one coordinate's row in :meth:`coordinatewise`.
+
+        Row j: the shared PAST_OBJ_VAL_DELTAS (H), then coordinate j's PAST_GRADS (H, oldest
+        first), CUR_GRAD (1) and PAST_LOC_DELTAS (H): the 2016 state split by coordinate, k =
+        3H + 1 columns whatever d is (Li & Malik 2017's route to a policy for any d).
+        """
+        h = self.history
+        sizes = {"PAST_OBJ_VAL_DELTAS": h, "PAST_GRADS": h, "CUR_GRAD": 1, "PAST_LOC_DELTAS": h}
+        out, start = {}, 0
+        for name, n in sizes.items():
+            out[name] = slice(start, start + n)
+            start += n
+        return out
+
+    @property
+    def coordinate_width(self) -> int:
+        """k, the length of one coordinate's row: 3H + 1."""
+        return 3 * self.history + 1
+
+    def coordinatewise(self, vec: torch.Tensor, *, observation: bool = False) -> torch.Tensor:
+        """The state (or observation) batch as one row per coordinate: [..., d, k].
+
+        A rearrangement of the flat vector without CUR_LOC (see :attr:`coordinate_slices`);
+        every entry of the flat observation appears, the objective changes once per row.
+        """
+        u = self.unpack(vec, observation=observation)
+        lead = vec.shape[:-1]
+        shared = u["PAST_OBJ_VAL_DELTAS"].unsqueeze(-2).expand(*lead, self.d, self.history)
+        return torch.cat([shared, u["PAST_GRADS"].transpose(-1, -2),
+                          u["CUR_GRAD"].unsqueeze(-1), u["PAST_LOC_DELTAS"].transpose(-1, -2)],
+                         dim=-1)
+
+
 def _safe(t: torch.Tensor) -> torch.Tensor:
     """Non-finite entries replaced (NaN by 0, ±inf by ±STATE_LIMIT), all clamped to the limit."""
     return torch.nan_to_num(t, nan=0.0, posinf=STATE_LIMIT, neginf=-STATE_LIMIT).clamp_(

@@ -36,7 +36,7 @@ import torch
 
 from optenv.core import OptimizationCore
 from optenv.families import ObjectiveFamily
-from optenv.rollout import DirectOptimizer, Oracle, StepFn, rollout
+from optenv.rollout import DirectOptimizer, Oracle, Rollout, StepFn, rollout
 from optenv.validation import check_int, parse_device, parse_dtype
 
 __all__ = ["Evaluation", "evaluate", "resolve_env"]
@@ -151,11 +151,7 @@ def evaluate(
     label, family, defaults = resolve_env(env)
     check_int("n_test", n_test, 1)
     check_int("seed", seed, 0)
-    horizon = check_int("horizon", defaults["horizon"] if horizon is None else horizon, 1)
-    history = check_int("history", defaults["history"] if history is None else history, 1)
-    max_step = float(defaults["max_step"] if max_step is None else max_step)
-    if not (math.isfinite(max_step) and max_step > 0):
-        raise ValueError(f"max_step: got {max_step!r}, allowed: a finite number > 0")
+    horizon, history, max_step = _run_settings(defaults, horizon, history, max_step)
     dt, odt = parse_dtype(dtype), parse_dtype(obs_dtype)
     dev = parse_device(device)
     kind = _method_kind(method)
@@ -172,6 +168,31 @@ def evaluate(
     else:
         step = _policy_step(method, kind, core, max_step, odt, family.d, deterministic)
     res = rollout(core, data, x0, horizon, step, progress=progress, desc=name)
+    return _evaluation(res, name, seeds, horizon=horizon, split=split, env=label,
+                       info={"kind": kind, "history": history, "max_step": max_step,
+                             "device": str(dev), "dtype": str(dt).replace("torch.", ""),
+                             "obs_dtype": str(odt).replace("torch.", "")})
+
+
+def _run_settings(
+    defaults: dict[str, Any], horizon: int | None, history: int | None, max_step: float | None
+) -> tuple[int, int, float]:
+    """(horizon, history, max_step) of the run: the caller's value where given, else the env's,
+    checked here so a bad one raises before any objective is sampled."""
+    horizon = check_int("horizon", defaults["horizon"] if horizon is None else horizon, 1)
+    history = check_int("history", defaults["history"] if history is None else history, 1)
+    max_step = float(defaults["max_step"] if max_step is None else max_step)
+    if not (math.isfinite(max_step) and max_step > 0):
+        raise ValueError(f"max_step: got {max_step!r}, allowed: a finite number > 0")
+    return horizon, history, max_step
+
+
+def _evaluation(
+    res: Rollout, name: str, seeds: torch.Tensor, *, horizon: int, split: str, env: str,
+    info: dict[str, Any],
+) -> Evaluation:
+    """The rollout's tensors as host numpy arrays (f in float64), so the results outlive the
+    device and compare across dtypes."""
     return Evaluation(
         method=name,
         f=res.f.detach().cpu().numpy().astype(np.float64),
@@ -181,10 +202,8 @@ def evaluate(
         seeds=seeds.numpy(),
         horizon=horizon,
         split=split,
-        env=label,
-        info={"kind": kind, "history": history, "max_step": max_step, "device": str(dev),
-              "dtype": str(dt).replace("torch.", ""),
-              "obs_dtype": str(odt).replace("torch.", "")},
+        env=env,
+        info=info,
     )
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from optenv.checkpoint import atomic_write, load_tagged, save_tagged
+from optenv.validation import check_int
 
 __all__ = ["CHECKPOINT_FORMAT", "RunDir", "run_threads", "torch_threads"]
 
@@ -46,8 +47,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
     so a trainer called from Python does not change its caller's thread count."""
     import torch
 
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"threads: got {n!r}, allowed: None or an int >= 1")
+    n = check_int("threads", n, 1, optional=True)
     before = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)

@@ -31,7 +31,7 @@ import torch
 from optenv.core import OptimizationCore
 from optenv.families import ObjectiveFamily
 from optenv.rollout import DirectOptimizer, rollout
-from optenv.validation import check_int, parse_dtype
+from optenv.validation import check_choice, check_int, parse_dtype
 
 __all__ = ["CRITERIA", "TuningResult", "search_grid"]
 
@@ -106,43 +106,20 @@ def search_grid(
     point's hyper-parameters in the result; ``method`` names it. Returns the best point, its
     score and the whole table of scores.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion: got {criterion!r}, allowed: {', '.join(CRITERIA)}")
+    check_choice("criterion", criterion, CRITERIA)
     check_int("n_train", n_train, 1)
     check_int("horizon", horizon, 1)
     check_int("max_rows", max_rows, 1)
     grid = {k: [float(v) for v in vals] for k, vals in grid.items()}
     fixed = {k: float(v) for k, v in (fixed or {}).items()}
-    keys = list(grid)
-    points = [dict(zip(keys, combo, strict=True)) for combo in
-              itertools.product(*(grid[k] for k in keys))]
+    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     dt = parse_dtype(dtype)
     seeds = torch.arange(seed, seed + n_train, dtype=torch.int64)
     data, x0 = family.sample(seeds, split="train", dtype=dt, device=device)
     core = OptimizationCore(family, history)
-
-    scores: list[float] = []
-    n_bad: list[int] = []
     per_chunk = max(1, max_rows // n_train) if batchable else 1
-    for start in range(0, len(points), per_chunk):
-        chunk = points[start:start + per_chunk]
-        g = len(chunk)
-        if batchable and g > 1:
-            hyper: Hyper = {
-                k: torch.tensor([p[k] for p in chunk], dtype=dt,
-                                device=x0.device).repeat_interleave(n_train)
-                for k in keys}
-            d_rep = {k: v.repeat(g, *([1] * (v.dim() - 1))) for k, v in data.items()}
-            x_rep = x0.repeat(g, 1)
-        else:
-            hyper = dict(chunk[0])
-            d_rep, x_rep = data, x0
-        opt = make(hyper)
-        opt.reset()
-        res = rollout(core, d_rep, x_rep, horizon, opt)
-        s, b = _scores(res.f.reshape(g, n_train, -1), criterion)
-        scores.extend(float(v) for v in s)
-        n_bad.extend(int(v) for v in b)
+    scores, n_bad = _score_points(make, points, core, data, x0, horizon=horizon, dtype=dt,
+                                  criterion=criterion, per_chunk=per_chunk, batchable=batchable)
 
     order = sorted(range(len(points)), key=lambda i: (n_bad[i], scores[i]))
     best = order[0]
@@ -152,3 +129,59 @@ def search_grid(
     return TuningResult(method=method, best=best_hyper, score=scores[best], criterion=criterion,
                         grid=grid, table=table, n_train=n_train, seed=seed, horizon=horizon,
                         fixed=fixed)
+
+
+def _score_points(
+    make: Callable[[Hyper], DirectOptimizer],
+    points: list[dict[str, float]],
+    core: OptimizationCore,
+    data: Mapping[str, torch.Tensor],
+    x0: torch.Tensor,
+    *,
+    horizon: int,
+    dtype: torch.dtype,
+    criterion: str,
+    per_chunk: int,
+    batchable: bool,
+) -> tuple[list[float], list[int]]:
+    """(score, non-finite runs) of every grid point, ``per_chunk`` points per rollout."""
+    scores: list[float] = []
+    n_bad: list[int] = []
+    n_train = x0.shape[0]
+    for start in range(0, len(points), per_chunk):
+        chunk = points[start:start + per_chunk]
+        hyper, d_rep, x_rep = _chunk_batch(chunk, data, x0, dtype=dtype, batchable=batchable)
+        opt = make(hyper)
+        opt.reset()
+        res = rollout(core, d_rep, x_rep, horizon, opt)
+        s, b = _scores(res.f.reshape(len(chunk), n_train, -1), criterion)
+        scores.extend(float(v) for v in s)
+        n_bad.extend(int(v) for v in b)
+    return scores, n_bad
+
+
+def _chunk_batch(
+    chunk: list[dict[str, float]],
+    data: Mapping[str, torch.Tensor],
+    x0: torch.Tensor,
+    *,
+    dtype: torch.dtype,
+    batchable: bool,
+) -> tuple[Hyper, Mapping[str, torch.Tensor], torch.Tensor]:
+    """(hyper-parameters, problem data, starting points) for one chunk of grid points.
+
+    A batchable chunk of G > 1 points becomes one batch of G·N rows — the N training objectives
+    repeated G times, each hyper-parameter a [G·N] tensor of ``dtype`` (point-major) — so one
+    rollout scores the whole chunk; a single point runs on the N objectives with plain float
+    hyper-parameters.
+    """
+    g = len(chunk)
+    if not (batchable and g > 1):
+        return dict(chunk[0]), data, x0
+    n_train = x0.shape[0]
+    hyper: Hyper = {
+        k: torch.tensor([p[k] for p in chunk], dtype=dtype,
+                        device=x0.device).repeat_interleave(n_train)
+        for k in chunk[0]}
+    d_rep = {k: v.repeat(g, *([1] * (v.dim() - 1))) for k, v in data.items()}
+    return hyper, d_rep, x0.repeat(g, 1)

@@ -5,16 +5,19 @@ Each check raises ValueError naming the argument, what was given and what is all
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
+    "check_choice",
     "check_int",
     "check_number",
     "check_seed",
+    "check_tuple",
     "parse_device",
     "parse_dtype",
     "problem_from_user",
@@ -55,14 +58,59 @@ def check_number(name: str, value: Any, *, low: float = 0.0, strict: bool = True
     return float(value)
 
 
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """An int in [low, high]; ValueError naming the argument otherwise."""
+@typing.overload
+def check_int(name: str, value: Any, low: int, high: int | None = None, *,
+              optional: typing.Literal[False] = False) -> int: ...
+@typing.overload
+def check_int(name: str, value: Any, low: int, high: int | None = None, *,
+              optional: bool) -> int | None: ...
+def check_int(name: str, value: Any, low: int, high: int | None = None, *,
+              optional: bool = False) -> int | None:
+    """An int in [low, high] (or None when ``optional``: a setting left to a default worked out
+    later, such as a thread count or a step count from the hyper-parameters); ValueError naming
+    the argument otherwise."""
+    if optional and value is None:
+        return None
     ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
     ok = ok and value >= low and (high is None or value <= high)
     if not ok:
         allowed = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
-        raise ValueError(f"{name}: got {value!r}, allowed: {allowed}")
+        raise ValueError(f"{name}: got {value!r}, allowed: {'None or ' if optional else ''}"
+                         f"{allowed}")
     return int(value)
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``allowed`` (a closed set of names: an algorithm, a mode);
+    ValueError naming the argument and listing the choices otherwise."""
+    choices = tuple(allowed)
+    try:
+        ok = isinstance(value, Hashable) and value in choices
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: got {value!r}, allowed: {', '.join(map(str, choices))}")
+    return value
+
+
+def check_tuple(name: str, value: Any, kind: type, ok: Callable[[Any], bool], allowed: str,
+                *, allow_empty: bool = False) -> tuple[Any, ...]:
+    """``value`` (any sequence but a string) as a tuple of ``kind`` whose every entry passes
+    ``ok``; ValueError naming the argument otherwise. Entries of an int tuple must be whole
+    numbers (``2.0`` passes, ``2.5`` does not), so a list typed in a config file or parsed from
+    a comma list ends up the same."""
+    try:
+        if isinstance(value, str | bytes):
+            raise TypeError
+        items = tuple(value)
+        if kind is int and any(isinstance(v, bool) or int(v) != v for v in items):
+            raise ValueError
+        out = tuple(kind(v) for v in items)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name}: got {value!r}, allowed: {allowed}") from None
+    if (not out and not allow_empty) or not all(ok(v) for v in out):
+        raise ValueError(f"{name}: got {value!r}, allowed: {allowed}")
+    return out
 
 
 def check_seed(seed: Any) -> None:

@@ -37,6 +37,32 @@ def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(mask.shape[0], *([1] * (like.dim() - 1)))
 
 
+def _parse_autoreset_mode(value: str | AutoresetMode) -> AutoresetMode:
+    """``autoreset_mode`` as the enum (Gymnasium accepts its members and their string values)."""
+    try:
+        return AutoresetMode(value)
+    except ValueError as err:
+        allowed = ", ".join(repr(m.value) for m in AutoresetMode)
+        raise ValueError(f"autoreset_mode: got {value!r}, allowed: {allowed}") from err
+
+
+def _check_render_mode(value: str | None, allowed: Sequence[str]) -> str | None:
+    """``render_mode``, checked against the env's metadata (None: no rendering)."""
+    if value is not None and value not in allowed:
+        raise ValueError(f"render_mode: got {value!r}, allowed: None, "
+                         + ", ".join(map(repr, allowed)))
+    return value
+
+
+def _check_cuda_graph(flag: bool, device: torch.device) -> bool:
+    """``cuda_graph``: a CUDA graph exists only on a CUDA device, so asking for one elsewhere is
+    an error rather than a silent eager run."""
+    if flag and device.type != "cuda":
+        raise ValueError(f"cuda_graph: got True with device {str(device)!r}, allowed: "
+                         "True only on a CUDA device")
+    return bool(flag)
+
+
 class OptimizationVectorEnv(VectorEnv):
     """N copies of :class:`~optenv.env.OptimizationEnv` computed as one torch batch.
 
@@ -91,30 +117,18 @@ class OptimizationVectorEnv(VectorEnv):
         cuda_graph: bool = False,
         **family_kwargs: Any,
     ) -> None:
+        # Store, then allocate (the shape of SB3's and Gymnasium's vector envs): validate and
+        # store every argument first, so a bad one raises before anything is allocated; then
+        # allocate the buffers that step/reset update in place; then build the spaces.
         self.family = make_family(family, **family_kwargs)
         self.num_envs = check_int("num_envs", num_envs, 1)
         check_int("history", history, 1)
         self.max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
         split_index(split)
-        try:
-            self.autoreset_mode = AutoresetMode(autoreset_mode)
-        except ValueError as err:
-            allowed = ", ".join(repr(m.value) for m in AutoresetMode)
-            raise ValueError(f"autoreset_mode: got {autoreset_mode!r}, allowed: {allowed}") \
-                from err
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode: got {render_mode!r}, allowed: None, "
-                             + ", ".join(map(repr, self.metadata["render_modes"])))
+        self.autoreset_mode = _parse_autoreset_mode(autoreset_mode)
+        self.render_mode = _check_render_mode(render_mode, self.metadata["render_modes"])
         self.device = parse_device(device)
-        # How autoresets draw new instances: by index (CPU, where reading the mask is free) or
-        # by masked select over a full draw (accelerators; see _restart).
-        self._index_resets = self.device.type == "cpu"
-        if cuda_graph and self.device.type != "cuda":
-            raise ValueError(f"cuda_graph: got True with device {str(self.device)!r}, allowed: "
-                             "True only on a CUDA device")
-        self.cuda_graph = bool(cuda_graph)
-        self._graph: Any = None  # torch.cuda.CUDAGraph once captured
-        self._graph_state = "warm-up"  # then "capture", then "replay" (or "eager" on failure)
+        self.cuda_graph = _check_cuda_graph(cuda_graph, self.device)
         self.dtype = parse_dtype(dtype)
         self.max_step = check_number(
             "max_step", self.family.default_max_step if max_step is None else max_step
@@ -124,21 +138,26 @@ class OptimizationVectorEnv(VectorEnv):
         self.check_actions = bool(check_actions)
         self.copy = bool(copy)
         self.split = split
-        self.render_mode = render_mode
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        # How autoresets draw new instances: by index (CPU, where reading the mask is free) or
+        # by masked select over a full draw (accelerators; see _restart).
+        self._index_resets = self.device.type == "cpu"
+        self._graph: Any = None  # torch.cuda.CUDAGraph once captured
+        self._graph_state = "warm-up"  # then "capture", then "replay" (or "eager" on failure)
+        self._was_reset = False
+        self._f_history: list[torch.Tensor] = []
 
         self.core = OptimizationCore(self.family, history)
         self.layout: StateLayout = self.core.layout
         self.observation_layout = self.layout.observation_slices
-        d, n = self.family.d, self.num_envs
-        self.single_action_space = spaces.Box(-1.0, 1.0, (d,), np.float32)
-        self.single_observation_space = spaces.Box(
-            -np.inf, np.inf, (self.layout.obs_dim,), np.float32
-        )
-        self.action_space = batch_space(self.single_action_space, n)
-        self.observation_space = batch_space(self.single_observation_space, n)
+        self._allocate_buffers()
+        self._build_spaces()
 
-        # Preallocated buffers, updated in place by step/reset.
+    def _allocate_buffers(self) -> None:
+        """Preallocate every tensor step/reset write, once: they are updated in place (no
+        allocation per step), which is what lets a CUDA graph capture a step — a graph replays
+        fixed addresses — and what ``copy=False`` hands out as live buffers."""
+        n, d = self.num_envs, self.family.d
         dev, dt = self.device, self.dtype
         self._seeds = torch.zeros(n, dtype=torch.int64, device=dev)
         self._episodes = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -167,8 +186,16 @@ class OptimizationVectorEnv(VectorEnv):
         # the graph's input: actions as float64 (exact for every float the caller may pass)
         self._graph_actions = (torch.zeros(n, d, dtype=torch.float64, device=dev)
                                if self.cuda_graph else None)
-        self._was_reset = False
-        self._f_history: list[torch.Tensor] = []
+
+    def _build_spaces(self) -> None:
+        """The single env's spaces (float32 Box observations without bounds, Box actions in
+        [-1, 1]^d) and their batched versions, as Gymnasium's ``batch_space`` builds them."""
+        self.single_action_space = spaces.Box(-1.0, 1.0, (self.family.d,), np.float32)
+        self.single_observation_space = spaces.Box(
+            -np.inf, np.inf, (self.layout.obs_dim,), np.float32
+        )
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
 
     # ------------------------------------------------------------------ reset
     def reset(

@@ -13,6 +13,7 @@ from typing import Any
 
 from optenv.families.base import ObjectiveFamily, ProblemData, index_problem, problem_to_numpy
 from optenv.families.custom import FunctionFamily
+from optenv.families.groups import CoordinateGroup
 from optenv.families.logistic_regression import LogisticRegression
 from optenv.families.neural_net import NeuralNet
 from optenv.families.quadratic import Quadratic
@@ -20,6 +21,7 @@ from optenv.families.robust_regression import RobustRegression
 
 __all__ = [
     "FAMILIES",
+    "CoordinateGroup",
     "FunctionFamily",
     "LogisticRegression",
     "NeuralNet",

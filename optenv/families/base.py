@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from optenv.families.groups import CoordinateGroup, groups_from_sizes
 from optenv.rng import KeyedRNG, instance_keys
 
 __all__ = ["ObjectiveFamily", "ProblemData", "index_problem", "problem_to_numpy"]
@@ -97,9 +98,11 @@ class ObjectiveFamily(ABC):
 
         return torch.func.vmap(torch.func.hessian(single))(x, dict(data))
 
-    def coordinate_groups(self) -> dict[str, slice]:
-        """Named groups of coordinates (one per weight matrix / bias vector for networks)."""
-        return {"x": slice(0, self.d)}
+    def coordinate_groups(self) -> tuple[CoordinateGroup, ...]:
+        """The named groups of coordinates, a partition of ``range(d)`` in order (one per
+        weight matrix / bias vector for networks; one group ``"x"`` unless a family says
+        otherwise). See :mod:`optenv.families.groups`."""
+        return groups_from_sizes([("x", self.d, "other")])
 
     def optimum(self, data: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """The known minimiser [B, d] where the family has one in closed form, else None."""

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from optenv.families.base import ObjectiveFamily, ProblemData
+from optenv.families.groups import CoordinateGroup, check_groups
 from optenv.rng import KeyedRNG
 from optenv.validation import check_int, check_number
 
@@ -28,6 +29,11 @@ class FunctionFamily(ObjectiveFamily):
         value_and_grad: optional closed form ``(x, data) -> (f, grad)``, used instead of autograd.
         name: the family's name (used in ids and reports).
         max_step: the default per-coordinate step an action of ±1 maps to.
+        groups: the coordinate groups (:mod:`optenv.families.groups`) a coordinatewise
+            optimiser shares its parameters within: a dict ``name -> indices`` or
+            ``name -> (indices, kind)`` (kind ``"weight"``, ``"bias"`` or ``"other"``), or a
+            sequence of :class:`~optenv.families.groups.CoordinateGroup`; they must partition
+            ``range(d)``. Default: one group ``"x"`` of all coordinates.
 
     Example::
 
@@ -48,6 +54,7 @@ class FunctionFamily(ObjectiveFamily):
         value_and_grad: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
         name: str = "Custom",
         max_step: float = 1.0,
+        groups: Any = None,
     ) -> None:
         if not callable(objective):
             raise TypeError(f"objective: got {type(objective).__name__}, allowed: a callable")
@@ -64,6 +71,7 @@ class FunctionFamily(ObjectiveFamily):
         self._value_and_grad = value_and_grad
         self.name = name
         self.default_max_step = float(max_step)
+        self._groups = None if groups is None else check_groups(groups, self._d)
 
     @property
     def d(self) -> int:
@@ -92,6 +100,9 @@ class FunctionFamily(ObjectiveFamily):
 
     def objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self._objective(x, data)
+
+    def coordinate_groups(self) -> tuple[CoordinateGroup, ...]:
+        return super().coordinate_groups() if self._groups is None else self._groups
 
     def value_and_grad(
         self, x: torch.Tensor, data: Mapping[str, torch.Tensor]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from optenv.families.base import ObjectiveFamily, ProblemData
+from optenv.families.groups import CoordinateGroup, groups_from_sizes
 from optenv.rng import KeyedRNG
 from optenv.validation import check_int, check_number
 
@@ -74,8 +75,9 @@ class LogisticRegression(ObjectiveFamily):
         gw = torch.einsum("bnj,bn->bj", X, r) + self.lam * w
         return f, torch.cat([gw, r.sum(-1, keepdim=True)], dim=-1)
 
-    def coordinate_groups(self) -> dict[str, slice]:
-        return {"w": slice(0, self.dim), "b": slice(self.dim, self.dim + 1)}
+    def coordinate_groups(self) -> tuple[CoordinateGroup, ...]:
+        """``w`` (the weights, kind weight) and ``b`` (the bias)."""
+        return groups_from_sizes([("w", self.dim, "weight"), ("b", 1, "bias")])
 
     @property
     def input_dim(self) -> int:

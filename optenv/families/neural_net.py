@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from optenv.families.base import ObjectiveFamily, ProblemData
+from optenv.families.groups import CoordinateGroup, groups_from_sizes
 from optenv.rng import KeyedRNG
 from optenv.validation import check_int, check_number
 
@@ -47,23 +48,23 @@ class NeuralNet(ObjectiveFamily):
         h, i = self.hidden, self.inputs
         return h * i + h + 2 * h + 2
 
-    def coordinate_groups(self) -> dict[str, slice]:
+    def coordinate_groups(self) -> tuple[CoordinateGroup, ...]:
+        """``W`` and ``U`` (the two weight matrices), ``b`` and ``c`` (their biases), in x's
+        order."""
         h, i = self.hidden, self.inputs
-        sizes = {"W": h * i, "b": h, "U": 2 * h, "c": 2}
-        out, start = {}, 0
-        for k, n in sizes.items():
-            out[k] = slice(start, start + n)
-            start += n
-        return out
+        return groups_from_sizes([("W", h * i, "weight"), ("b", h, "bias"),
+                                  ("U", 2 * h, "weight"), ("c", 2, "bias")])
 
     def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(W [B,h,i], b [B,h], U [B,2,h], c [B,2]) as views of x [B, d]."""
-        g, bsz = self.coordinate_groups(), x.shape[0]
+        """(W [B,h,i], b [B,h], U [B,2,h], c [B,2]) as views of x [B, d], in the order of
+        :meth:`coordinate_groups` (plain offsets here: this runs at every evaluation)."""
+        h, i, bsz = self.hidden, self.inputs, x.shape[0]
+        w_end, b_end, u_end = h * i, h * i + h, h * i + 3 * h
         return (
-            x[:, g["W"]].reshape(bsz, self.hidden, self.inputs),
-            x[:, g["b"]],
-            x[:, g["U"]].reshape(bsz, 2, self.hidden),
-            x[:, g["c"]],
+            x[:, :w_end].reshape(bsz, h, i),
+            x[:, w_end:b_end],
+            x[:, b_end:u_end].reshape(bsz, 2, h),
+            x[:, u_end:],
         )
 
     def generate(self, rng: KeyedRNG) -> ProblemData:

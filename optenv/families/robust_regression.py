@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from optenv.families.base import ObjectiveFamily, ProblemData
+from optenv.families.groups import CoordinateGroup, groups_from_sizes
 from optenv.rng import KeyedRNG
 from optenv.validation import check_int, check_number
 
@@ -75,5 +76,6 @@ class RobustRegression(ObjectiveFamily):
         gw = -torch.einsum("bnj,bn->bj", data["X"], dr)
         return f, torch.cat([gw, -dr.sum(-1, keepdim=True)], dim=-1)
 
-    def coordinate_groups(self) -> dict[str, slice]:
-        return {"w": slice(0, self.dim), "b": slice(self.dim, self.dim + 1)}
+    def coordinate_groups(self) -> tuple[CoordinateGroup, ...]:
+        """``w`` (the weights, kind weight) and ``b`` (the bias)."""
+        return groups_from_sizes([("w", self.dim, "weight"), ("b", 1, "bias")])

@@ -18,6 +18,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +163,48 @@ def _fixed_width(rows: list[list[str]], *, rule: bool = False) -> list[str]:
 _TUNED_KEYS = ("lr", "momentum", "beta1", "alpha", "history_size")
 
 
+@dataclass
+class _Plan:
+    """What the arguments resolve to, all checked before any method runs (a bad flag fails in
+    a second, not after minutes of tuning)."""
+
+    label: str
+    family: Any
+    defaults: dict[str, Any]
+    methods: list[tuple[str, str | None]]
+    horizon: int
+    out: Path
+    device: Any  # torch.device
+    tune: bool  # not --no-tune
+
+
+@dataclass
+class _Runs:
+    """Per method label: its evaluation, tuning record, hyper-parameters and seconds spent
+    evaluating (the results document's inputs)."""
+
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    tuned: dict[str, Any] = field(default_factory=dict)
+    hyper: dict[str, Any] = field(default_factory=dict)
+    walls: dict[str, float] = field(default_factory=dict)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the comparison ``args`` describe; returns the exit status (0)."""
+    """Run the comparison ``args`` describe; returns the exit status (0).
+
+    Three steps: resolve and check every argument, tune (hand-designed methods, on TRAIN) and
+    evaluate (every method, on the same held-out objectives), then report (results.json, the
+    plots, the table).
+    """
+    plan = _plan(args)
+    runs = _tune_and_evaluate(args, plan)
+    _report(args, plan, runs)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Check the arguments and resolve the env, methods, horizon, output directory and device;
+    sets the torch thread count if asked."""
     import torch
 
     _check_args(args)
@@ -179,51 +220,69 @@ def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device, "--device")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    return _Plan(label, family, defaults, methods, horizon, out, device, not args.no_tune)
 
+
+def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan) -> _Runs:
+    """Each method in turn: a hand-designed one is tuned (or takes its defaults) and built, a
+    saved learned one is loaded; then it runs on the held-out objectives, timed."""
     from tqdm.auto import tqdm
 
-    tune = not args.no_tune
-    evaluations, tuned, hyper, walls = {}, {}, {}, {}
-    context = {"env_id": args.env, "family": family, "history": defaults["history"],
-               "max_step": defaults["max_step"], "device": str(device)}
-    bar = tqdm(total=len(methods), desc="compare", disable=args.quiet, file=sys.stderr)
-    for name, path in methods:
+    runs = _Runs()
+    context = {"env_id": args.env, "family": plan.family, "history": plan.defaults["history"],
+               "max_step": plan.defaults["max_step"], "device": str(plan.device)}
+    bar = tqdm(total=len(plan.methods), desc="compare", disable=args.quiet, file=sys.stderr)
+    for name, path in plan.methods:
         label_m = name if path is None else f"{name}:{path}"
         if path is None:
-            bar.set_postfix_str(f"{name}: tuning" if tune else name)
-            cls = HAND_OPTIMIZERS[name]
-            if tune and cls.default_grid:
-                tr = grid_search(name, family, n_train=args.n_train, horizon=horizon,
-                                 seed=args.seed, history=defaults["history"],
-                                 criterion=args.criterion, device=device)
-                tuned[label_m] = tr.to_dict()
-                hp = tr.best
-            else:
-                hp = {k: float(v) for k, v in cls.defaults.items()}
-            hyper[label_m] = hp
-            method: Any = cls(**hp)
+            bar.set_postfix_str(f"{name}: tuning" if plan.tune else name)
+            method: Any = _hand_method(name, label_m, args, plan, runs)
         else:
             method = load_method(name, path, context)
-            hyper[label_m] = None
+            runs.hyper[label_m] = None
         bar.set_postfix_str(f"{label_m}: evaluating")
         t0 = time.perf_counter()
-        evaluations[label_m] = evaluate(method, args.env, n_test=args.n_test, horizon=horizon,
-                                        seed=args.seed, split=args.split, device=device,
-                                        name=label_m)
-        walls[label_m] = time.perf_counter() - t0
+        runs.evaluations[label_m] = evaluate(method, args.env, n_test=args.n_test,
+                                             horizon=plan.horizon, seed=args.seed,
+                                             split=args.split, device=plan.device, name=label_m)
+        runs.walls[label_m] = time.perf_counter() - t0
         bar.update(1)
     bar.close()
+    return runs
 
+
+def _hand_method(
+    name: str, label: str, args: argparse.Namespace, plan: _Plan, runs: _Runs
+) -> Any:
+    """A hand-designed optimiser with its hyper-parameters grid-searched on the TRAIN
+    objectives (as Li & Malik tuned theirs), or its defaults under ``--no-tune`` or when it has
+    no grid; records the hyper-parameters (and the tuning) in ``runs``."""
+    cls = HAND_OPTIMIZERS[name]
+    if plan.tune and cls.default_grid:
+        tr = grid_search(name, plan.family, n_train=args.n_train, horizon=plan.horizon,
+                         seed=args.seed, history=plan.defaults["history"],
+                         criterion=args.criterion, device=plan.device)
+        runs.tuned[label] = tr.to_dict()
+        hp = tr.best
+    else:
+        hp = {k: float(v) for k, v in cls.defaults.items()}
+    runs.hyper[label] = hp
+    return cls(**hp)
+
+
+def _report(args: argparse.Namespace, plan: _Plan, runs: _Runs) -> None:
+    """Write results.json (and the plots unless ``--no-plots``), then print the set-up line,
+    the table and the files written."""
     doc = make_results(
-        evaluations, family=family, seed=args.seed, device=str(device), tuning=tuned,
-        hyperparameters=hyper, wall_s=walls,
+        runs.evaluations, family=plan.family, seed=args.seed, device=str(plan.device),
+        tuning=runs.tuned, hyperparameters=runs.hyper, wall_s=runs.walls,
         tuning_setup={"split": "train", "n_train": args.n_train, "criterion": args.criterion}
-        if tune else None)
-    written = [write_results(doc, out / "results.json")]
+        if plan.tune else None)
+    written = [write_results(doc, plan.out / "results.json")]
     if not args.no_plots:
-        written += plot_results(doc, out)
-    print(f"{label}: {args.n_test} {args.split} objectives, horizon {horizon}"
-          + (f", tuned on {args.n_train} train objectives" if tune else ", default settings"))
+        written += plot_results(doc, plan.out)
+    print(f"{plan.label}: {args.n_test} {args.split} objectives, horizon {plan.horizon}"
+          + (f", tuned on {args.n_train} train objectives" if plan.tune
+             else ", default settings"))
     print(format_table(doc))
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0

@@ -118,31 +118,50 @@ def make_results(
     tuning_setup: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The results document (see the module docstring) for evaluations of the same objectives."""
-    import torch
-
-    from optenv import __version__
-
     if not evaluations:
         raise ValueError("evaluations: got none, allowed: at least one method's Evaluation")
-    evs = list(evaluations.values())
+    first = _check_same_objectives(list(evaluations.values()))
+    methods = _method_entries(evaluations, tuning=tuning or {},
+                              hyperparameters=hyperparameters or {}, wall_s=wall_s or {})
+    return jsonable({**_header(first, family, seed=seed, device=device, dtype=dtype),
+                     "tuning": dict(tuning_setup) if tuning_setup is not None else None,
+                     "methods": methods})
+
+
+def _check_same_objectives(evs: list[Evaluation]) -> Evaluation:
+    """The first evaluation, once every other ran on its objectives and horizon: margins and
+    win fractions compare methods objective by objective, so anything else is meaningless."""
     first = evs[0]
     for ev in evs[1:]:
         if ev.f.shape != first.f.shape or not np.array_equal(ev.seeds, first.seeds):
             raise ValueError(f"evaluations: {ev.method!r} ran on other objectives or another "
                              "horizon; allowed: the same test objectives for every method")
-    mov = margin_of_victory({k: v.f for k, v in evaluations.items()}) \
-        if len(evaluations) > 1 else {}
+    return first
+
+
+def _method_entries(
+    evaluations: Mapping[str, Evaluation],
+    *,
+    tuning: Mapping[str, Mapping[str, Any] | None],
+    hyperparameters: Mapping[str, Mapping[str, float] | None],
+    wall_s: Mapping[str, float],
+) -> dict[str, dict[str, Any]]:
+    """Each method's entry of ``"methods"``: its own summary statistics, plus the comparisons
+    against the others (margin of victory, win fractions per iteration and per evaluation
+    budget), which need every method at once."""
+    curves = {k: v.f for k, v in evaluations.items()}
+    has_steps = next(iter(curves.values())).shape[1] > 1
+    mov = margin_of_victory(curves) if len(evaluations) > 1 else {}
     by_evals = {k: f_at_evaluation_budget(v.f, v.evals) for k, v in evaluations.items()}
-    beats = pairwise_win_fraction({k: v.f for k, v in evaluations.items()}) \
-        if first.f.shape[1] > 1 else {}
-    beats_e = pairwise_win_fraction(by_evals) if first.f.shape[1] > 1 else {}
+    beats = pairwise_win_fraction(curves) if has_steps else {}
+    beats_e = pairwise_win_fraction(by_evals) if has_steps else {}
     methods = {}
     for name, ev in evaluations.items():
         s = summarize(ev.f)
         methods[name] = {
             "kind": ev.info.get("kind"),
-            "hyperparameters": (hyperparameters or {}).get(name),
-            "tuning": (tuning or {}).get(name),
+            "hyperparameters": hyperparameters.get(name),
+            "tuning": tuning.get(name),
             "mean_f": s.mean, "mean_f_low": s.mean_low, "mean_f_high": s.mean_high,
             "n_finite": s.n_finite,
             "median_f": s.median, "median_f_low": s.median_low, "median_f_high": s.median_high,
@@ -154,10 +173,22 @@ def make_results(
             "fraction_diverged": s.fraction_diverged,
             "fraction_nonfinite": s.fraction_nonfinite,
             "extra_evals_mean": float(np.mean(ev.extra_evals)),
-            "wall_s": (wall_s or {}).get(name),
+            "wall_s": wall_s.get(name),
         }
+    return methods
+
+
+def _header(
+    first: Evaluation, family: Any, *, seed: int, device: str, dtype: str
+) -> dict[str, Any]:
+    """The document's top-level fields up to ``"tuning"``: what was run, on what, with which
+    versions — enough to rerun the comparison and to tell two result files apart."""
+    import torch
+
+    from optenv import __version__
+
     config = family.config() if hasattr(family, "config") else {}
-    doc = {
+    return {
         "schema": SCHEMA,
         "env_id": first.env,
         "family": {"name": getattr(family, "name", type(family).__name__), "config": config},
@@ -172,10 +203,7 @@ def make_results(
         "optenv_version": __version__,
         "torch_version": torch.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "tuning": dict(tuning_setup) if tuning_setup is not None else None,
-        "methods": methods,
     }
-    return jsonable(doc)
 
 
 def validate_results(doc: Mapping[str, Any]) -> None:

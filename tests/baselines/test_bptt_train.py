@@ -102,3 +102,19 @@ def test_observation_scale_is_finite_positive_and_one_on_always_zero_features() 
     assert torch.isfinite(scale).all() and (scale > 0).all()
     # With horizon 3 the oldest history slots are never filled: their scale stays 1.
     assert scale[0] == 1.0
+
+
+def test_the_presets_are_the_config_declarations(tmp_path) -> None:
+    """--quick and the full run are MetaTrainConfig's quick values and defaults (one
+    declaration); an explicit flag overrides the preset, and the MLP's truncation defaults to
+    the horizon."""
+    from baselines.bptt import MetaTrainConfig
+
+    full = MetaTrainConfig()
+    assert (full.iterations, full.batch_size, full.unroll) == (1000, 64, 20)
+    out = tmp_path / "run"
+    argv = ["train", "bptt", "--arch", "mlp", "--quick", "--iterations", "1", "--horizon", "3",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["iterations"], cfg["batch_size"], cfg["horizon"], cfg["unroll"]) == (1, 32, 3, 3)

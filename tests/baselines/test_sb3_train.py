@@ -343,3 +343,24 @@ def test_loaders_refuse_wrong_folders_algorithms_and_shapes(tmp_path):
     opt = load_run(out / "model.zip", "ppo", _context("optenv/RobustRegression-v0"))
     assert opt.predict(_raw_obs(1))[0].shape == (1, 4)  # same sizes: transfer is allowed
     assert methods.parse_methods(f"gd,ppo:{out},recurrent-ppo:{out}")[2][0] == "recurrent-ppo"
+
+
+def test_options_are_the_flags_and_resolve_from_the_run_then_the_hyperparameters() -> None:
+    """SB3Options declares train()'s options and the flags once; a None is filled from the
+    resumed run's config, else from the hyper-parameters, else the default the help states."""
+    from baselines.sb3_train import SB3Options
+
+    args = cli.build_parser().parse_args(["train", "ppo", "--env", ENV, "--out", "x",
+                                          "--steps", "500", "--threads", "2"])
+    assert (args.steps, args.threads, args.log_every) == (500, 2, None)
+    hp = Hyperparams("ppo", load_hyperparams("ppo", ENV), action_dim=4)
+    fresh = SB3Options().resolve({}, hp)
+    assert (fresh.steps, fresh.num_envs, fresh.vec, fresh.seed, fresh.threads) == (
+        hp.n_timesteps, hp.n_envs, "batched", 0, 1)
+    assert fresh.checkpoint_every == max(10_000, hp.n_timesteps // 10)
+    saved = {"steps": 50, "vec": "dummy", "seed": 3, "num_envs": 5, "log_every": 7}
+    resumed = SB3Options(steps=100).resolve(saved, hp)
+    assert (resumed.steps, resumed.vec, resumed.seed, resumed.num_envs, resumed.log_every) == (
+        100, "dummy", 3, 5, 7)
+    with pytest.raises(TypeError, match="stepz"):
+        sb3_train.train("ppo", ENV, "unused", stepz=10)

@@ -22,6 +22,7 @@ from gps.model import expand_cost, fit_dynamics
 from gps.train import load_for_compare, load_optimizer, make_config, train
 from optenv.core import OptimizationCore, StateLayout
 from optenv.families import FunctionFamily, ObjectiveFamily
+from optenv.flags import config_from_flags
 from optenv.registration import family_of
 
 SMALL = {"conditions": 2, "samples": 3, "horizon": 4, "iterations": 1, "lqr_history": 2,
@@ -322,12 +323,14 @@ def test_cli_train_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_every_config_field_is_a_train_flag_that_reaches_the_config(
         capsys: pytest.CaptureFixture[str]) -> None:
-    """The README promises every GPS option is a flag: each GPSConfig field but ``algorithm``
-    parses from ``optenv train gps`` into the config, tuples as comma-separated lists."""
+    """The README promises every GPS option is a flag. The flags are generated from the
+    GPSConfig fields declared with ``option()``: a field declared without it gets no flag and
+    fails here, as does a flag whose value does not reach the config with the field's type
+    (tuples as comma-separated lists)."""
     from optenv.lab.cli import build_parser
 
-    given = {"conditions": "3", "samples": "4", "horizon": "5", "iterations": "6",
-             "kl_step": "0.3", "min_step_mult": "0.02", "max_step_mult": "9",
+    given = {"algorithm": "mdgps", "conditions": "3", "samples": "4", "horizon": "5",
+             "iterations": "6", "kl_step": "0.3", "min_step_mult": "0.02", "max_step_mult": "9",
              "inner_iterations": "3", "policy_dual_rate": "0.3", "lg_step": "0.5",
              "init_pol_wt": "0.02", "init_var": "0.05", "lqr_history": "2",
              "lqr_max_iter": "7", "dynamics_reg": "0.01", "cost_hessian": "psd",
@@ -335,24 +338,29 @@ def test_every_config_field_is_a_train_flag_that_reaches_the_config(
              "prior_strength": "2", "policy_hidden": "8,6", "policy_lr": "0.002",
              "policy_weight_decay": "0.001", "policy_steps": "11", "policy_batch": "12",
              "momentum_lr_grid": "0.5,1", "momentum_grid": "0.3,0.6", "seed": "7"}
-    fields = {f.name for f in dataclasses.fields(GPSConfig)} - {"algorithm"}
+    fields = {f.name for f in dataclasses.fields(GPSConfig)}
     assert set(given) == fields
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "gps", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "BADMM inner iterations (default 4; --quick 2)" in text  # both presets are shown
     assert "(default 0.0009765625," in text  # 2**-10 in full
+    assert "history of the LQR state (default the env's; --quick 3)" in text
     argv = ["train", "gps", "--out", "unused"]
     for name, value in given.items():
         argv += ["--" + name.replace("_", "-"), value]
     args = build_parser().parse_args(argv)
-    config = make_config(args.algorithm, args.quick, **{k: getattr(args, k) for k in given})
+    config = config_from_flags(GPSConfig, args, quick=args.quick)
     default = GPSConfig()
     for name, value in given.items():
-        got = getattr(config, name)
-        want = (tuple(type(getattr(default, name)[0])(v) for v in value.split(","))
-                if isinstance(got, tuple) else type(got)(value))
-        assert got == want and got != getattr(default, name), name
+        got, before = getattr(config, name), getattr(default, name)
+        kind = int if before is None else type(before[0] if isinstance(before, tuple) else before)
+        want = (tuple(kind(v) for v in value.split(",")) if isinstance(before, tuple)
+                else kind(value))
+        assert got == want and type(got) is type(want) and got != before, name
+    quick = config_from_flags(GPSConfig, build_parser().parse_args(
+        ["train", "gps", "--out", "unused", "--quick", "--samples", "5"]), quick=True)
+    assert (quick.samples, quick.inner_iterations, quick.policy_steps) == (5, 2, 400)
 
 
 def test_a_bad_option_value_names_its_flag_and_writes_nothing(

@@ -9,6 +9,7 @@ import torch
 import optenv
 from optenv import FunctionFamily, ObjectiveFamily, make_family
 from optenv.families import index_problem
+from optenv.families.groups import GROUP_KINDS, check_groups
 
 FAMILY_CASES = {
     "Quadratic": {},
@@ -257,15 +258,64 @@ def test_function_family_rejects_bad_arguments():
         FunctionFamily("not callable", d=2)
 
 
-def test_coordinate_groups_partition_the_variables():
-    for fam in (optenv.NeuralNet(), optenv.NeuralNet(inputs=3, hidden=5),
-                optenv.LogisticRegression(), optenv.Quadratic()):
-        covered = []
-        for sl in fam.coordinate_groups().values():
-            covered.extend(range(fam.d)[sl])
-        assert covered == list(range(fam.d))
-    assert list(optenv.NeuralNet().coordinate_groups()) == ["W", "b", "U", "c"]
+def test_coordinate_groups_partition_the_variables_of_every_family():
+    families = [optenv.NeuralNet(), optenv.NeuralNet(inputs=3, hidden=5),
+                optenv.LogisticRegression(), optenv.LogisticRegression(dim=7),
+                optenv.RobustRegression(), optenv.Quadratic(), optenv.Quadratic(dim=5),
+                FunctionFamily(lambda x, data: (x * x).sum(-1), d=3)]
+    for fam in families:
+        groups = fam.coordinate_groups()
+        covered = torch.cat([g.index for g in groups]).sort().values
+        assert covered.tolist() == list(range(fam.d)), fam
+        assert check_groups(groups, fam.d) == groups
+        assert all(g.kind in GROUP_KINDS for g in groups)
+
+
+def test_coordinate_groups_name_each_weight_matrix_and_bias_vector():
+    def summary(fam):
+        return [(g.name, g.size, g.kind) for g in fam.coordinate_groups()]
+
+    assert summary(optenv.NeuralNet()) == [("W", 4, "weight"), ("b", 2, "bias"),
+                                           ("U", 4, "weight"), ("c", 2, "bias")]
     assert optenv.NeuralNet().d == 12
+    assert summary(optenv.LogisticRegression(dim=3)) == [("w", 3, "weight"), ("b", 1, "bias")]
+    assert summary(optenv.RobustRegression(dim=2)) == [("w", 2, "weight"), ("b", 1, "bias")]
+    assert summary(optenv.Quadratic(dim=4)) == [("x", 4, "other")]
+
+
+def test_neural_net_unpacks_x_along_its_coordinate_groups():
+    fam = optenv.NeuralNet(inputs=3, hidden=5)
+    x = torch.arange(fam.d, dtype=torch.float64).unsqueeze(0)
+    parts = fam.unpack(x)
+    for group, part in zip(fam.coordinate_groups(), parts, strict=True):
+        assert torch.equal(part.reshape(-1), x[0, group.index]), group.name
+
+
+def test_function_family_takes_user_groups_as_a_partition():
+    def f(x, data):
+        return (x * x).sum(-1)
+
+    fam = FunctionFamily(f, d=5, groups={"a": slice(0, 2), "odd": ([2, 4], "bias"), "m": [3]})
+    assert [(g.name, g.index.tolist(), g.kind) for g in fam.coordinate_groups()] == [
+        ("a", [0, 1], "other"), ("odd", [2, 4], "bias"), ("m", [3], "other")]
+    assert fam.coordinate_groups()[1].as_slice() is None
+    assert fam.coordinate_groups()[0].as_slice() == slice(0, 2)
+    assert [g.name for g in FunctionFamily(f, d=5).coordinate_groups()] == ["x"]
+
+
+@pytest.mark.parametrize(("groups", "match"), [
+    ({"a": [0, 1], "b": [1, 2, 3, 4]}, r"do not partition.*more than one group \[1\]"),
+    ({"a": [0, 1], "b": [3, 4]}, r"do not partition.*missing \[2\]"),
+    ({"a": [0, 1, 2, 3, 4, 5]}, r"outside 0\.\.4"),
+    ({"a": ([0, 1, 2, 3, 4], "matrix")}, r"kind 'matrix', allowed: weight, bias, other"),
+    ({"a": [0.0, 1.0]}, r"1-D sequence of ints"),
+    ({"a": [], "b": [0, 1, 2, 3, 4]}, r"'a' is empty"),
+    ({}, r"unique, non-empty"),
+    ("abc", r"allowed: a dict"),
+])
+def test_groups_that_are_not_a_partition_raise_naming_the_argument(groups, match):
+    with pytest.raises(ValueError, match=r"^groups: .*" + match):
+        FunctionFamily(lambda x, data: x.sum(-1), d=5, groups=groups)
 
 
 def test_index_problem_selects_instances():

@@ -1,0 +1,88 @@
+"""The single env's divergence: non-finite f terminates with the finite penalty, and no
+action (random, extreme or scaled by a huge max_step) yields a non-finite observation
+or reward.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import optenv
+
+
+def test_quadratic_divergence_terminates_with_the_finite_penalty():
+    env = gym.make("optenv/Quadratic-v0", max_step=1e200)
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(np.ones(10, np.float32))
+    assert terminated and not truncated and info["diverged"]
+    assert reward == -env.unwrapped.divergence_penalty == -optenv.env.DEFAULT_DIVERGENCE_PENALTY
+    assert np.isfinite(obs).all() and obs.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_every_env_diverging_keeps_reward_and_observation_finite(env_id, dtype):
+    env = gym.make(env_id, max_step=1e300, divergence_penalty=7.5, dtype=dtype)
+    obs, _ = env.reset(seed=1)
+    a = np.ones(env.action_space.shape, np.float32)
+    obs, reward, terminated, truncated, info = env.step(a)
+    assert terminated and not truncated and info["diverged"]
+    assert reward == -7.5
+    assert np.isfinite(obs).all()
+    assert np.isfinite(env.unwrapped.state).all()
+    for _ in range(3):  # stepping on after termination never produces NaN either
+        obs, reward, terminated, _, _ = env.unwrapped.step(-a)
+        assert np.isfinite(obs).all() and np.isfinite(reward)
+
+
+_ENVS: dict[tuple[str, str], gym.Env] = {}
+
+
+def _cached_env(env_id: str, dtype: str) -> gym.Env:
+    if (env_id, dtype) not in _ENVS:
+        _ENVS[env_id, dtype] = gym.make(env_id, dtype=dtype, history=3).unwrapped
+    return _ENVS[env_id, dtype]
+
+
+_EXTREME = st.sampled_from([1e300, -1e300, 3.4e38, -3.4e38, 1e-300, -0.0, 1.0, -1.0, 1e10])
+
+
+_FLOATS = st.floats(allow_nan=False, allow_infinity=False, width=64) | _EXTREME
+
+
+@pytest.mark.parametrize("eid", optenv.BUILTIN_IDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), seed=st.integers(0, 2**31))
+def test_random_and_extreme_finite_actions_keep_observation_and_reward_finite(
+    eid, dtype, data, seed
+):
+    env = _cached_env(eid, dtype)
+    d = env.action_space.shape[0]
+    env.reset(seed=seed)
+    actions = data.draw(st.lists(hnp.arrays(np.float64, (d,), elements=_FLOATS),
+                                 min_size=1, max_size=12))
+    for a in actions:
+        obs, reward, terminated, truncated, info = env.step(a)
+        assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
+        assert np.isfinite(obs).all()
+        assert np.isfinite(reward)
+        assert not truncated
+        assert info["diverged"] == terminated
+        assert np.isfinite(info["x"]).all()
+
+
+@pytest.mark.parametrize("eid", optenv.BUILTIN_IDS)
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31), scale=st.sampled_from([1e3, 1e30, 1e200, 1e300]))
+def test_huge_max_step_never_yields_nan(eid, seed, scale):
+    env = gym.make(eid, max_step=scale, history=2).unwrapped
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        obs, reward, _, _, _ = env.step(rng.choice([-1.0, 1.0], env.action_space.shape))
+        assert np.isfinite(obs).all() and np.isfinite(reward)
