@@ -5,13 +5,18 @@ to solve every condition (training objective) at once, on the GPU where one is p
 
 Public API of the numerical core:
 
-* :func:`gps.lqr.kl_constrained_lqr` (and :func:`~gps.lqr.lqr_backward`,
-  :func:`~gps.lqr.lqr_forward`): the KL-constrained trajectory-optimisation step, with the
-  BADMM / mirror-descent cost terms.
-* :func:`gps.dynamics.fit_linear_gaussian` with :class:`gps.gmm.GMMPrior`: per-step
+* :func:`gps.lqr.kl_constrained_lqr` (and :func:`~gps.lqr.prepare_lqr`,
+  :func:`~gps.lqr.lqr_backward`, :func:`~gps.lqr.lqr_forward`): the KL-constrained
+  trajectory-optimisation step on the dynamics, cost and previous controller
+  (:class:`~gps.dynamics.LinearGaussianDynamics`, :class:`~gps.cost.QuadraticCost`,
+  :class:`~gps.controller.LinearGaussianController`), with the BADMM terms
+  (:class:`~gps.lqr.PolicyTerm`, :class:`~gps.lqr.LagrangeTerm`); mirror-descent GPS passes the
+  policy's linearisation as the previous controller.
+* :func:`gps.dynamics.fit_linear_gaussian` with :class:`gps.prior.GMMPrior`: per-step
   linear-Gaussian dynamics with a normal-inverse-Wishart prior from a batched-EM GMM.
-* :mod:`gps.reference`: the slow per-condition numpy implementation (test oracle, benchmark
-  baseline); ``python -m gps.bench lqr|dynamics`` times one against the other.
+* The slow per-condition numpy implementation (test oracle, benchmark baseline) is not part of
+  the package: ``benchmarks/reference.py`` in the repository, and ``python -m
+  benchmarks.gps_bench lqr|dynamics`` (from the repository root) times one against the other.
 
 The learner built on it:
 
@@ -21,9 +26,21 @@ The learner built on it:
 """
 
 from gps.agent import GPSAgent, GPSConfig
+from gps.controller import LinearGaussianController
+from gps.cost import QuadraticCost
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
 from gps.gmm import GMM, fit_gmm
-from gps.lqr import LQRResult, LQRStatus, kl_constrained_lqr, lqr_backward, lqr_forward
+from gps.lqr import (
+    LagrangeTerm,
+    LQRProblem,
+    LQRResult,
+    LQRStatus,
+    PolicyTerm,
+    kl_constrained_lqr,
+    lqr_backward,
+    lqr_forward,
+    prepare_lqr,
+)
 from gps.prior import GMMPrior
 from gps.train import load_optimizer
 
@@ -32,13 +49,19 @@ __all__ = [
     "GMMPrior",
     "GPSAgent",
     "GPSConfig",
+    "LQRProblem",
     "LQRResult",
     "LQRStatus",
+    "LagrangeTerm",
+    "LinearGaussianController",
     "LinearGaussianDynamics",
+    "PolicyTerm",
+    "QuadraticCost",
     "fit_gmm",
     "fit_linear_gaussian",
     "kl_constrained_lqr",
     "load_optimizer",
     "lqr_backward",
     "lqr_forward",
+    "prepare_lqr",
 ]

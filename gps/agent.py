@@ -49,7 +49,7 @@ from gps.controller import (
 )
 from gps.dynamics import LinearGaussianDynamics
 from gps.gmm import GMM
-from gps.lqr import LQRStatus, kl_constrained_lqr
+from gps.lqr import LagrangeTerm, LQRResult, LQRStatus, PolicyTerm, kl_constrained_lqr
 from gps.model import QuadraticCost, expand_cost, expected_cost, fit_dynamics
 from gps.policy_fit import linearise_policy, policy_means, train_policy
 from optenv.core import OptimizationCore
@@ -217,11 +217,13 @@ class GPSAgent:
 
     # ----------------------------------------------------------------------------- pieces
     def _lqr(self, dyn: LinearGaussianDynamics, cost: QuadraticCost,
-             prev: LinearGaussianController, kl_step: Tensor, **extra: Tensor) -> Any:
-        res = kl_constrained_lqr(dyn.Fm, dyn.fv, dyn.dyn_covar, dyn.x0mu, dyn.x0sigma,
-                                 cost.Cm, cost.cv, prev.K, prev.k, prev.covar, kl_step,
-                                 eta0=self.eta.clamp(1e-8, 1e16),
-                                 max_iter=self.cfg.lqr_max_iter, **extra)
+             prev: LinearGaussianController, kl_step: Tensor, *,
+             policy: PolicyTerm | None = None, lagrange: LagrangeTerm | None = None
+             ) -> LQRResult:
+        """The KL-constrained LQR, warm-started from last solve's eta; counts its passes."""
+        res = kl_constrained_lqr(dyn, cost, prev, kl_step, eta0=self.eta.clamp(1e-8, 1e16),
+                                 policy=policy, lagrange=lagrange,
+                                 max_iter=self.cfg.lqr_max_iter)
         self._lqr_evaluations += res.n_evaluations
         return res
 
@@ -289,38 +291,59 @@ class GPSAgent:
 
     # ----------------------------------------------------------------------------- iteration
     def iteration(self) -> dict[str, Any]:
-        """Run one GPS iteration; returns its report row."""
+        """Run one GPS iteration; returns its report row.
+
+        Steps, each timed into its ``t_*`` column: sample the current controllers; fit the
+        local models; update controllers and policy (BADMM or MDGPS); keep the previous
+        controller wherever something failed; measure the policy and report.
+        """
         if self.ctrl is None:
             raise RuntimeError("GPSAgent.initialise() or load_state_dict() must come first")
-        cfg = self.cfg
-        times = {"sampling": 0.0, "dynamics": 0.0, "cost": 0.0, "lqr": 0.0, "policy": 0.0,
-                 "linearise": 0.0}
         t_start = time.perf_counter()
+        # the order of these keys is the order of the t_* columns in log.csv
+        times = dict.fromkeys(("sampling", "dynamics", "cost", "lqr", "policy", "linearise"), 0.0)
         self._lqr_evaluations = 0
-
-        def lap(key: str, t0: float) -> float:
-            now = time.perf_counter()
-            times[key] += now - t0
-            return now
-
         t0 = time.perf_counter()
         batch = self.sample(self.ctrl)
-        t0 = lap("sampling", t0)
-        dyn, residual, self.gmm_dyn = fit_dynamics(
-            batch.Z, batch.U, self.smap, reg=cfg.dynamics_reg, max_clusters=cfg.gmm_clusters,
-            min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
-            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_dyn)
-        t0 = lap("dynamics", t0)
-        cost = expand_cost(self.family, self.data, batch.Z, batch.U, self.smap,
-                           hessian=cfg.cost_hessian)
-        t0 = lap("cost", t0)
+        self._tick(times, "sampling", t0)
+        dyn, cost, residual = self._fit_models(batch, times)
         cur = {"dyn": dyn, "cost": cost}
         bad = batch.bad.clone()
         bad |= ~torch.isfinite(dyn.Fm).reshape(bad.shape[0], -1).all(1)
         bad |= ~torch.isfinite(cost.Cm).reshape(bad.shape[0], -1).all(1)
-        sampler = self.ctrl
         statuses: list[Tensor] = []
-        if cfg.algorithm == "badmm":
+        new, res, pol_kl, anchor = self._update(batch, cur, statuses, times)
+        bad = self._accept(new, anchor, cur, bad)
+        return self._report(batch, res, pol_kl, residual, bad, statuses, times, t_start)
+
+    def _fit_models(self, batch: SampleBatch, times: dict[str, float]
+                    ) -> tuple[LinearGaussianDynamics, QuadraticCost, Tensor]:
+        """This iteration's local models from its samples: the dynamics (GMM prior
+        warm-started from the last fit) with their relative residual [M], and the cost."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        dyn, residual, self.gmm_dyn = fit_dynamics(
+            batch.Z, batch.U, self.smap, reg=cfg.dynamics_reg, max_clusters=cfg.gmm_clusters,
+            min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
+            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_dyn)
+        t0 = self._tick(times, "dynamics", t0)
+        cost = expand_cost(self.family, self.data, batch.Z, batch.U, self.smap,
+                           hessian=cfg.cost_hessian)
+        self._tick(times, "cost", t0)
+        return dyn, cost, residual
+
+    def _update(self, batch: SampleBatch, cur: dict[str, Any], statuses: list[Tensor],
+                times: dict[str, float]
+                ) -> tuple[LinearGaussianController, LQRResult, Tensor,
+                           LinearGaussianController]:
+        """The algorithm's step: new controllers, the last LQR result, the per-step KL to the
+        policy, and the anchor whose expected cost the next step-size update compares (the
+        sampling controllers for BADMM, the policy's linearisation for MDGPS). The LQR
+        statuses are appended to ``statuses``."""
+        dyn, cost = cur["dyn"], cur["cost"]
+        sampler = self.ctrl
+        assert sampler is not None
+        if self.cfg.algorithm == "badmm":
             if self.prev is not None:
                 self._step_adjust(cur, sampler)
             new, res, pol_kl, t_extra = self._badmm(batch, dyn, cost, statuses)
@@ -329,7 +352,16 @@ class GPSAgent:
             new, res, pol_kl, anchor, t_extra = self._mdgps(batch, dyn, cost, statuses, cur)
         for k, v in t_extra.items():
             times[k] += v
-        bad |= ~torch.isfinite(new.K).reshape(bad.shape[0], -1).all(1)
+        return new, res, pol_kl, anchor
+
+    def _accept(self, new: LinearGaussianController, anchor: LinearGaussianController,
+                cur: dict[str, Any], bad: Tensor) -> Tensor:
+        """Adopt the new controllers, except where a condition had a problem (``bad``, or a
+        non-finite new controller: it keeps the sampling one); remember what the next
+        step-size update needs; count the iteration. Returns the updated ``bad`` [M]."""
+        sampler = self.ctrl
+        assert sampler is not None
+        bad = bad | ~torch.isfinite(new.K).reshape(bad.shape[0], -1).all(1)
         new = new.where(bad, sampler)
         # what the next step-size update needs from this iteration's model: two costs [M]
         # (keeping the model itself would hold GBs at the authors' sizes, in every checkpoint)
@@ -337,20 +369,25 @@ class GPSAgent:
                      "result_cost": self._estimate(cur, new)}
         self.ctrl = new
         self.iteration_count += 1
+        return bad
 
+    def _report(self, batch: SampleBatch, res: LQRResult, pol_kl: Tensor, residual: Tensor,
+                bad: Tensor, statuses: list[Tensor], times: dict[str, float], t_start: float
+                ) -> dict[str, Any]:
+        """The iteration's row: the policy's cost on the training conditions (timed as
+        "policy"), the samples' cost, the LQR's and the models' diagnostics, the failures."""
         t0 = time.perf_counter()
         pcost = self.policy_cost()
-        lap("policy", t0)
+        self._tick(times, "policy", t0)
         failures = self._failures(batch.bad, statuses, bad)
-        T = cfg.horizon
         finite_pc = pcost[torch.isfinite(pcost)]
-        row = {
+        return {
             "iteration": self.iteration_count,
             "sampled_cost": float(batch.F[~batch.bad].mean()) if bool((~batch.bad).any())
             else math.nan,
             "policy_cost": float(finite_pc.mean()) if finite_pc.numel() else math.nan,
             "policy_diverged": int((~torch.isfinite(pcost)).sum()),
-            "kl": float((res.kl / T).mean()),
+            "kl": float((res.kl / self.cfg.horizon).mean()),
             "policy_kl": float(pol_kl.mean()) if pol_kl is not None else math.nan,
             "eta": float(res.eta.log().mean().exp()),
             "step_mult": float(self.step_mult.mean()),
@@ -363,7 +400,6 @@ class GPSAgent:
             **{f"t_{k}": v for k, v in times.items()},
             "failures": failures,
         }
-        return row
 
     def _failures(self, sample_bad: Tensor, statuses: list[Tensor], bad: Tensor) -> str:
         """'kind: conditions; ...' for every numerical problem of this iteration."""
@@ -417,10 +453,8 @@ class GPSAgent:
                 if inner == cfg.inner_iterations - 1:
                     self.nu = (self.nu + cfg.lg_step * pol_kl).clamp_min(0.0)
             t0 = self._tick(times, "linearise", t0)
-            res = self._lqr(dyn, cost, sampler, kl_step, policy_K=pol_lin.K,
-                            policy_k=pol_lin.k, policy_covar=pol_lin.covar,
-                            policy_weight=self.nu, lagrange_K=torch.zeros_like(pol_lin.K),
-                            lagrange_k=self.lam_k)
+            res = self._lqr(dyn, cost, sampler, kl_step, policy=PolicyTerm(pol_lin, self.nu),
+                            lagrange=LagrangeTerm(k=self.lam_k))
             statuses.append(res.status)
             self.eta = res.eta
             traj = LinearGaussianController(res.K, res.k, res.pol_covar)

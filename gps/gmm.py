@@ -132,7 +132,8 @@ def fit_gmm(
             ignored when its K differs from n_clusters. Otherwise a random assignment drawn from
             ``generator`` (a CPU ``torch.Generator``; seed it for reproducible fits).
         max_iter, tol: stop a mixture when its log-likelihood decreases or changes by less than
-            tol*|ll| (masked: the others go on).
+            tol*|ll| (masked: the others go on). ``max_iter=0`` returns the starting mixture
+            itself (the bench starts the batched and the numpy EM from it).
         reg: added to every covariance (reg * I) after each M-step.
     """
     if not isinstance(data, Tensor) or data.dim() != 3 or data.dtype not in (torch.float32,

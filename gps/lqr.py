@@ -24,19 +24,20 @@ in numpy (~0.6 s per condition at T=100, dX=100, dU=10). Here each condition has
 bracket, retry counter and status, kept in tensors and updated with ``torch.where``; one
 "evaluation" (backward pass, forward pass, KL, state update) advances every unfinished condition
 by exactly the step the sequential algorithm would take, so each condition follows the same
-sequence of etas as the per-condition loop (:mod:`gps.reference` checks this to 1e-8). Finished
-conditions are masked, not removed, so shapes stay static: there is no host synchronisation
-inside the T-step passes (``cholesky_ex`` instead of ``cholesky``, masks instead of ``if``), and on
-CUDA the whole evaluation is captured once as a CUDA graph and replayed. The host reads one flag
-per evaluation to stop when every condition is finished.
+sequence of etas as the per-condition loop (the numpy reference ``benchmarks/reference.py``,
+outside the package, checks this to 1e-8). Finished conditions are masked, not removed, so shapes
+stay static: there is no host synchronisation inside the T-step passes (``cholesky_ex`` instead
+of ``cholesky``, masks instead of ``if``), and on CUDA the whole evaluation is captured once as a
+CUDA graph and replayed. The host reads one flag per evaluation to stop when every condition is
+finished.
 
 Extra cost terms for the GPS variants (all optional, all folded into the same passes):
 
 * **BADMM** (Levine et al. 2016): a KL-to-policy term with per-step weight nu_t
-  (``policy_K, policy_k, policy_covar, policy_weight``: the linearised neural-network policy
-  ``pi(u|x) = N(policy_K x + policy_k, policy_covar)``) and the Lagrange multipliers of the
-  policy-trajectory agreement constraint (``lagrange_K, lagrange_k``), which shift the cost by
-  ``-u^T lagrange_K x - u^T lagrange_k``. The per-step cost becomes, as in the reference code's
+  (``policy=PolicyTerm(linearised, weight)``: the linearised neural-network policy
+  ``pi(u|x) = N(K_pi x + k_pi, S_pi)`` and nu) and the Lagrange multipliers of the
+  policy-trajectory agreement constraint (``lagrange=LagrangeTerm(k, K)``), which shift the cost
+  by ``-u^T lagrange_K x - u^T lagrange_k``. The per-step cost becomes, as in the reference code's
   ``AlgorithmBADMM.compute_costs``::
 
       (l_t - u^T lagrange_K x - u^T lagrange_k - eta log p_prev - nu_t log pi)
@@ -47,8 +48,15 @@ Extra cost terms for the GPS variants (all optional, all folded into the same pa
   ``max_ent`` out of that ratio, which is inconsistent when ``max_ent != 0``; it is included here.)
 * **Mirror-descent GPS** (Montgomery & Levine 2016) needs no extra term: its C-step is this same
   KL-constrained problem with the *linearised global policy* passed as the previous controller
-  (``K_prev, k_prev, pol_covar_prev``), exactly as the reference code's ``AlgorithmMDGPS``.
+  (``prev``), exactly as the reference code's ``AlgorithmMDGPS``.
 * ``max_ent``: the reference code's ``max_ent_traj`` entropy bonus weight (0 by default).
+
+Interface: :func:`kl_constrained_lqr` takes the containers the agent already has -- the dynamics
+(:class:`gps.dynamics.LinearGaussianDynamics`), the cost (:class:`gps.cost.QuadraticCost`), the
+previous controller (:class:`gps.controller.LinearGaussianController`) -- and the optional
+:class:`PolicyTerm` and :class:`LagrangeTerm`; it checks them once (errors name the argument,
+e.g. ``cost.Cm``). :func:`prepare_lqr` is that check plus the eta-independent precomputation, and
+:func:`lqr_backward` / :func:`lqr_forward` run the two passes on their own.
 
 Failures never raise for the whole batch and never produce NaN: a condition with non-finite inputs,
 a non-positive-definite previous (or policy) covariance, or a Q_uu that stays indefinite up to
@@ -60,23 +68,30 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from enum import IntEnum
 
 import torch
 from torch import Tensor
 
+from gps.controller import LinearGaussianController
+from gps.cost import QuadraticCost
+from gps.dynamics import LinearGaussianDynamics
 from optenv.cuda_graphs import capture, warm_up
 
 __all__ = [
     "LQRBackward",
     "LQRMarginals",
+    "LQRProblem",
     "LQRResult",
     "LQRStatus",
+    "LagrangeTerm",
+    "PolicyTerm",
     "clear_graph_cache",
     "kl_constrained_lqr",
     "lqr_backward",
     "lqr_forward",
+    "prepare_lqr",
 ]
 
 
@@ -117,12 +132,12 @@ _REASONS = {
         "non-finite (NaN/inf) values in this condition's inputs; returning the previous controller"
     ),
     LQRStatus.BAD_PREV_COVAR: (
-        "pol_covar_prev is not positive definite at some step, so KL(new || prev) is undefined; "
+        "prev.covar is not positive definite at some step, so KL(new || prev) is undefined; "
         "returning the previous controller"
     ),
     LQRStatus.BAD_POLICY_COVAR: (
-        "policy_covar is not positive definite at some step, so the KL-to-policy term is "
-        "undefined; returning the previous controller"
+        "policy.linearised.covar is not positive definite at some step, so the KL-to-policy "
+        "term is undefined; returning the previous controller"
     ),
 }
 
@@ -174,9 +189,44 @@ class LQRMarginals:
     kl: Tensor | None  # [B,T] per-step KL(controller || previous), when a previous one was given
 
 
+# ---------------------------------------------------------------------------- optional terms
+
+
+@dataclass
+class PolicyTerm:
+    """BADMM's KL-to-policy cost term ``nu_t * KL(p || pi)`` (Levine et al. 2016).
+
+    ``linearised``: the neural-network policy's local linear-Gaussian fit
+    ``pi(u|x) = N(K x + k, covar)``, shaped as the controllers (K [B,T,dU,dX], k [B,T,dU],
+    covar [B,T,dU,dU]). ``weight``: nu, a float, a [B] or a [B,T] tensor, >= 0 (the agent's
+    per-step weights are [B,T]). One object, because the term needs both.
+    """
+
+    linearised: LinearGaussianController
+    weight: float | Tensor
+
+
+@dataclass
+class LagrangeTerm:
+    """BADMM's Lagrange multipliers of the policy-trajectory agreement constraint: they add
+    ``-u^T K x - u^T k`` to the cost. k [B,T,dU]; K [B,T,dU,dX], or None for no state-dependent
+    part (the agent's dual steps act on the mean actions only, so it passes none)."""
+
+    k: Tensor
+    K: Tensor | None = None
+
+
 # --------------------------------------------------------------------------------- validation
 
 _FLOATS = (torch.float32, torch.float64)
+
+
+def _check_type(name: str, value: object, cls: type, *, optional: bool = False) -> None:
+    """TypeError naming the argument unless ``value`` is a ``cls`` (or None when optional)."""
+    if (value is None and optional) or isinstance(value, cls):
+        return
+    allowed = f"{cls.__module__}.{cls.__qualname__}" + (" or None" if optional else "")
+    raise TypeError(f"{name} must be a {allowed}; got {type(value).__name__}")
 
 
 def _check(name: str, x: object, shape: tuple[int, ...], dims: str, ref: Tensor | None) -> Tensor:
@@ -191,27 +241,29 @@ def _check(name: str, x: object, shape: tuple[int, ...], dims: str, ref: Tensor 
         raise ValueError(f"{name} must have shape {dims} = {list(shape)}; got {list(x.shape)}")
     if ref is not None and x.dtype != ref.dtype:
         raise ValueError(
-            f"{name} has dtype {x.dtype} but Fm has {ref.dtype}; all tensors must share one dtype "
-            "(torch.float32 or torch.float64)"
+            f"{name} has dtype {x.dtype} but dyn.Fm has {ref.dtype}; all tensors must share one "
+            "dtype (torch.float32 or torch.float64)"
         )
     if ref is not None and x.device != ref.device:
         raise ValueError(
-            f"{name} is on device {x.device} but Fm is on {ref.device}; all tensors must share "
-            "one device"
+            f"{name} is on device {x.device} but dyn.Fm is on {ref.device}; all tensors must "
+            "share one device"
         )
     return x
 
 
 def _dims(Fm: object) -> tuple[int, int, int, int]:
+    """B, T, dX, dU from the dynamics matrix ``dyn.Fm`` [B,T,dX,dX+dU]: every other shape
+    follows from it."""
     if not isinstance(Fm, Tensor):
-        raise TypeError(f"Fm must be a torch.Tensor [B,T,dX,dX+dU]; got {type(Fm).__name__}")
+        raise TypeError(f"dyn.Fm must be a torch.Tensor [B,T,dX,dX+dU]; got {type(Fm).__name__}")
     if Fm.dim() != 4 or Fm.shape[3] <= Fm.shape[2] or min(Fm.shape) < 1:
         raise ValueError(
-            "Fm must be a 4-D tensor [B,T,dX,dX+dU] with dX >= 1, dU >= 1 (last dim larger than "
-            f"the third); got shape {list(Fm.shape)}"
+            "dyn.Fm must be a 4-D tensor [B,T,dX,dX+dU] with dX >= 1, dU >= 1 (last dim larger "
+            f"than the third); got shape {list(Fm.shape)}"
         )
     if Fm.dtype not in _FLOATS:
-        raise ValueError(f"Fm has dtype {Fm.dtype}; allowed: torch.float32 or torch.float64")
+        raise ValueError(f"dyn.Fm has dtype {Fm.dtype}; allowed: torch.float32 or torch.float64")
     B, T, dX, n = Fm.shape
     return B, T, dX, n - dX
 
@@ -240,15 +292,90 @@ def _default_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if device.type == "cpu" else dtype
 
 
+def _controller_specs(name: str, c: LinearGaussianController, B: int, T: int, dX: int,
+                      dU: int) -> list[tuple[str, object, tuple[int, ...], str]]:
+    """The shape specs of a controller's three tensors, named ``name.K`` etc."""
+    return [
+        (f"{name}.K", c.K, (B, T, dU, dX), "[B,T,dU,dX]"),
+        (f"{name}.k", c.k, (B, T, dU), "[B,T,dU]"),
+        (f"{name}.covar", c.covar, (B, T, dU, dU), "[B,T,dU,dU]"),
+    ]
+
+
+def _validate(dyn: LinearGaussianDynamics, cost: QuadraticCost, prev: LinearGaussianController,
+              policy: PolicyTerm | None, lagrange: LagrangeTerm | None
+              ) -> tuple[int, int, int, int]:
+    """Check the containers' types (callers may pass anything), then every tensor's shape, dtype
+    and device against dyn.Fm's; returns B, T, dX, dU. Errors name the argument (``cost.Cm``,
+    ``prev.covar``...)."""
+    _check_type("dyn", dyn, LinearGaussianDynamics)
+    _check_type("cost", cost, QuadraticCost)
+    _check_type("prev", prev, LinearGaussianController)
+    _check_type("policy", policy, PolicyTerm, optional=True)
+    _check_type("lagrange", lagrange, LagrangeTerm, optional=True)
+    B, T, dX, dU = _dims(dyn.Fm)
+    n = dX + dU
+    specs = [
+        ("dyn.fv", dyn.fv, (B, T, dX), "[B,T,dX]"),
+        ("dyn.dyn_covar", dyn.dyn_covar, (B, T, dX, dX), "[B,T,dX,dX]"),
+        ("dyn.x0mu", dyn.x0mu, (B, dX), "[B,dX]"),
+        ("dyn.x0sigma", dyn.x0sigma, (B, dX, dX), "[B,dX,dX]"),
+        ("cost.Cm", cost.Cm, (B, T, n, n), "[B,T,dX+dU,dX+dU]"),
+        ("cost.cv", cost.cv, (B, T, n), "[B,T,dX+dU]"),
+        *_controller_specs("prev", prev, B, T, dX, dU),
+    ]
+    if policy is not None:
+        _check_type("policy.linearised", policy.linearised, LinearGaussianController)
+        specs += _controller_specs("policy.linearised", policy.linearised, B, T, dX, dU)
+    if lagrange is not None:
+        specs.append(("lagrange.k", lagrange.k, (B, T, dU), "[B,T,dU]"))
+        if lagrange.K is not None:
+            specs.append(("lagrange.K", lagrange.K, (B, T, dU, dX), "[B,T,dU,dX]"))
+    for name, x, shape, dims in specs:
+        _check(name, x, shape, dims, dyn.Fm)
+    return B, T, dX, dU
+
+
+def _compute_dtype(dtype: object, max_ent: object, ref: Tensor) -> torch.dtype:
+    """Check ``dtype`` and ``max_ent``; the dtype the passes run in."""
+    if not isinstance(max_ent, (int, float)) or not math.isfinite(max_ent) or max_ent < 0:
+        raise ValueError(f"max_ent must be a finite float >= 0; got {max_ent!r}")
+    if dtype is not None and dtype not in _FLOATS:
+        raise ValueError(f"dtype must be None, torch.float32 or torch.float64; got {dtype}")
+    return dtype or _default_dtype(ref.device, ref.dtype)  # type: ignore[return-value]
+
+
+def _policy_weight(policy: PolicyTerm | None, B: int, T: int, Fm_in: Tensor, ref: Tensor
+                   ) -> Tensor:
+    """nu [B,T] in the compute dtype (ref's): the policy term's weight per condition and step
+    (zeros without a policy term, so one pass serves every variant). A [B,T] weight must match
+    the inputs' dtype and device (Fm_in, the caller's dyn.Fm), as every other tensor."""
+    if policy is None:
+        return torch.zeros(B, T, dtype=ref.dtype, device=ref.device)
+    weight = policy.weight
+    if isinstance(weight, Tensor) and weight.dim() == 2:
+        nu = _check("policy.weight", weight, (B, T), "[B,T]", Fm_in).to(ref.dtype)
+    else:
+        nu = _per_condition("policy.weight", weight, B, ref, positive=False)
+        nu = nu[:, None].expand(B, T)
+    if not bool(torch.all(torch.isfinite(nu) & (nu >= 0))):
+        raise ValueError("policy.weight must be finite and >= 0")
+    return nu
+
+
 # ------------------------------------------------------------------------------------ problem
 
 
 @dataclass
-class _Problem:
-    """Everything the passes read, in the compute dtype; eta-independent parts precomputed.
+class LQRProblem:
+    """A validated problem in the compute dtype, its eta-independent parts precomputed.
 
-    Cm/cv already contain the Lagrange shift and nu_t * (-log pi) (BADMM); G/PG/g encode
-    -log p_prev(u|x) = 1/2 z^T G^T P G z + z^T g + const with G = [-K_prev, I], z = [x; u].
+    Built once per solve by :func:`prepare_lqr` (validation and its host synchronisation stay
+    outside the passes); every backward and forward pass reads it. The fields are the solver's
+    internal form, not a user format: Cm/cv already contain the Lagrange shift and
+    nu_t * (-log pi) (BADMM); G/PG/g encode -log p_prev(u|x) = 1/2 z^T G^T P G z + z^T g + const
+    with G = [-K_prev, I], z = [x; u]. ``bad`` [B] holds the status of conditions that cannot be
+    solved (RUNNING = fine); ``out_dtype`` is the inputs' dtype, in which results come back.
     """
 
     Fm: Tensor
@@ -268,10 +395,11 @@ class _Problem:
     g: Tensor  # [B,T,n]
     nu: Tensor  # [B,T] (zeros without a policy term)
     max_ent: float
-    target: Tensor  # [B] = kl_step * T
     bad: Tensor  # [B] int64 status for conditions that cannot be solved (RUNNING = fine)
+    out_dtype: torch.dtype
 
     def tensors(self) -> dict[str, Tensor]:
+        """The tensor fields by name (the CUDA-graph cache copies them into static buffers)."""
         return {k: v for k, v in vars(self).items() if isinstance(v, Tensor)}
 
 
@@ -312,143 +440,109 @@ def _sanitise(x: Tensor, ok: Tensor, spd: bool) -> Tensor:
     return torch.where(ok.reshape(-1, *([1] * (x.dim() - 1))), x, fill)
 
 
-def _prepare(
-    Fm: Tensor,
-    fv: Tensor,
-    dyn_covar: Tensor | None,
-    x0mu: Tensor | None,
-    x0sigma: Tensor | None,
-    Cm: Tensor,
-    cv: Tensor,
-    K_prev: Tensor,
-    k_prev: Tensor,
-    pol_covar_prev: Tensor,
-    kl_step: float | Tensor,
-    policy_K: Tensor | None,
-    policy_k: Tensor | None,
-    policy_covar: Tensor | None,
-    policy_weight: float | Tensor | None,
-    lagrange_K: Tensor | None,
-    lagrange_k: Tensor | None,
-    max_ent: float,
-    dtype: torch.dtype | None,
-) -> tuple[_Problem, torch.dtype]:
-    """Validate arguments and build the :class:`_Problem` (one sync, outside the passes)."""
-    B, T, dX, dU = _dims(Fm)
-    n = dX + dU
-    specs: list[tuple[str, object, tuple[int, ...], str]] = [
-        ("fv", fv, (B, T, dX), "[B,T,dX]"),
-        ("Cm", Cm, (B, T, n, n), "[B,T,dX+dU,dX+dU]"),
-        ("cv", cv, (B, T, n), "[B,T,dX+dU]"),
-        ("K_prev", K_prev, (B, T, dU, dX), "[B,T,dU,dX]"),
-        ("k_prev", k_prev, (B, T, dU), "[B,T,dU]"),
-        ("pol_covar_prev", pol_covar_prev, (B, T, dU, dU), "[B,T,dU,dU]"),
-    ]
-    if dyn_covar is not None:
-        specs += [
-            ("dyn_covar", dyn_covar, (B, T, dX, dX), "[B,T,dX,dX]"),
-            ("x0mu", x0mu, (B, dX), "[B,dX]"),
-            ("x0sigma", x0sigma, (B, dX, dX), "[B,dX,dX]"),
-        ]
-    pol_args = (policy_K, policy_k, policy_covar, policy_weight)
-    if any(a is not None for a in pol_args) and not all(a is not None for a in pol_args):
-        raise ValueError(
-            "policy_K, policy_k, policy_covar and policy_weight must be given together (the BADMM "
-            f"KL-to-policy term); got {[a is not None for a in pol_args]} for them"
-        )
-    if (lagrange_K is None) != (lagrange_k is None):
-        raise ValueError("lagrange_K and lagrange_k must be given together; got only one of them")
-    if policy_K is not None:
-        specs += [
-            ("policy_K", policy_K, (B, T, dU, dX), "[B,T,dU,dX]"),
-            ("policy_k", policy_k, (B, T, dU), "[B,T,dU]"),
-            ("policy_covar", policy_covar, (B, T, dU, dU), "[B,T,dU,dU]"),
-        ]
-    if lagrange_K is not None:
-        specs += [
-            ("lagrange_K", lagrange_K, (B, T, dU, dX), "[B,T,dU,dX]"),
-            ("lagrange_k", lagrange_k, (B, T, dU), "[B,T,dU]"),
-        ]
-    for name, x, shape, dims in specs:
-        _check(name, x, shape, dims, Fm)
-    if not isinstance(max_ent, (int, float)) or not math.isfinite(max_ent) or max_ent < 0:
-        raise ValueError(f"max_ent must be a finite float >= 0; got {max_ent!r}")
-    if dtype is not None and dtype not in _FLOATS:
-        raise ValueError(f"dtype must be None, torch.float32 or torch.float64; got {dtype}")
-    cdt = dtype or _default_dtype(Fm.device, Fm.dtype)
-    dev = Fm.device
+#: The inputs that are covariances (or costs' Hessians): a bad condition's rows become identities.
+_SPD_INPUTS = frozenset({"dyn_covar", "x0sigma", "Cm", "pol_covar_prev", "policy_covar"})
 
-    def cv_(x: Tensor | None) -> Tensor | None:
-        return None if x is None else x.to(cdt)
 
-    Fm_, fv_, Cm_, cv__ = cv_(Fm), cv_(fv), cv_(Cm), cv_(cv)
-    Kp, kp, Sp = cv_(K_prev), cv_(k_prev), cv_(pol_covar_prev)
-    if dyn_covar is None:
-        W = torch.zeros(B, T, dX, dX, dtype=cdt, device=dev)
-        m0 = torch.zeros(B, dX, dtype=cdt, device=dev)
-        S0 = torch.zeros(B, dX, dX, dtype=cdt, device=dev)
-    else:
-        W, m0, S0 = cv_(dyn_covar), cv_(x0mu), cv_(x0sigma)
-    if policy_weight is not None:
-        if isinstance(policy_weight, Tensor) and policy_weight.dim() == 2:
-            nu = _check("policy_weight", policy_weight, (B, T), "[B,T]", Fm).to(cdt)
-        else:
-            nu = _per_condition("policy_weight", policy_weight, B, Fm_, positive=False)
-            nu = nu[:, None].expand(B, T)
-        if not bool(torch.all(torch.isfinite(nu) & (nu >= 0))):
-            raise ValueError("policy_weight must be finite and >= 0")
-    else:
-        nu = torch.zeros(B, T, dtype=cdt, device=dev)
-    target = _per_condition("kl_step", kl_step, B, Fm_, positive=True) * T
+def _inputs_in(cdt: torch.dtype, dyn: LinearGaussianDynamics, cost: QuadraticCost,
+               prev: LinearGaussianController, policy: PolicyTerm | None,
+               lagrange: LagrangeTerm | None) -> dict[str, Tensor]:
+    """Every input tensor in the compute dtype, by its internal name (policy_*, lagrange_* only
+    when given). ``.to`` returns the caller's own tensor when the dtype already fits: later steps
+    must not write into these in place."""
+    x = {"Fm": dyn.Fm, "fv": dyn.fv, "dyn_covar": dyn.dyn_covar, "x0mu": dyn.x0mu,
+         "x0sigma": dyn.x0sigma, "Cm": cost.Cm, "cv": cost.cv, "K_prev": prev.K,
+         "k_prev": prev.k, "pol_covar_prev": prev.covar}
+    if policy is not None:
+        lin = policy.linearised
+        x.update(policy_K=lin.K, policy_k=lin.k, policy_covar=lin.covar)
+    if lagrange is not None:
+        if lagrange.K is not None:
+            x["lagrange_K"] = lagrange.K
+        x["lagrange_k"] = lagrange.k
+    return {name: v.to(cdt) for name, v in x.items()}
 
-    pol = [cv_(policy_K), cv_(policy_k), cv_(policy_covar)] if policy_K is not None else []
-    lag = [cv_(lagrange_K), cv_(lagrange_k)] if lagrange_K is not None else []
-    ok = _finite_rows(Fm_, fv_, W, m0, S0, Cm_, cv__, Kp, kp, Sp, nu, *pol, *lag)
-    bad = torch.full((B,), int(LQRStatus.RUNNING), dtype=torch.int64, device=dev)
-    if not bool(ok.all()):
-        Fm_, fv_, W, m0, S0 = (_sanitise(Fm_, ok, False), _sanitise(fv_, ok, False),
-                               _sanitise(W, ok, True), _sanitise(m0, ok, False),
-                               _sanitise(S0, ok, True))
-        Cm_, cv__ = _sanitise(Cm_, ok, True), _sanitise(cv__, ok, False)
-        Kp, kp, Sp = _sanitise(Kp, ok, False), _sanitise(kp, ok, False), _sanitise(Sp, ok, True)
-        nu = _sanitise(nu, ok, False)
-        if pol:
-            pol = [_sanitise(pol[0], ok, False), _sanitise(pol[1], ok, False),
-                   _sanitise(pol[2], ok, True)]
-        lag = [_sanitise(x, ok, False) for x in lag]
-        bad = torch.where(ok, bad, int(LQRStatus.NONFINITE_INPUT))
 
-    prec_prev, logdet_prev, bad_prev = _chol_inverse(Sp)
-    bad_prev = bad_prev.any(1)
-    bad = torch.where((bad == LQRStatus.RUNNING) & bad_prev, int(LQRStatus.BAD_PREV_COVAR), bad)
-    G, PG, g = _gaussian_quadratic(Kp, kp, prec_prev)
+def _sanitise_nonfinite(x: dict[str, Tensor], nu: Tensor) -> tuple[dict[str, Tensor], Tensor,
+                                                                    Tensor]:
+    """Conditions with a NaN/inf anywhere get status NONFINITE_INPUT and finite stand-ins (zeros,
+    identities for covariances), so the batch goes on without them; returns the inputs, nu and
+    the [B] status (RUNNING = fine)."""
+    ok = _finite_rows(*x.values(), nu)
+    B = nu.shape[0]
+    bad = torch.full((B,), int(LQRStatus.RUNNING), dtype=torch.int64, device=nu.device)
+    if bool(ok.all()):
+        return x, nu, bad
+    x = {name: _sanitise(v, ok, name in _SPD_INPUTS) for name, v in x.items()}
+    return x, _sanitise(nu, ok, False), torch.where(ok, bad, int(LQRStatus.NONFINITE_INPUT))
 
-    if lag:
-        Cm_ = Cm_.clone()
-        cv__ = cv__.clone()
-        cv__[..., dX:] -= lag[1]
-        Cm_[..., dX:, :dX] -= lag[0]
-        Cm_[..., :dX, dX:] -= lag[0].mT
-    if pol:
-        prec_pol, _, bad_pol = _chol_inverse(pol[2])
+
+def _badmm_cost(x: dict[str, Tensor], nu: Tensor, dX: int, bad: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Fold BADMM's terms into the cost: the Lagrange shift -u^T lagrange_K x - u^T lagrange_k,
+    then nu_t * (-log pi(u|x)) (a policy covariance that is not PD marks its condition
+    BAD_POLICY_COVAR). Returns Cm, cv and the status; the plain cost when neither term is
+    given."""
+    Cm, cv = x["Cm"], x["cv"]
+    if "lagrange_k" in x:
+        cv = cv.clone()
+        cv[..., dX:] -= x["lagrange_k"]
+    if "lagrange_K" in x:
+        lam_K = x["lagrange_K"]
+        Cm = Cm.clone()
+        Cm[..., dX:, :dX] -= lam_K
+        Cm[..., :dX, dX:] -= lam_K.mT
+    if "policy_K" in x:
+        prec_pol, _, bad_pol = _chol_inverse(x["policy_covar"])
         bad = torch.where((bad == LQRStatus.RUNNING) & bad_pol.any(1),
                           int(LQRStatus.BAD_POLICY_COVAR), bad)
-        Gq, PGq, gq = _gaussian_quadratic(pol[0], pol[1], prec_pol)
-        Cm_ = Cm_ + nu[..., None, None] * (Gq.mT @ PGq)
-        cv__ = cv__ + nu[..., None] * gq
+        Gq, PGq, gq = _gaussian_quadratic(x["policy_K"], x["policy_k"], prec_pol)
+        Cm = Cm + nu[..., None, None] * (Gq.mT @ PGq)
+        cv = cv + nu[..., None] * gq
+    return Cm, cv, bad
 
-    prob = _Problem(
-        Fm=Fm_, fv=fv_, dyn_covar=W, x0mu=m0, x0sigma=S0, Cm=Cm_, cv=cv__, K_prev=Kp, k_prev=kp,
-        pol_covar_prev=Sp, prec_prev=prec_prev, logdet_prev=logdet_prev, G=G, PG=PG, g=g, nu=nu,
-        max_ent=float(max_ent), target=target, bad=bad,
+
+def prepare_lqr(
+    dyn: LinearGaussianDynamics,
+    cost: QuadraticCost,
+    prev: LinearGaussianController,
+    *,
+    policy: PolicyTerm | None = None,
+    lagrange: LagrangeTerm | None = None,
+    max_ent: float = 0.0,
+    dtype: torch.dtype | None = None,
+) -> LQRProblem:
+    """Validate a problem and precompute what does not depend on eta, once.
+
+    Arguments as :func:`kl_constrained_lqr`, which calls it. Call it yourself to run
+    :func:`lqr_backward` many times on one problem (the benchmark times the backward pass alone
+    this way). Steps: check every argument (errors name it); convert to the compute dtype; give
+    conditions with non-finite inputs finite stand-ins and a status; invert the previous
+    controller's covariance (status BAD_PREV_COVAR where it is not PD) and build its quadratic
+    form; fold in BADMM's terms. One host synchronisation, outside the passes.
+    """
+    B, T, dX, _ = _validate(dyn, cost, prev, policy, lagrange)
+    cdt = _compute_dtype(dtype, max_ent, dyn.Fm)
+    x = _inputs_in(cdt, dyn, cost, prev, policy, lagrange)
+    nu = _policy_weight(policy, B, T, dyn.Fm, x["Fm"])
+    x, nu, bad = _sanitise_nonfinite(x, nu)
+    prec_prev, logdet_prev, bad_prev = _chol_inverse(x["pol_covar_prev"])
+    bad = torch.where((bad == LQRStatus.RUNNING) & bad_prev.any(1),
+                      int(LQRStatus.BAD_PREV_COVAR), bad)
+    G, PG, g = _gaussian_quadratic(x["K_prev"], x["k_prev"], prec_prev)
+    Cm, cv, bad = _badmm_cost(x, nu, dX, bad)
+    return LQRProblem(
+        Fm=x["Fm"], fv=x["fv"], dyn_covar=x["dyn_covar"], x0mu=x["x0mu"], x0sigma=x["x0sigma"],
+        Cm=Cm, cv=cv, K_prev=x["K_prev"], k_prev=x["k_prev"], pol_covar_prev=x["pol_covar_prev"],
+        prec_prev=prec_prev, logdet_prev=logdet_prev, G=G, PG=PG, g=g, nu=nu,
+        max_ent=float(max_ent), bad=bad, out_dtype=dyn.Fm.dtype,
     )
-    return prob, cdt
 
 
 # ------------------------------------------------------------------------- the shared passes
 
 
-def _backward_pass(p: _Problem, eta: Tensor, K: Tensor, k: Tensor, S: Tensor, prec: Tensor,
+def _backward_pass(p: LQRProblem, eta: Tensor, K: Tensor, k: Tensor, S: Tensor, prec: Tensor,
                    logdet: Tensor) -> Tensor:
     """Backward Riccati pass at per-condition eta [B], writing K, k, S (=Q_uu^-1), prec (=Q_uu)
     and logdet S into the given buffers. Returns a [B] bool "failed" flag (Q_uu not PD or
@@ -465,53 +559,77 @@ def _backward_pass(p: _Problem, eta: Tensor, K: Tensor, k: Tensor, S: Tensor, pr
     dU = n - dX
     eye = torch.eye(dU, dtype=eta.dtype, device=eta.device).expand(B, dU, dU)
     failed = torch.zeros(B, dtype=torch.bool, device=eta.device)
-    V = v = None
-    w_next = None
+    after: tuple[Tensor, Tensor, Tensor] | None = None  # V, v and w of step t+1
     for t in range(T - 1, -1, -1):
         w = eta + p.nu[:, t] + p.max_ent
-        # in place where a fresh tensor is not needed: these [B,n,n] element-wise passes are
-        # memory-bound, and fresh outputs cost the CPU more (B=90, dX=99, n=111, 2 threads,
-        # 3 alternating runs: 1.34-1.41 s per evaluation against 1.44-1.63 s); the values are
-        # the same to the bit
-        Q = torch.baddbmm(p.Cm[:, t], p.G[:, t].mT, p.PG[:, t] * eta[:, None, None])
-        Q.div_(w[:, None, None])
-        q = (p.cv[:, t] + eta[:, None] * p.g[:, t]) / w[:, None]
-        if V is not None and v is not None and w_next is not None:
-            F = p.Fm[:, t]
-            Vs = V.mul_((w_next / w)[:, None, None])  # V is not used again
-            Q.baddbmm_(F.mT, Vs @ F)
-            vs = v * (w_next / w)[:, None] + (Vs @ p.fv[:, t, :, None]).squeeze(-1)
-            q = q + (F.mT @ vs[..., None]).squeeze(-1)
-        Q = Q.add(Q.mT).mul_(0.5)
-        Quu = Q[:, dX:, dX:]
-        L, info = torch.linalg.cholesky_ex(Quu)
-        bad = (info != 0) | ~torch.isfinite(L).all(-1).all(-1)
-        L = torch.where(bad[:, None, None], eye, L)
-        rhs = torch.cat([eye, Q[:, dX:, :dX], q[:, dX:, None]], dim=-1)
-        Z = torch.linalg.solve_triangular(L, rhs, upper=False)
-        Z = torch.linalg.solve_triangular(L.mT, Z, upper=True)
-        S_t = Z[..., :dU]
-        K_t = -Z[..., dU:dU + dX]
-        k_t = -Z[..., -1]
-        Qxu = Q[:, :dX, dX:]
-        V = Q[:, :dX, :dX] + Qxu @ K_t
-        V = V.add(V.mT).mul_(0.5)
-        v = q[:, :dX] + (Qxu @ k_t[..., None]).squeeze(-1)
-        # a failed condition's remaining steps are discarded; zero its value function so that
-        # nothing overflows on the way (conditions never mix, this only keeps numbers tidy)
-        V.masked_fill_(bad[:, None, None], 0.0)
-        v = torch.where(bad[:, None], 0.0, v)
+        Q, q = _q_function(p, t, eta, w, after)
+        L, bad, S_t, K_t, k_t = _controller_from_q(Q, q, dX, eye)
+        V, v = _value_function(Q, q, K_t, k_t, bad, dX)
         K[:, t] = K_t
         k[:, t] = k_t
         S[:, t] = 0.5 * (S_t + S_t.mT)
-        prec[:, t] = Quu
+        prec[:, t] = Q[:, dX:, dX:]
         logdet[:, t] = -2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
         failed = failed | bad
-        w_next = w
+        after = (V, v, w)
     return failed
 
 
-def _forward_pass(p: _Problem, K: Tensor, k: Tensor, S: Tensor, logdet: Tensor,
+def _q_function(p: LQRProblem, t: int, eta: Tensor, w: Tensor,
+                after: tuple[Tensor, Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """Q_t [B,n,n] (symmetrised) and q_t [B,n] of step t: the eta-scaled KL-augmented cost over
+    w_t, plus step t+1's value (V, v, w_{t+1} in ``after``; None at the last step) pushed
+    through the dynamics and rescaled by w_{t+1}/w_t. ``after``'s V is overwritten."""
+    # in place where a fresh tensor is not needed: these [B,n,n] element-wise passes are
+    # memory-bound, and fresh outputs cost the CPU more (B=90, dX=99, n=111, 2 threads,
+    # 3 alternating runs: 1.34-1.41 s per evaluation against 1.44-1.63 s); the values are
+    # the same to the bit
+    Q = torch.baddbmm(p.Cm[:, t], p.G[:, t].mT, p.PG[:, t] * eta[:, None, None])
+    Q.div_(w[:, None, None])
+    q = (p.cv[:, t] + eta[:, None] * p.g[:, t]) / w[:, None]
+    if after is not None:
+        V, v, w_next = after
+        F = p.Fm[:, t]
+        Vs = V.mul_((w_next / w)[:, None, None])  # V is not used again
+        Q.baddbmm_(F.mT, Vs @ F)
+        vs = v * (w_next / w)[:, None] + (Vs @ p.fv[:, t, :, None]).squeeze(-1)
+        q = q + (F.mT @ vs[..., None]).squeeze(-1)
+    return Q.add(Q.mT).mul_(0.5), q
+
+
+def _controller_from_q(Q: Tensor, q: Tensor, dX: int, eye: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The step's controller from one Cholesky factorisation of Q_uu and two triangular solves
+    with every right-hand side at once: S_t = Q_uu^-1 (not yet symmetrised),
+    K_t = -Q_uu^-1 Q_ux, k_t = -Q_uu^-1 q_u. A Q_uu that is not PD (or not finite) flags its
+    condition in ``bad`` and is factored as the identity, so nothing syncs and nothing is NaN.
+    Returns L, bad, S_t, K_t, k_t."""
+    dU = eye.shape[-1]
+    L, info = torch.linalg.cholesky_ex(Q[:, dX:, dX:])
+    bad = (info != 0) | ~torch.isfinite(L).all(-1).all(-1)
+    L = torch.where(bad[:, None, None], eye, L)
+    rhs = torch.cat([eye, Q[:, dX:, :dX], q[:, dX:, None]], dim=-1)
+    Z = torch.linalg.solve_triangular(L, rhs, upper=False)
+    Z = torch.linalg.solve_triangular(L.mT, Z, upper=True)
+    return L, bad, Z[..., :dU], -Z[..., dU:dU + dX], -Z[..., -1]
+
+
+def _value_function(Q: Tensor, q: Tensor, K_t: Tensor, k_t: Tensor, bad: Tensor, dX: int
+                    ) -> tuple[Tensor, Tensor]:
+    """V_t = Q_xx + Q_xu K_t (symmetrised) and v_t = q_x + Q_xu k_t, the value the step before
+    plans with."""
+    Qxu = Q[:, :dX, dX:]
+    V = Q[:, :dX, :dX] + Qxu @ K_t
+    V = V.add(V.mT).mul_(0.5)
+    v = q[:, :dX] + (Qxu @ k_t[..., None]).squeeze(-1)
+    # a failed condition's remaining steps are discarded; zero its value function so that
+    # nothing overflows on the way (conditions never mix, this only keeps numbers tidy)
+    V.masked_fill_(bad[:, None, None], 0.0)
+    v = torch.where(bad[:, None], 0.0, v)
+    return V, v
+
+
+def _forward_pass(p: LQRProblem, K: Tensor, k: Tensor, S: Tensor, logdet: Tensor,
                   mu_out: Tensor | None = None, sigma_out: Tensor | None = None) -> Tensor:
     """Forward pass of the state marginals under the controller; returns the per-step
     KL(new || prev) [B,T] under those marginals (optionally storing the state-action marginals).
@@ -563,15 +681,50 @@ INACTIVE_FACTOR = 2.0
 """A KL still below the bound at eta <= INACTIVE_FACTOR * min_eta ends a condition's search."""
 
 
-class _DualSearch:
-    """Per-condition eta search state, updated in place (so a CUDA graph can capture a step)."""
+@dataclass(frozen=True)
+class _SearchOptions:
+    """The eta search's constants (defaults: the reference code's). Part of the CUDA-graph cache
+    key: a captured step has them baked in."""
 
-    def __init__(self, p: _Problem, eta0: Tensor, min_eta: float, max_eta: float, max_iter: int,
-                 tol: float, del0: float, stop_when_inactive: bool) -> None:
+    min_eta: float = 1e-8
+    max_eta: float = 1e16
+    max_iter: int = 50
+    tol: float = 0.1
+    del0: float = 1e-4
+    stop_when_inactive: bool = True
+
+    @classmethod
+    def checked(cls, min_eta: float, max_eta: float, max_iter: int, tol: float, del0: float,
+                stop_when_inactive: bool) -> _SearchOptions:
+        """The options as given by a caller, or a ValueError naming the first bad one."""
+        floats = {"min_eta": min_eta, "max_eta": max_eta, "tol": tol, "del0": del0}
+        for name, val in floats.items():
+            if not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
+                raise ValueError(f"{name} must be a finite float > 0; got {val!r}")
+        if min_eta >= max_eta:
+            raise ValueError(f"min_eta must be < max_eta; got min_eta={min_eta}, "
+                             f"max_eta={max_eta}")
+        if not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1; got {max_iter!r}")
+        return cls(float(min_eta), float(max_eta), max_iter, float(tol), float(del0),
+                   bool(stop_when_inactive))
+
+
+class _DualSearch:
+    """Per-condition eta search state, updated in place (so a CUDA graph can capture a step).
+
+    ``target`` [B] is the KL bound kl_step * T; it lives here, not in the problem, so one
+    prepared problem serves any bound (and a cached graph gets a new one with :meth:`load`).
+    """
+
+    def __init__(self, p: LQRProblem, eta0: Tensor, target: Tensor,
+                 opts: _SearchOptions) -> None:
         self.p = p
-        self.min_eta, self.max_eta, self.max_iter = min_eta, max_eta, max_iter
-        self.tol, self.del0 = tol, del0
-        self.inactive_eta = INACTIVE_FACTOR * min_eta if stop_when_inactive else -math.inf
+        self.opts = opts
+        self.min_eta, self.max_eta, self.max_iter = opts.min_eta, opts.max_eta, opts.max_iter
+        self.tol, self.del0 = opts.tol, opts.del0
+        self.inactive_eta = (INACTIVE_FACTOR * opts.min_eta if opts.stop_when_inactive
+                             else -math.inf)
         B, T, dX, n = p.Fm.shape
         dU = n - dX
         z = p.K_prev.new_zeros
@@ -585,18 +738,21 @@ class _DualSearch:
         self.K, self.k, self.S, self.prec = z(B, T, dU, dX), z(B, T, dU), z(B, T, dU, dU), z(
             B, T, dU, dU)
         self.eta_out, self.kl_out = z(B), z(B)
-        self.reset(eta0)
+        self.target = z(B)
+        self.reset(eta0, target)
 
-    def load(self, p: _Problem, eta0: Tensor) -> None:
+    def load(self, p: LQRProblem, eta0: Tensor, target: Tensor) -> None:
         """Copy a new problem of the same shapes into this search's (static) buffers."""
         mine = self.p.tensors()
         for name, x in p.tensors().items():
             mine[name].copy_(x)
         self.p.max_ent = p.max_ent
-        self.reset(eta0)
+        self.reset(eta0, target)
 
-    def reset(self, eta0: Tensor) -> None:
+    def reset(self, eta0: Tensor, target: Tensor) -> None:
+        """Start the search from eta0 [B] towards the KL bound target [B], in place."""
         p = self.p
+        self.target.copy_(target)
         self.eta.copy_(eta0)
         self.base.copy_(eta0)
         self.delta.fill_(self.del0)
@@ -617,24 +773,30 @@ class _DualSearch:
 
         Mirrors one pass of the per-condition algorithm: on a failed backward pass retry at
         base + delta (delta doubling); otherwise commit the controller, count the iteration,
-        test convergence and move eta within the bracket.
+        test convergence and move eta within the bracket. Everything is updated in place and
+        nothing reads a value on the host, so a CUDA graph can capture this method.
         """
+        failed, kl = self._evaluate()
+        active = ~self.done
+        retry, ok = active & failed, active & ~failed
+        eta = self.eta.clone()
+        self._commit(ok, eta, kl)
+        iters = self.iters + ok.long()
+        conv, inactive, last, too_big = self._verdicts(ok, eta, kl, iters)
+        dead = self._next_eta(eta, retry, ok & ~conv & ~inactive & ~last, too_big)
+        self.iters.copy_(iters)
+        self._finish(conv, inactive, last & too_big, last & ~too_big, dead)
+
+    def _evaluate(self) -> tuple[Tensor, Tensor]:
+        """Backward and forward pass at the current etas into the candidate buffers. Returns
+        failed [B] (Q_uu not PD, or a non-finite KL or controller) and the total KL [B]."""
         p = self.p
         failed = _backward_pass(p, self.eta, self.cK, self.ck, self.cS, self.cprec, self.clogdet)
         kl = _forward_pass(p, self.cK, self.ck, self.cS, self.clogdet).sum(1)
-        failed = failed | ~torch.isfinite(kl) | ~_finite_rows(self.cK, self.ck)
-        active = ~self.done
-        retry = active & failed
-        ok = active & ~failed
-        eta = self.eta.clone()
+        return failed | ~torch.isfinite(kl) | ~_finite_rows(self.cK, self.ck), kl
 
-        # PD retry: eta = start + delta, delta doubling; give up at max_eta
-        bumped = self.base + self.delta
-        dead = retry & (bumped >= self.max_eta)
-        new_eta = torch.where(retry, bumped, eta)
-        new_delta = torch.where(retry, 2.0 * self.delta, self.delta)
-
-        # commit the successful evaluations
+    def _commit(self, ok: Tensor, eta: Tensor, kl: Tensor) -> None:
+        """Keep the candidate controller, its eta and its KL where the evaluation succeeded."""
         m4 = ok[:, None, None, None]
         self.K.copy_(torch.where(m4, self.cK, self.K))
         self.k.copy_(torch.where(ok[:, None, None], self.ck, self.k))
@@ -642,15 +804,27 @@ class _DualSearch:
         self.prec.copy_(torch.where(m4, self.cprec, self.prec))
         self.eta_out.copy_(torch.where(ok, eta, self.eta_out))
         self.kl_out.copy_(torch.where(ok, kl, self.kl_out))
-        iters = self.iters + ok.long()
 
-        # convergence test and bracket move (as the reference code)
-        con = kl - p.target
-        conv = ok & (con.abs() < self.tol * p.target)
+    def _verdicts(self, ok: Tensor, eta: Tensor, kl: Tensor, iters: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Which successful evaluations end their search (as the reference code): converged,
+        bound inactive (KL below it at eta <= inactive_eta), out of iterations; and too_big:
+        KL below the bound, so eta should come down."""
+        con = kl - self.target
+        conv = ok & (con.abs() < self.tol * self.target)
         too_big = con < 0
         inactive = ok & ~conv & too_big & (eta <= self.inactive_eta)
         last = ok & ~conv & ~inactive & (iters >= self.max_iter)
-        move = ok & ~conv & ~inactive & ~last
+        return conv, inactive, last, too_big
+
+    def _next_eta(self, eta: Tensor, retry: Tensor, move: Tensor, too_big: Tensor) -> Tensor:
+        """Set the next eta. A failed pass retries at base + delta, delta doubling (``dead``, the
+        returned [B] flag, once that reaches max_eta); a search that goes on narrows its bracket
+        and moves to the geometric mean, at most x10 or /10 per move (as the reference code)."""
+        bumped = self.base + self.delta
+        dead = retry & (bumped >= self.max_eta)
+        new_eta = torch.where(retry, bumped, eta)
+        new_delta = torch.where(retry, 2.0 * self.delta, self.delta)
         hi = torch.where(move & too_big, eta, self.hi)
         lo = torch.where(move & ~too_big, eta, self.lo)
         geo = torch.sqrt(lo) * torch.sqrt(hi)
@@ -661,16 +835,19 @@ class _DualSearch:
         self.eta.copy_(new_eta)
         self.hi.copy_(hi)
         self.lo.copy_(lo)
-        self.iters.copy_(iters)
+        return dead
 
+    def _finish(self, conv: Tensor, inactive: Tensor, last_below: Tensor, last_above: Tensor,
+                dead: Tensor) -> None:
+        """Record the status of the conditions whose search ended in this step."""
         status = self.status
         status = torch.where(conv, int(LQRStatus.CONVERGED), status)
         status = torch.where(inactive, int(LQRStatus.KL_BOUND_INACTIVE), status)
-        status = torch.where(last & too_big, int(LQRStatus.MAX_ITER_KL_BELOW), status)
-        status = torch.where(last & ~too_big, int(LQRStatus.MAX_ITER_KL_ABOVE), status)
+        status = torch.where(last_below, int(LQRStatus.MAX_ITER_KL_BELOW), status)
+        status = torch.where(last_above, int(LQRStatus.MAX_ITER_KL_ABOVE), status)
         status = torch.where(dead, int(LQRStatus.PD_FAILURE), status)
         self.status.copy_(status)
-        self.done.copy_(self.done | conv | inactive | last | dead)
+        self.done.copy_(self.done | conv | inactive | last_below | last_above | dead)
 
     def max_evaluations(self) -> int:
         """Upper bound on evaluations: each iteration retries at most until delta >= max_eta."""
@@ -703,25 +880,23 @@ def clear_graph_cache() -> None:
     _GRAPH_CACHE.clear()
 
 
-def _run(p: _Problem, eta0: Tensor, min_eta: float, max_eta: float, max_iter: int, tol: float,
-         del0: float, stop_when_inactive: bool, use_cuda_graph: bool
-         ) -> tuple[_DualSearch, int, bool]:
+def _run(p: LQRProblem, eta0: Tensor, target: Tensor, opts: _SearchOptions,
+         use_cuda_graph: bool) -> tuple[_DualSearch, int, bool]:
     """Drive the search: eager steps, or graph replays from a cache keyed on shapes and options.
 
     The host reads ``done.all()`` once per evaluation (not inside the T-step passes).
     """
-    args = (min_eta, max_eta, max_iter, tol, del0, stop_when_inactive)
     if not use_cuda_graph:
-        return _drive(_DualSearch(p, eta0, *args), 0, None)
-    key = (p.Fm.device, p.Fm.dtype, tuple(p.Fm.shape), *args, p.max_ent)
+        return _drive(_DualSearch(p, eta0, target, opts), 0, None)
+    key = (p.Fm.device, p.Fm.dtype, tuple(p.Fm.shape), *astuple(opts), p.max_ent)
     cached = _GRAPH_CACHE.get(key)
     if cached is not None:
         _GRAPH_CACHE.move_to_end(key)
-        cached.search.load(p, eta0)
+        cached.search.load(p, eta0, target)
         return _drive(cached.search, 0, cached.graph)
     # the graph reads fixed addresses: give it its own copy of the problem, refilled by load()
     static = replace(p, **{name: x.clone() for name, x in p.tensors().items()})
-    graphed = _GraphedSearch(_DualSearch(static, eta0, *args))
+    graphed = _GraphedSearch(_DualSearch(static, eta0, target, opts))
     if graphed.first_step_and_capture():
         _GRAPH_CACHE[key] = graphed
         while len(_GRAPH_CACHE) > _GRAPH_CACHE_SIZE:
@@ -744,93 +919,21 @@ def _drive(search: _DualSearch, n_eval: int,
 # ---------------------------------------------------------------------------- public functions
 
 
-def kl_constrained_lqr(
-    Fm: Tensor,
-    fv: Tensor,
-    dyn_covar: Tensor,
-    x0mu: Tensor,
-    x0sigma: Tensor,
-    Cm: Tensor,
-    cv: Tensor,
-    K_prev: Tensor,
-    k_prev: Tensor,
-    pol_covar_prev: Tensor,
-    kl_step: float | Tensor,
-    *,
-    eta0: float | Tensor = 1.0,
-    policy_K: Tensor | None = None,
-    policy_k: Tensor | None = None,
-    policy_covar: Tensor | None = None,
-    policy_weight: float | Tensor | None = None,
-    lagrange_K: Tensor | None = None,
-    lagrange_k: Tensor | None = None,
-    max_ent: float = 0.0,
-    min_eta: float = 1e-8,
-    max_eta: float = 1e16,
-    max_iter: int = 50,
-    tol: float = 0.1,
-    del0: float = 1e-4,
-    stop_when_inactive: bool = True,
-    dtype: torch.dtype | None = None,
-    use_cuda_graph: bool | None = None,
-) -> LQRResult:
-    """Solve min E[sum_t cost] s.t. KL(new || prev) <= kl_step*T for B conditions at once.
-
-    Shapes (B conditions, T steps; torch, any device, float32 or float64, all alike)::
-
-        Fm [B,T,dX,dX+dU]  fv [B,T,dX]  dyn_covar [B,T,dX,dX]
-            x_{t+1} ~ N(Fm[t] [x_t; u_t] + fv[t], dyn_covar[t])
-        x0mu [B,dX]  x0sigma [B,dX,dX]                             initial state distribution
-        Cm [B,T,dX+dU,dX+dU]  cv [B,T,dX+dU]                       cost 1/2 z^T Cm z + z^T cv
-        K_prev [B,T,dU,dX]  k_prev [B,T,dU]  pol_covar_prev [B,T,dU,dU]   u ~ N(K x + k, S)
-        kl_step: float or [B]: bound on the mean per-step KL (total bound kl_step*T)
-
-    (Fm[:, T-1] is never used: there is no step after the last.)
-
-    Keyword arguments:
-        eta0: starting dual variable, float or [B] (warm-start with the previous iteration's eta).
-        policy_K [B,T,dU,dX], policy_k [B,T,dU], policy_covar [B,T,dU,dU], policy_weight
-            (float, [B] or [B,T], >= 0): BADMM's KL-to-policy term nu_t * KL(p || pi).
-        lagrange_K [B,T,dU,dX], lagrange_k [B,T,dU]: BADMM's Lagrange multipliers; they add
-            -u^T lagrange_K x - u^T lagrange_k to the cost.
-        max_ent: entropy-bonus weight (reference code's max_ent_traj).
-        min_eta, max_eta, max_iter, tol, del0: the search constants (defaults: the reference's).
-        stop_when_inactive: stop a condition whose KL is below the bound at eta <= 2*min_eta
-            (status KL_BOUND_INACTIVE) instead of spending its remaining iterations there, as
-            the reference code does (False).
-        dtype: compute dtype (default: float64 on CPU, the input dtype on CUDA); results come back
-            in the input dtype.
-        use_cuda_graph: capture the evaluation as a CUDA graph (default: True on CUDA tensors,
-            and it must be False elsewhere). Graphs and static copies of the inputs are cached for
-            the last two shape/option combinations; :func:`clear_graph_cache` frees them.
-
-    Mirror-descent GPS: pass the linearised global policy as K_prev, k_prev, pol_covar_prev.
-
-    Returns an :class:`LQRResult`; per-condition failures are in ``status`` / ``reason``.
-    """
-    B = _dims(Fm)[0]
-    for name, val in (("min_eta", min_eta), ("max_eta", max_eta), ("tol", tol), ("del0", del0)):
-        if not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
-            raise ValueError(f"{name} must be a finite float > 0; got {val!r}")
-    if min_eta >= max_eta:
-        raise ValueError(f"min_eta must be < max_eta; got min_eta={min_eta}, max_eta={max_eta}")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1; got {max_iter!r}")
+def _use_cuda_graph(use_cuda_graph: bool | None, device: torch.device) -> bool:
+    """The ``use_cuda_graph`` option resolved: default on exactly for CUDA tensors."""
     if use_cuda_graph is None:
-        use_cuda_graph = Fm.device.type == "cuda"
-    if use_cuda_graph and Fm.device.type != "cuda":
-        raise ValueError(f"use_cuda_graph=True needs CUDA tensors; got tensors on {Fm.device}")
-    p, _ = _prepare(Fm, fv, dyn_covar, x0mu, x0sigma, Cm, cv, K_prev, k_prev, pol_covar_prev,
-                    kl_step, policy_K, policy_k, policy_covar, policy_weight, lagrange_K,
-                      lagrange_k, max_ent, dtype)
-    eta_start = _per_condition("eta0", eta0, B, p.Fm, positive=True)
-    search, n_eval, graphed = _run(p, eta_start, float(min_eta), float(max_eta), max_iter,
-                                   float(tol), float(del0), bool(stop_when_inactive),
-                                   use_cuda_graph)
+        return device.type == "cuda"
+    if use_cuda_graph and device.type != "cuda":
+        raise ValueError(f"use_cuda_graph=True needs CUDA tensors; got tensors on {device}")
+    return bool(use_cuda_graph)
+
+
+def _result(search: _DualSearch, n_eval: int, graphed: bool, out: torch.dtype) -> LQRResult:
+    """The finished search as an :class:`LQRResult` in the inputs' dtype (copies: the search's
+    buffers may belong to a cached CUDA graph that the next call overwrites)."""
     status = search.status.clone()
     # a condition still running after the evaluation cap (not expected) is reported as such
     codes = status.tolist()
-    out = Fm.dtype
     return LQRResult(
         K=search.K.to(out, copy=True),
         k=search.k.to(out, copy=True),
@@ -847,79 +950,114 @@ def kl_constrained_lqr(
     )
 
 
-def lqr_backward(
-    Fm: Tensor,
-    fv: Tensor,
-    Cm: Tensor,
-    cv: Tensor,
-    K_prev: Tensor,
-    k_prev: Tensor,
-    pol_covar_prev: Tensor,
-    eta: float | Tensor,
+def kl_constrained_lqr(
+    dyn: LinearGaussianDynamics,
+    cost: QuadraticCost,
+    prev: LinearGaussianController,
+    kl_step: float | Tensor,
     *,
-    policy_K: Tensor | None = None,
-    policy_k: Tensor | None = None,
-    policy_covar: Tensor | None = None,
-    policy_weight: float | Tensor | None = None,
-    lagrange_K: Tensor | None = None,
-    lagrange_k: Tensor | None = None,
+    eta0: float | Tensor = 1.0,
+    policy: PolicyTerm | None = None,
+    lagrange: LagrangeTerm | None = None,
     max_ent: float = 0.0,
+    min_eta: float = 1e-8,
+    max_eta: float = 1e16,
+    max_iter: int = 50,
+    tol: float = 0.1,
+    del0: float = 1e-4,
+    stop_when_inactive: bool = True,
     dtype: torch.dtype | None = None,
-) -> LQRBackward:
+    use_cuda_graph: bool | None = None,
+) -> LQRResult:
+    """Solve min E[sum_t cost] s.t. KL(new || prev) <= kl_step*T for B conditions at once.
+
+    Arguments (B conditions, T steps; torch tensors on one device, all float32 or all float64)::
+
+        dyn   gps.dynamics.LinearGaussianDynamics: x_{t+1} ~ N(Fm[t] [x_t; u_t] + fv[t],
+              dyn_covar[t]); Fm [B,T,dX,dX+dU], fv [B,T,dX], dyn_covar [B,T,dX,dX] (step T-1
+              unused); the initial state x_0 ~ N(x0mu [B,dX], x0sigma [B,dX,dX])
+        cost  gps.cost.QuadraticCost: 1/2 z^T Cm z + z^T cv with z = [x; u];
+              Cm [B,T,dX+dU,dX+dU], cv [B,T,dX+dU] (its c0 does not move the solution)
+        prev  gps.controller.LinearGaussianController: u ~ N(K x + k, covar), the controller
+              the KL is measured to (mirror-descent GPS: the linearised global policy);
+              K [B,T,dU,dX], k [B,T,dU], covar [B,T,dU,dU]
+        kl_step  float or [B]: bound on the mean per-step KL (total bound kl_step*T)
+
+    Keyword arguments:
+        eta0: starting dual variable, float or [B] (warm-start with the previous iteration's eta).
+        policy: BADMM's KL-to-policy term nu_t * KL(p || pi), a :class:`PolicyTerm` (the
+            linearised policy and its weight nu: float, [B] or [B,T], >= 0).
+        lagrange: BADMM's Lagrange multipliers, a :class:`LagrangeTerm`: cost - u^T K x - u^T k.
+        max_ent: entropy-bonus weight (reference code's max_ent_traj).
+        min_eta, max_eta, max_iter, tol, del0: the search constants (defaults: the reference's).
+        stop_when_inactive: stop a condition whose KL is below the bound at eta <= 2*min_eta
+            (status KL_BOUND_INACTIVE) instead of spending its remaining iterations there, as
+            the reference code does (False).
+        dtype: compute dtype (default: float64 on CPU, the input dtype on CUDA); results come back
+            in the input dtype.
+        use_cuda_graph: capture the evaluation as a CUDA graph (default: True on CUDA tensors,
+            and it must be False elsewhere). Graphs and static copies of the inputs are cached for
+            the last two shape/option combinations; :func:`clear_graph_cache` frees them.
+
+    Returns an :class:`LQRResult`; per-condition failures are in ``status`` / ``reason``.
+    """
+    opts = _SearchOptions.checked(min_eta, max_eta, max_iter, tol, del0, stop_when_inactive)
+    p = prepare_lqr(dyn, cost, prev, policy=policy, lagrange=lagrange, max_ent=max_ent,
+                    dtype=dtype)
+    graph = _use_cuda_graph(use_cuda_graph, p.Fm.device)
+    B, T = p.Fm.shape[:2]
+    target = _per_condition("kl_step", kl_step, B, p.Fm, positive=True) * T
+    eta_start = _per_condition("eta0", eta0, B, p.Fm, positive=True)
+    search, n_eval, graphed = _run(p, eta_start, target, opts, graph)
+    return _result(search, n_eval, graphed, p.out_dtype)
+
+
+def lqr_backward(problem: LQRProblem, eta: float | Tensor) -> LQRBackward:
     """One backward pass of the eta-scaled KL-augmented problem at a fixed eta (float or [B]).
 
-    The same pass :func:`kl_constrained_lqr` runs inside its search (shapes and keyword
-    arguments as there). ``failed[b]`` is True when Q_uu was not positive definite at some step;
-    that condition's outputs are then meaningless (but finite).
+    The same pass :func:`kl_constrained_lqr` runs inside its search, on a problem from
+    :func:`prepare_lqr`: prepare once, then call this as often as needed (the benchmark times
+    the pass alone this way). ``failed[b]`` is True when Q_uu was not positive definite at some
+    step; that condition's outputs are then meaningless (but finite). Results come back in the
+    inputs' dtype.
     """
-    B = _dims(Fm)[0]
-    p, _ = _prepare(Fm, fv, None, None, None, Cm, cv, K_prev, k_prev, pol_covar_prev, 1.0,
-                    policy_K, policy_k, policy_covar, policy_weight, lagrange_K, lagrange_k,
-                    max_ent, dtype)
-    eta_t = _per_condition("eta", eta, B, p.Fm, positive=True)
+    _check_type("problem", problem, LQRProblem)
+    p = problem
+    eta_t = _per_condition("eta", eta, p.Fm.shape[0], p.Fm, positive=True)
     K, k = torch.empty_like(p.K_prev), torch.empty_like(p.k_prev)
     S, prec = torch.empty_like(p.pol_covar_prev), torch.empty_like(p.pol_covar_prev)
     logdet = torch.empty_like(p.logdet_prev)
     failed = _backward_pass(p, eta_t, K, k, S, prec, logdet)
-    out = Fm.dtype
+    out = p.out_dtype
     return LQRBackward(K.to(out), k.to(out), S.to(out), prec.to(out), failed)
 
 
 def lqr_forward(
-    Fm: Tensor,
-    fv: Tensor,
-    dyn_covar: Tensor,
-    x0mu: Tensor,
-    x0sigma: Tensor,
-    K: Tensor,
-    k: Tensor,
-    pol_covar: Tensor,
-    K_prev: Tensor | None = None,
-    k_prev: Tensor | None = None,
-    pol_covar_prev: Tensor | None = None,
+    dyn: LinearGaussianDynamics,
+    ctrl: LinearGaussianController,
+    prev: LinearGaussianController | None = None,
     *,
     dtype: torch.dtype | None = None,
 ) -> LQRMarginals:
-    """State-action marginals mu [B,T,dX+dU], sigma [B,T,dX+dU,dX+dU] of the controller (K, k,
-    pol_covar) under the dynamics, and the per-step KL to (K_prev, k_prev, pol_covar_prev) when
-    given. The same forward pass :func:`kl_constrained_lqr` uses for its KL."""
-    B, T, dX, dU = _dims(Fm)
+    """State-action marginals mu [B,T,dX+dU], sigma [B,T,dX+dU,dX+dU] of the controller ``ctrl``
+    under the dynamics ``dyn``, and the per-step KL to ``prev`` when given (shapes as
+    :func:`kl_constrained_lqr`). The same forward pass :func:`kl_constrained_lqr` uses for its
+    KL."""
+    _check_type("dyn", dyn, LinearGaussianDynamics)
+    _check_type("ctrl", ctrl, LinearGaussianController)
+    _check_type("prev", prev, LinearGaussianController, optional=True)
+    B, T, dX, dU = _dims(dyn.Fm)
     n = dX + dU
-    has_prev = K_prev is not None
-    if has_prev and (k_prev is None or pol_covar_prev is None):
-        raise ValueError("K_prev, k_prev and pol_covar_prev must be given together")
-    Kp = K_prev if has_prev else K
-    kp = k_prev if k_prev is not None else k
-    Sp = pol_covar_prev if pol_covar_prev is not None else pol_covar
-    _check("K", K, (B, T, dU, dX), "[B,T,dU,dX]", Fm)
-    _check("k", k, (B, T, dU), "[B,T,dU]", Fm)
-    _check("pol_covar", pol_covar, (B, T, dU, dU), "[B,T,dU,dU]", Fm)
-    zeros_cost = torch.zeros(1, dtype=Fm.dtype, device=Fm.device).expand(B, T, n, n)
-    p, cdt = _prepare(Fm, fv, dyn_covar, x0mu, x0sigma, zeros_cost, zeros_cost[..., 0], Kp, kp,
-                      Sp, 1.0, None, None, None, None, None, None, 0.0, dtype)
-    _, logdet, _ = _chol_inverse(pol_covar.to(cdt))
-    mu = torch.empty(B, T, n, dtype=cdt, device=Fm.device)
-    sigma = torch.empty(B, T, n, n, dtype=cdt, device=Fm.device)
-    kl = _forward_pass(p, K.to(cdt), k.to(cdt), pol_covar.to(cdt), logdet, mu, sigma)
-    out = Fm.dtype
-    return LQRMarginals(mu.to(out), sigma.to(out), kl.to(out) if has_prev else None)
+    for name, x, shape, dims in _controller_specs("ctrl", ctrl, B, T, dX, dU):
+        _check(name, x, shape, dims, dyn.Fm)
+    # the forward pass reads no cost: a zero one (broadcast, no memory) completes the problem
+    zero = torch.zeros(1, dtype=dyn.Fm.dtype, device=dyn.Fm.device).expand(B, T, n, n)
+    p = prepare_lqr(dyn, QuadraticCost(zero, zero[..., 0], zero[..., 0, 0]),
+                    ctrl if prev is None else prev, dtype=dtype)
+    cdt = p.Fm.dtype
+    _, logdet, _ = _chol_inverse(ctrl.covar.to(cdt))
+    mu = torch.empty(B, T, n, dtype=cdt, device=p.Fm.device)
+    sigma = torch.empty(B, T, n, n, dtype=cdt, device=p.Fm.device)
+    kl = _forward_pass(p, ctrl.K.to(cdt), ctrl.k.to(cdt), ctrl.covar.to(cdt), logdet, mu, sigma)
+    out = p.out_dtype
+    return LQRMarginals(mu.to(out), sigma.to(out), kl.to(out) if prev is not None else None)

@@ -20,12 +20,12 @@ as the authors' code does.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from gps.controller import LQRStateMap
+from gps.controller import LinearGaussianController, LQRStateMap
+from gps.cost import QuadraticCost
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
 from gps.gmm import GMM
 from gps.lqr import lqr_forward
@@ -33,17 +33,9 @@ from gps.prior import GMMPrior
 from optenv.families.base import ObjectiveFamily
 from optenv.validation import check_choice
 
+# QuadraticCost is declared in gps.cost (gps.lqr takes it, and this module uses gps.lqr); it is
+# exported here too, beside expand_cost, which builds it
 __all__ = ["COST_HESSIANS", "QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics"]
-
-
-@dataclass
-class QuadraticCost:
-    """cost_t(z, u) ≈ 1/2 [z;u]^T Cm_t [z;u] + cv_t^T [z;u] + c0_t; Cm [M,T,n,n], cv [M,T,n],
-    c0 [M,T]."""
-
-    Cm: Tensor
-    cv: Tensor
-    c0: Tensor
 
 
 def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
@@ -61,9 +53,6 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     previous fit (the reference code's default across GPS iterations: from a warm start EM
     converges in a few iterations instead of running to ``gmm_iters``).
     """
-    M, _N, T, dX = Z.shape
-    dU = U.shape[-1]
-    d = smap.layout.d
     idx = smap.core_index().to(Z.device)
     S = Z[..., idx]
     gmm_prior = None
@@ -73,22 +62,35 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
                                  strength=strength, generator=generator, max_iter=gmm_iters,
                                  init=init)
     fit = fit_linear_gaussian(S, U, gmm_prior, reg=reg)
+    residual = _relative_residual(fit, S, U, smap.layout.d)
+    dyn = _lift(fit, Z, U.shape[-1], smap, idx)
+    return dyn, residual, None if gmm_prior is None else gmm_prior.gmm
 
-    # residual of the fitted coordinates (gradient and objective delta) on the samples
+
+def _relative_residual(fit: LinearGaussianDynamics, S: Tensor, U: Tensor, d: int) -> Tensor:
+    """[M] sum of squared one-step prediction errors of the fitted coordinates (gradient and
+    objective delta: s[d:]) over their spread about the mean, on the samples S [M,N,T,2d+1],
+    U [M,N,T,dU]: the fit's quality in a number the report can show."""
     su = torch.cat([S[:, :, :-1], U[:, :, :-1]], -1)
     pred = torch.einsum("mtij,mntj->mnti", fit.Fm[:, :-1], su) + fit.fv[:, None, :-1]
     target = S[:, :, 1:, d:]
     err = (target - pred[..., d:]).pow(2).sum((1, 2, 3))
     spread = (target - target.mean(1, keepdim=True)).pow(2).sum((1, 2, 3))
-    residual = err / spread.clamp_min(1e-30)
+    return err / spread.clamp_min(1e-30)
 
+
+def _known_transitions(smap: LQRStateMap, M: int, T: int, dX: int, dU: int,
+                       dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Fm [M,T,dX,dX+dU] with the rows the state layout fixes exactly: CUR_LOC' = CUR_LOC + u,
+    and the history buffers shifted by one, PAST_GRADS taking the current gradient and
+    PAST_LOC_DELTAS the action as their newest entry. The rows of CUR_GRAD and of the newest
+    objective delta stay zero: they are fitted."""
     lay = smap.layout
     sl = lay.state_slices
-    h = lay.history
+    h, d = lay.history, lay.d
     n = dX + dU
-    dev, dt = Z.device, Z.dtype
-    Fm = torch.zeros(M, T, dX, n, dtype=dt, device=dev)
-    eye_d = torch.eye(d, dtype=dt, device=dev)
+    Fm = torch.zeros(M, T, dX, n, dtype=dtype, device=device)
+    eye_d = torch.eye(d, dtype=dtype, device=device)
     x = sl["CUR_LOC"]
     Fm[:, :, x, x] = eye_d
     Fm[:, :, x, dX:] = eye_d
@@ -96,11 +98,24 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     g0 = sl["PAST_GRADS"].start
     s0 = sl["PAST_LOC_DELTAS"].start
     rows = torch.cat([torch.arange(p0, p0 + h - 1), torch.arange(g0, g0 + h * d),
-                      torch.arange(s0, s0 + (h - 1) * d)]).to(dev)
+                      torch.arange(s0, s0 + (h - 1) * d)]).to(device)
     cols = torch.cat([torch.arange(p0 + 1, p0 + h), torch.arange(g0 + d, g0 + d + h * d),
-                      torch.arange(s0 + d, s0 + h * d)]).to(dev)
+                      torch.arange(s0 + d, s0 + h * d)]).to(device)
     Fm[:, :, rows, cols] = 1.0
     Fm[:, :, s0 + (h - 1) * d:s0 + h * d, dX:] = eye_d
+    return Fm
+
+
+def _lift(fit: LinearGaussianDynamics, Z: Tensor, dU: int, smap: LQRStateMap, idx: Tensor
+          ) -> LinearGaussianDynamics:
+    """The fit of s (coordinates ``idx`` of the LQR state) lifted into the whole LQR state: the
+    known rows, then the fitted rows and noise of CUR_GRAD and the newest objective delta
+    (CUR_LOC's row is exact, so its fit is dropped); the initial state from the samples Z."""
+    M, _N, T, dX = Z.shape
+    d = smap.layout.d
+    n = dX + dU
+    dev, dt = Z.device, Z.dtype
+    Fm = _known_transitions(smap, M, T, dX, dU, dt, dev)
     out_rows = idx[d:]
     in_cols = torch.cat([idx, torch.arange(dX, n, device=dev)])
     Fm[:, :, out_rows[:, None], in_cols[None, :]] = fit.Fm[:, :, d:, :]
@@ -110,8 +125,7 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     W[:, :, out_rows[:, None], out_rows[None, :]] = fit.dyn_covar[:, :, d:, d:]
     x0 = Z[:, :, 0]
     var = x0.var(1, unbiased=False).clamp_min(1e-6)
-    dyn = LinearGaussianDynamics(Fm, fv, W, x0.mean(1), torch.diag_embed(var))
-    return dyn, residual, None if gmm_prior is None else gmm_prior.gmm
+    return LinearGaussianDynamics(Fm, fv, W, x0.mean(1), torch.diag_embed(var))
 
 
 #: How :func:`expand_cost` treats f's Hessian (the first is the default).
@@ -163,7 +177,7 @@ def expected_cost(cost: QuadraticCost, dyn: LinearGaussianDynamics, K: Tensor, k
                   covar: Tensor) -> Tensor:
     """E[sum_t cost_t] [M] of the controller (K, k, covar) under ``dyn``'s Gaussian marginals
     (the Laplace estimate that step-size adaptation compares)."""
-    marg = lqr_forward(dyn.Fm, dyn.fv, dyn.dyn_covar, dyn.x0mu, dyn.x0sigma, K, k, covar)
+    marg = lqr_forward(dyn, LinearGaussianController(K, k, covar))
     mu, sigma = marg.mu, marg.sigma
     quad = 0.5 * ((cost.Cm * sigma).sum((-2, -1))
                   + (mu * (cost.Cm @ mu[..., None]).squeeze(-1)).sum(-1))

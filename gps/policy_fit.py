@@ -85,26 +85,58 @@ def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, ob
     use = weight > 0
     if not bool(use.any()):
         return math.nan
-    obs, target, prec, weight = obs[use], target[use], prec[use], weight[use]
+    dev = policy.mean_net[0].weight.device
+    graphed = _use_cuda_graph(cuda_graph, optimizer, dev)
+    mean_prec = prec[use].mean(0)
+    adam_step = _precision_weighted_step(policy, optimizer, obs[use], target[use], prec[use],
+                                         _capped_weights(weight[use]), mean_prec)
+    R = int(use.sum())
+    rows = torch.randint(0, R, (steps, min(batch_size, R)), generator=generator).to(dev)
+    losses = _run_steps(policy, adam_step, rows, graphed)
+    # the Gaussian's covariance at its closed-form optimum: the inverse mean precision
+    var = 1.0 / torch.diagonal(mean_prec).clamp_min(1e-12)
+    with torch.no_grad():
+        policy.log_std.copy_(0.5 * torch.log(var).to(policy.log_std))
+    return float(losses[steps - max(1, steps // 10):].mean())
+
+
+def _use_cuda_graph(cuda_graph: bool | None, optimizer: torch.optim.Optimizer,
+                    device: torch.device) -> bool:
+    """The ``cuda_graph`` option resolved: by default on CUDA with a capturable optimizer (a
+    captured Adam step needs its step counters on the device)."""
+    if cuda_graph is None:
+        return device.type == "cuda" and all(
+            g.get("capturable", False) for g in optimizer.param_groups)
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph: got True with the policy on {device}, allowed: True only "
+                         "for a policy on a CUDA device")
+    return bool(cuda_graph)
+
+
+def _capped_weights(weight: Tensor) -> Tensor:
+    """Weights capped at twice their median, then normalised to mean 1 (the reference code's
+    guard against a few huge BADMM weights dominating the loss)."""
     med = weight.median()
     weight = weight.clamp(max=2.0 * float(med)) if float(med) > 0 else weight
-    weight = weight / weight.mean()
-    mean_prec = prec.mean(0)
+    return weight / weight.mean()
+
+
+def _precision_weighted_step(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer,
+                             obs: Tensor, target: Tensor, prec: Tensor, weight: Tensor,
+                             mean_prec: Tensor) -> Callable[[Tensor], Tensor]:
+    """One Adam step on the rows ``r`` (a minibatch index) of the loss
+    mean_r weight_r (mu(obs_r) - target_r)^T P_r (mu(obs_r) - target_r), returning the loss.
+
+    P is the precision divided by its mean trace / dU, so weight decay means the same whatever
+    the controllers' scale. The data move to the policy's device and dtype once, here: a
+    captured CUDA graph reads them at fixed addresses."""
     scale = torch.diagonal(mean_prec).mean().clamp_min(1e-12)
     w = policy.mean_net[0].weight
     dev, dt = w.device, w.dtype
-    if cuda_graph is None:
-        cuda_graph = dev.type == "cuda" and all(
-            g.get("capturable", False) for g in optimizer.param_groups)
-    elif cuda_graph and dev.type != "cuda":
-        raise ValueError(f"cuda_graph: got True with the policy on {dev}, allowed: True only "
-                         "for a policy on a CUDA device")
     obs = obs.to(device=dev, dtype=dt)
     target = target.to(device=dev, dtype=dt)
     prec_n = (prec / scale).to(device=dev, dtype=dt)
     weight = weight.to(device=dev, dtype=dt)
-    R = obs.shape[0]
-    rows = torch.randint(0, R, (steps, min(batch_size, R)), generator=generator).to(dev)
 
     def adam_step(r: Tensor) -> Tensor:
         err = policy(obs[r]) - target[r]
@@ -115,16 +147,22 @@ def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, ob
         optimizer.step()
         return loss.detach()
 
+    return adam_step
+
+
+def _run_steps(policy: GaussianMLPPolicy, adam_step: Callable[[Tensor], Tensor], rows: Tensor,
+               graphed: bool) -> Tensor:
+    """One Adam step per row of ``rows`` [steps, batch] in train mode, through CUDA graphs where
+    asked (:func:`_graphed_steps`) and eagerly for the rest; returns the losses [steps]."""
+    steps = rows.shape[0]
+    w = policy.mean_net[0].weight
     policy.train()
-    losses = torch.zeros(steps, device=dev, dtype=dt)
-    done = _graphed_steps(adam_step, rows, losses) if cuda_graph else 0
+    losses = torch.zeros(steps, device=w.device, dtype=w.dtype)
+    done = _graphed_steps(adam_step, rows, losses) if graphed else 0
     for i in range(done, steps):
         losses[i] = adam_step(rows[i])
     policy.eval()
-    var = 1.0 / torch.diagonal(mean_prec).clamp_min(1e-12)
-    with torch.no_grad():
-        policy.log_std.copy_(0.5 * torch.log(var).to(policy.log_std))
-    return float(losses[steps - max(1, steps // 10):].mean())
+    return losses
 
 
 GRAPH_CHUNK = 25

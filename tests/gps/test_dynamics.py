@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gps import reference
-from gps.bench import random_linear_gaussian_data
+from benchmarks import reference
+from benchmarks.gps_bench import random_linear_gaussian_data
 from gps.dynamics import fit_linear_gaussian
 from gps.prior import GMMPrior
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from gps import reference
-from gps.bench import random_linear_gaussian_data
+from benchmarks import reference
+from benchmarks.gps_bench import random_linear_gaussian_data
 from gps.gmm import GMM, _init, fit_gmm, gmm_log_obs, n_clusters_for
 from gps.prior import GMMPrior
 

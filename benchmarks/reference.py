@@ -1,5 +1,8 @@
 """Slow, per-condition numpy implementation of the GPS numerics: the test oracle and the baseline.
 
+It lives in ``benchmarks/``, outside the installed packages, so the wheel ships no test oracle;
+the tests import it as :mod:`benchmarks.reference` (pytest puts the repository root on the path).
+
 Written straight from the equations, one condition and one time step at a time, in the structure of
 the reference GPS code (``traj_opt_lqr_python.py``, ``algorithm_badmm.compute_costs``,
 ``dynamics_lr_prior.py``, ``gmm.py``). It is deliberately *not* shared with the batched torch code
@@ -8,7 +11,7 @@ agreement to 1e-8 in float64 is evidence that both are right. Some of the algebr
 purpose (this file builds the KL from the joint state-action quadratic forms of the reference code,
 the batched code from the conditional-Gaussian form; this file propagates the joint covariance,
 the batched code the closed-loop state covariance). It is also the "per-condition loop" that
-``python -m gps.bench`` times the batched version against.
+``python -m benchmarks.gps_bench`` times the batched version against.
 
 Where the reference code has a bug that the design notes call out, this file follows the fixed
 equations, like the batched code: regularisation ``reg * I`` rather than ``reg`` added to every

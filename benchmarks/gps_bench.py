@@ -1,18 +1,24 @@
 """Benchmarks of the batched GPS numerics against the per-condition numpy loop.
 
-    python -m gps.bench lqr [--quick] [--device cpu|cuda] [--dtype float64|float32]
-    python -m gps.bench dynamics [--quick] [...]
+From the repository root (``benchmarks`` is not an installed package)::
+
+    python -m benchmarks.gps_bench lqr [--quick] [--device cpu|cuda] [--dtype float64|float32]
+    python -m benchmarks.gps_bench dynamics [--quick] [...]
 
 Each line of output is one JSON object naming the device. For every configuration (B conditions,
 T steps, dX, dU) ``lqr`` reports the time of a full :func:`gps.lqr.kl_constrained_lqr` call (eta
 search included) and of one backward pass, for the batched version and for the per-condition
-numpy loop of :mod:`gps.reference`, the FLOP count of one backward pass
+numpy loop of :mod:`benchmarks.reference`, the FLOP count of one backward pass
 (B*T*(2 dX^2 n + 2 n^2 dX + 2 dX^2 dU), n = dX + dU) and the fraction of the device's peak.
 The loop is linear in B, so it is timed on at most ``--loop-conditions`` conditions or
 ``--loop-seconds`` and scaled to B (``loop_extrapolated``). Configurations whose inputs would not
 fit in ``--max-gib`` of memory or whose estimated time exceeds ``--max-seconds`` are reported as
 skipped, not run. ``dynamics`` reports the same for the GMM prior (EM with a fixed iteration
 budget, from the same initialisation) and the per-step fit.
+
+The problem generators (:func:`random_lqr_problem`, :func:`random_linear_gaussian_data`) are also
+the tests' inputs. Only the public API of :mod:`gps` is used: the backward pass is timed alone on
+a problem prepared once (:func:`gps.lqr.prepare_lqr`, then :func:`gps.lqr.lqr_backward`).
 """
 
 from __future__ import annotations
@@ -24,15 +30,19 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gps import reference
-from gps.dynamics import fit_linear_gaussian
-from gps.gmm import GMM, _init, fit_gmm, n_clusters_for
-from gps.lqr import _backward_pass, _prepare, kl_constrained_lqr
+from benchmarks import reference
+from gps.controller import LinearGaussianController
+from gps.cost import QuadraticCost
+from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
+from gps.gmm import GMM, fit_gmm, n_clusters_for
+from gps.lqr import kl_constrained_lqr, lqr_backward, prepare_lqr
 from gps.prior import GMMPrior
 
 LQR_GRID = [(B, T, dX, dU) for (dX, dU) in ((20, 2), (100, 10), (233, 4))
@@ -50,15 +60,38 @@ _GPU_PEAKS = {
 }
 
 
+class LQRInputs(NamedTuple):
+    """The three containers :func:`gps.lqr.kl_constrained_lqr` takes, as one value:
+    ``kl_constrained_lqr(*inputs, kl_step)``; with the conversions the bench and the tests need."""
+
+    dyn: LinearGaussianDynamics
+    cost: QuadraticCost
+    prev: LinearGaussianController
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> LQRInputs:
+        """``fn`` applied to every tensor: ``lambda x: x.cuda()``, ``lambda x: x[3:]``..."""
+        def each(obj: object) -> object:
+            return type(obj)(**{f.name: fn(getattr(obj, f.name)) for f in fields(obj)})
+
+        return LQRInputs(*(each(part) for part in self))  # type: ignore[arg-type]
+
+    def numpy(self, b: int) -> list[np.ndarray]:
+        """Condition b in the argument order of :func:`benchmarks.reference.kl_constrained_lqr_np`:
+        Fm, fv, dyn_covar, x0mu, x0sigma, Cm, cv, K_prev, k_prev, pol_covar_prev (float64, CPU)."""
+        d, c, p = self.dyn, self.cost, self.prev
+        xs = (d.Fm, d.fv, d.dyn_covar, d.x0mu, d.x0sigma, c.Cm, c.cv, p.K, p.k, p.covar)
+        return [x[b].double().cpu().numpy() for x in xs]
+
+
 def random_lqr_problem(B: int, T: int, dX: int, dU: int, *, seed: int = 0,
                        dtype: torch.dtype = torch.float64,
-                       device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """A well-conditioned random batch for :func:`gps.lqr.kl_constrained_lqr` (keyword dict).
+                       device: str | torch.device = "cpu") -> LQRInputs:
+    """A well-conditioned random batch for :func:`gps.lqr.kl_constrained_lqr`.
 
-    Stable dynamics (spectral radius about 0.95), PD costs, a random previous controller; with
-    kl_step = 0.5 the eta search typically converges in 3 to 10 iterations. Drawn on ``device``
-    from a generator of that device (so a seed gives another problem on a GPU than on the CPU):
-    at B=256, T=100, dX=100 a CPU draw took longer than the solves it feeds.
+    Stable dynamics (spectral radius about 0.95), PD costs (c0 = 0), a random previous
+    controller; with kl_step = 0.5 the eta search typically converges in 3 to 10 iterations.
+    Drawn on ``device`` from a generator of that device (so a seed gives another problem on a GPU
+    than on the CPU): at B=256, T=100, dX=100 a CPU draw took longer than the solves it feeds.
     """
     g = torch.Generator(device=device).manual_seed(seed)
     n = dX + dU
@@ -75,15 +108,17 @@ def random_lqr_problem(B: int, T: int, dX: int, dU: int, *, seed: int = 0,
     Fx = 0.9 * torch.eye(dX, dtype=torch.float64, device=dev) + 0.05 * r(B, T, dX, dX) / \
         math.sqrt(dX)
     Fu = 0.3 * r(B, T, dX, dU) / math.sqrt(dU)
-    out = {
-        "Fm": torch.cat([Fx, Fu], -1), "fv": 0.1 * r(B, T, dX),
-        "dyn_covar": spd(B, T, dX, dX, scale=0.01, floor=1e-3),
-        "x0mu": r(B, dX), "x0sigma": spd(B, dX, dX, scale=0.1, floor=0.01),
-        "Cm": spd(B, T, n, n, scale=1.0, floor=0.1), "cv": r(B, T, n),
-        "K_prev": 0.1 * r(B, T, dU, dX) / math.sqrt(dX), "k_prev": 0.1 * r(B, T, dU),
-        "pol_covar_prev": spd(B, T, dU, dU, scale=1.0, floor=0.5),
-    }
-    return {k: v.to(device=device, dtype=dtype) for k, v in out.items()}
+    # drawn in this order (the stream, hence every problem, is what it was as a keyword dict)
+    dyn = LinearGaussianDynamics(
+        Fm=torch.cat([Fx, Fu], -1), fv=0.1 * r(B, T, dX),
+        dyn_covar=spd(B, T, dX, dX, scale=0.01, floor=1e-3),
+        x0mu=r(B, dX), x0sigma=spd(B, dX, dX, scale=0.1, floor=0.01))
+    Cm, cv = spd(B, T, n, n, scale=1.0, floor=0.1), r(B, T, n)
+    cost = QuadraticCost(Cm, cv, torch.zeros(B, T, dtype=torch.float64, device=dev))
+    prev = LinearGaussianController(
+        K=0.1 * r(B, T, dU, dX) / math.sqrt(dX), k=0.1 * r(B, T, dU),
+        covar=spd(B, T, dU, dU, scale=1.0, floor=0.5))
+    return LQRInputs(dyn, cost, prev).map(lambda x: x.to(device=device, dtype=dtype))
 
 
 def random_linear_gaussian_data(B: int, N: int, T: int, dX: int, dU: int, *, seed: int = 0,
@@ -162,10 +197,6 @@ def device_info(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
     }
 
 
-_ARG_ORDER = ("Fm", "fv", "dyn_covar", "x0mu", "x0sigma", "Cm", "cv", "K_prev", "k_prev",
-              "pol_covar_prev")
-
-
 def _time_loop(fn: Callable[[int], object], B: int, max_conditions: int,
                max_seconds: float) -> tuple[int, float]:
     """Time fn(b) for b = 0, 1, ... until B, max_conditions or max_seconds is reached; returns
@@ -208,8 +239,8 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
     prob = random_lqr_problem(B, T, dX, dU, seed=B + T + dX, dtype=dtype, device=device)
     kl_step = 0.5
 
-    def full(prob: dict[str, Tensor] = prob, kl_step: float = kl_step) -> object:
-        return kl_constrained_lqr(**prob, kl_step=kl_step)
+    def full(prob: LQRInputs = prob, kl_step: float = kl_step) -> object:
+        return kl_constrained_lqr(*prob, kl_step)
 
     if device.type == "cuda":  # first call captures the CUDA graph: time it separately
         _sync(device)
@@ -222,29 +253,24 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
     rec["n_evaluations"] = res.n_evaluations
     rec["converged"] = int(res.converged.sum())
     rec["used_cuda_graph"] = res.used_cuda_graph
-    p, _ = _prepare(prob["Fm"], prob["fv"], prob["dyn_covar"], prob["x0mu"], prob["x0sigma"],
-                    prob["Cm"], prob["cv"], prob["K_prev"], prob["k_prev"],
-                    prob["pol_covar_prev"], kl_step, None, None, None, None, None, None,
-                    0.0, None)
+    # the backward pass alone: validation and precomputation happen once, outside the clock
+    p = prepare_lqr(*prob)
     eta = torch.ones(B, dtype=p.Fm.dtype, device=device)
-    bufs = (torch.empty_like(p.K_prev), torch.empty_like(p.k_prev),
-            torch.empty_like(p.pol_covar_prev), torch.empty_like(p.pol_covar_prev),
-            torch.empty_like(p.logdet_prev))
-    tb = _timeit(lambda p=p, eta=eta, bufs=bufs: _backward_pass(p, eta, *bufs), device)
+    tb = _timeit(lambda p=p, eta=eta: lqr_backward(p, eta), device)
     rec["batched_backward_s"] = tb
     rec["batched_backward_gflops"] = flops / tb / 1e9
     rec["batched_backward_frac_peak"] = flops / tb / peak
 
-    npy = {k: v.double().cpu().numpy() for k, v in prob.items()}
+    cpu = prob.map(lambda x: x.double().cpu())
     nl, loop_full = _time_loop(
-        lambda b: reference.kl_constrained_lqr_np(
-            *(npy[k][b] for k in _ARG_ORDER), kl_step=kl_step),
+        lambda b: reference.kl_constrained_lqr_np(*cpu.numpy(b), kl_step=kl_step),
         B, loop_conditions, loop_seconds)
-    _, loop_bwd = _time_loop(
-        lambda b: reference.lqr_backward_np(
-            npy["Fm"][b], npy["fv"][b], npy["Cm"][b], npy["cv"][b], npy["K_prev"][b],
-            npy["k_prev"][b], npy["pol_covar_prev"][b], 1.0),
-        B, loop_conditions, loop_seconds)
+
+    def loop_backward(b: int) -> object:
+        Fm, fv, _, _, _, Cm, cv, K_prev, k_prev, pol_covar_prev = cpu.numpy(b)
+        return reference.lqr_backward_np(Fm, fv, Cm, cv, K_prev, k_prev, pol_covar_prev, 1.0)
+
+    _, loop_bwd = _time_loop(loop_backward, B, loop_conditions, loop_seconds)
     rec["loop_conditions_timed"] = nl
     rec["loop_extrapolated"] = nl < B
     rec["loop_full_s"] = loop_full
@@ -285,7 +311,8 @@ def _dynamics_record(B: int, N: int, T: int, dX: int, dU: int, *, device: torch.
     X, U, _, _ = random_linear_gaussian_data(B, N, T, dX, dU, seed=B + T, dtype=dtype,
                                              device=device)
     pts = torch.cat([X[:, :, :-1], U[:, :, :-1], X[:, :, 1:]], -1).reshape(B, -1, D)
-    init = _init(pts, K, torch.Generator().manual_seed(0), 1e-6)
+    # max_iter=0: fit_gmm's own random initialisation, no EM step; both EMs start from it
+    init = fit_gmm(pts, K, generator=torch.Generator().manual_seed(0), max_iter=0, reg=1e-6)
 
     def em(pts: Tensor = pts, K: int = K, init: GMM = init) -> object:
         return fit_gmm(pts, K, init=init, max_iter=em_iters, tol=0.0)
@@ -342,7 +369,8 @@ def _parse_configs(text: str | None, width: int) -> list[tuple[int, ...]] | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gps.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gps_bench",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("which", choices=["lqr", "dynamics"])
     ap.add_argument("--quick", action="store_true", help="small grid (under a minute on a CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
