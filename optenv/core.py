@@ -33,6 +33,15 @@ STATE_LIMIT = 1e30
 DELTA_EPS = 1e-8
 
 
+def _consecutive_slices(sizes: Mapping[str, int]) -> dict[str, slice]:
+    """Blocks of the given sizes laid end to end: name → slice."""
+    out, start = {}, 0
+    for name, n in sizes.items():
+        out[name] = slice(start, start + n)
+        start += n
+    return out
+
+
 @dataclass(frozen=True)
 class StateLayout:
     """Where each feature lives in the flat state and observation vectors."""
@@ -59,18 +68,13 @@ class StateLayout:
     def state_slices(self) -> dict[str, slice]:
         """Feature name → slice of the state vector."""
         d, h = self.d, self.history
-        sizes = {
+        return _consecutive_slices({
             "CUR_LOC": d,
             "PAST_OBJ_VAL_DELTAS": h,
             "PAST_GRADS": h * d,
             "CUR_GRAD": d,
             "PAST_LOC_DELTAS": h * d,
-        }
-        out, start = {}, 0
-        for name, n in sizes.items():
-            out[name] = slice(start, start + n)
-            start += n
-        return out
+        })
 
     @property
     def observation_slices(self) -> dict[str, slice]:
@@ -108,12 +112,8 @@ class StateLayout:
         3H + 1 columns whatever d is (Li & Malik 2017's route to a policy for any d).
         """
         h = self.history
-        sizes = {"PAST_OBJ_VAL_DELTAS": h, "PAST_GRADS": h, "CUR_GRAD": 1, "PAST_LOC_DELTAS": h}
-        out, start = {}, 0
-        for name, n in sizes.items():
-            out[name] = slice(start, start + n)
-            start += n
-        return out
+        return _consecutive_slices(
+            {"PAST_OBJ_VAL_DELTAS": h, "PAST_GRADS": h, "CUR_GRAD": 1, "PAST_LOC_DELTAS": h})
 
     @property
     def coordinate_width(self) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
-from vector_env_helpers import MODES, random_actions, to_numpy
+from vector_env_helpers import MODES, ReplayCalls, random_actions, to_numpy
 
 from optenv import OptimizationVectorEnv
 
@@ -132,14 +132,6 @@ def test_constructor_takes_the_mode_and_copy_false_hands_out_the_live_buffer():
     assert obs.data_ptr() == buf and obs.shape == (2, 12, 3)
 
 
-class _ReplayCalls:
-    """Stands in for a captured CUDA graph on the CPU: replaying reruns the captured work."""
-
-    def __init__(self, work):
-        self.work = work
-
-    def replay(self):
-        self.work()
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
@@ -149,7 +141,7 @@ def test_graph_step_path_computes_the_2017_rows_inside_the_captured_work(mode, m
     import optenv.vector as vector_mod
 
     monkeypatch.setattr(vector_mod, "warm_up", lambda work, device=None: work())
-    monkeypatch.setattr(vector_mod, "capture", lambda work, *a, **k: _ReplayCalls(work))
+    monkeypatch.setattr(vector_mod, "capture", lambda work, *a, **k: ReplayCalls(work))
     envs = [OptimizationVectorEnv("LogisticRegression", num_envs=4, max_episode_steps=6,
                                   autoreset_mode=mode, check_actions=False,
                                   observation="coordinatewise", features="li-malik-2017")

@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
-from vector_env_helpers import MODES, random_actions
+from vector_env_helpers import MODES, ReplayCalls, random_actions
 
 from optenv import OptimizationVectorEnv
-
-
-class _ReplayCalls:
-    """Stands in for a captured CUDA graph on the CPU: replaying runs the captured work."""
-
-    def __init__(self, work):
-        self.work = work
-
-    def replay(self):
-        self.work()
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
@@ -32,7 +22,7 @@ def test_graph_step_sequence_equals_eager_steps_when_the_graph_replays_faithfull
     import optenv.vector as vector_mod
 
     monkeypatch.setattr(vector_mod, "warm_up", lambda work, device=None: work())
-    monkeypatch.setattr(vector_mod, "capture", lambda work, *a, **k: _ReplayCalls(work))
+    monkeypatch.setattr(vector_mod, "capture", lambda work, *a, **k: ReplayCalls(work))
     envs = [OptimizationVectorEnv("LogisticRegression", num_envs=4, max_episode_steps=3,
                                   autoreset_mode=mode, check_actions=False) for _ in range(2)]
     graphed = envs[1]

@@ -25,3 +25,13 @@ def to_numpy(t: Any) -> np.ndarray:
 def random_actions(rng: np.random.Generator, n: int, d: int, scale: float = 1.5) -> np.ndarray:
     """[n, d] uniform actions in [-scale, scale]: beyond [-1, 1], so clipping is exercised."""
     return rng.uniform(-scale, scale, size=(n, d))
+
+
+class ReplayCalls:
+    """Stands in for a captured CUDA graph on the CPU: replaying runs the captured work."""
+
+    def __init__(self, work: Any) -> None:
+        self.work = work
+
+    def replay(self) -> None:
+        self.work()
