@@ -12,12 +12,19 @@ iterate/gradient/history arithmetic is the one the envs use, and autograd flows 
 Second-order terms: the paper drops them (the gradient fed to the LSTM is treated as a
 constant, ``second_order=False``); ``second_order=True`` keeps them, differentiating through
 ∇f as well (the families' closed-form gradients are differentiable).
+
+Three kinds of learned optimiser train here, on one meta-loss: Andrychowicz et al.'s
+:class:`CoordinatewiseLSTM` (reads each coordinate's gradient), :class:`MLPOptimizer` (the flat
+GPS policy of Li & Malik 2016, tied to one d) and :class:`CoordinatewiseOptimizer` (Li & Malik
+2017's :class:`~optenv.policy.CoordinatewisePolicy`, the class coordinate-group GPS trains,
+reading one row of features per coordinate: it runs on any d, so a policy meta-trained on one
+family transfers to larger models).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -26,19 +33,26 @@ from torch import nn
 
 from optenv.checkpoint import load_module, save_module
 from optenv.core import OptimizationCore, StateLayout
-from optenv.families import ObjectiveFamily
+from optenv.families import CoordinateGroup, ObjectiveFamily
 from optenv.flags import option
-from optenv.policy import GaussianMLPPolicy
+from optenv.policy import CoordinatewisePolicy, GaussianMLPPolicy
 from optenv.validation import check_int, check_number, parse_dtype
 
 __all__ = [
+    "DEFAULT_FEATURES",
+    "ROW_FEATURES",
+    "CoordinateRows",
     "CoordinatewiseLSTM",
+    "CoordinatewiseOptimizer",
     "LSTMPolicy",
     "LearnedOptimizer",
     "MLPOptimizer",
     "MetaTrainConfig",
     "MetaTrainLog",
+    "RowFeatureSet",
     "Unroll",
+    "coordinate_rows",
+    "coordinate_width",
     "load_lstm",
     "meta_train",
     "preprocess_gradients",
@@ -143,7 +157,134 @@ class MLPOptimizer(nn.Module):
         return self.policy(obs).to(obs.dtype), state
 
 
-LearnedOptimizer = CoordinatewiseLSTM | MLPOptimizer
+class RowFeatureSet(NamedTuple):
+    """A named way to turn a flat state (or observation) into one feature row per coordinate.
+
+    ``width(layout)`` is k, the row length, for a layout's history; ``rows(layout, vec,
+    observation)`` maps a batch [..., dX] (or [..., obs_dim] when ``observation``) to
+    [..., d, k]. ``rows`` must be pure and differentiable: BPTT back-propagates through it.
+    """
+
+    width: Callable[[StateLayout], int]
+    rows: Callable[[StateLayout, torch.Tensor, bool], torch.Tensor]
+
+
+#: The feature set a coordinatewise optimiser reads unless told otherwise: the 2016 state split
+#: by coordinate (:meth:`optenv.core.StateLayout.coordinatewise`, k = 3H + 1).
+DEFAULT_FEATURES = "li-malik-2016"
+
+#: Feature sets by name. The name is stored with every trained coordinatewise optimiser, and a
+#: saved one is evaluated with the rows of the set it was trained on. Another set (Li & Malik
+#: 2017's averaged, normalised features, ``"li-malik-2017"``) plugs in with one entry here; the
+#: trainer's ``--features`` offers every key.
+ROW_FEATURES: dict[str, RowFeatureSet] = {
+    DEFAULT_FEATURES: RowFeatureSet(
+        width=lambda layout: layout.coordinate_width,
+        rows=lambda layout, vec, observation: layout.coordinatewise(vec, observation=observation),
+    ),
+}
+
+
+def _feature_set(features: str) -> RowFeatureSet:
+    if features not in ROW_FEATURES:
+        raise ValueError(f"features: got {features!r}, allowed: {', '.join(ROW_FEATURES)}")
+    return ROW_FEATURES[features]
+
+
+def coordinate_width(layout: StateLayout, features: str = DEFAULT_FEATURES) -> int:
+    """k, the row length of feature set ``features`` for this layout's history."""
+    return _feature_set(features).width(layout)
+
+
+def coordinate_rows(layout: StateLayout, vec: torch.Tensor, features: str = DEFAULT_FEATURES,
+                    *, observation: bool = False) -> torch.Tensor:
+    """The rows [..., d, k] a coordinatewise optimiser reads from a state batch [..., dX] (or
+    an observation batch [..., obs_dim] with ``observation=True``).
+
+    The one place rows are computed, in meta-training and in evaluation alike
+    (:class:`CoordinateRows` routes the env policy through it), so a feature set named here
+    means the same numbers in both; an unknown name is a ValueError listing the known ones.
+    """
+    return _feature_set(features).rows(layout, vec, observation)
+
+
+@dataclass(frozen=True)
+class CoordinateRows:
+    """A layout bound to a feature set, in the shape :class:`~optenv.policy.CoordinatewiseEnvPolicy`
+    takes as its ``layout``: its ``coordinatewise(vec, observation=...)`` is
+    :func:`coordinate_rows`. Passing this instead of the bare
+    :class:`~optenv.core.StateLayout` makes an env policy read the feature set its policy was
+    trained on rather than always the 2016 one."""
+
+    layout: StateLayout
+    features: str = DEFAULT_FEATURES
+
+    def __post_init__(self) -> None:
+        _feature_set(self.features)
+
+    @property
+    def width(self) -> int:
+        """k, the row length."""
+        return coordinate_width(self.layout, self.features)
+
+    def coordinatewise(self, vec: torch.Tensor, *, observation: bool = False) -> torch.Tensor:
+        """Rows [..., d, k] of a state (or observation) batch."""
+        return coordinate_rows(self.layout, vec, self.features, observation=observation)
+
+
+class CoordinatewiseOptimizer(nn.Module):
+    """Li & Malik (2017)'s :class:`~optenv.policy.CoordinatewisePolicy` as a BPTT-trained optimiser.
+
+    Each coordinate's mean step is the policy's network applied to that coordinate's feature
+    row (:func:`coordinate_rows`, feature set ``policy.features``) and the kind of its group
+    (weight / bias / other); parameters are shared across coordinates. This is the class that
+    coordinate-group GPS trains, so the study can compare GPS and BPTT on one architecture
+    again, and — unlike :class:`MLPOptimizer` — the trained policy runs on any d.
+
+    With ``cell="lstm"`` the policy's per-coordinate (h, c) is the recurrent state
+    :func:`unroll` carries, as a one-element list like :class:`CoordinatewiseLSTM`'s per-layer
+    list, so :func:`meta_train` truncates it between unroll segments the same way.
+
+    Args:
+        policy: the policy to train (its ``width`` must match the feature set's row length).
+        groups: the meta-training family's coordinate groups (each coordinate's kind).
+    """
+
+    def __init__(self, policy: CoordinatewisePolicy, groups: Sequence[CoordinateGroup]) -> None:
+        super().__init__()
+        self.policy = policy
+        _feature_set(policy.features)
+        # Not persistent: the kinds belong to the training family, not to the trained policy
+        # (a loaded policy is bound to the groups of whatever family it acts on).
+        self.register_buffer("kinds", policy.kind_index(groups), persistent=False)
+
+    @property
+    def features(self) -> str:
+        """The name of the feature set the policy reads."""
+        return self.policy.features
+
+    def inputs(self, layout: StateLayout, state: torch.Tensor) -> torch.Tensor:
+        """The rows [B, d, k] of a state batch."""
+        rows = coordinate_rows(layout, state, self.policy.features)
+        if rows.shape[-2] != self.kinds.numel():
+            raise ValueError(f"state: has {rows.shape[-2]} coordinates, allowed: "
+                             f"{self.kinds.numel()} (the family this optimiser was bound to)")
+        return rows
+
+    def initial_state(self, batch: int, d: int, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> list[LSTMState]:
+        """Zero (h, c) per coordinate for the LSTM, in a one-element list; [] for the MLP."""
+        state = self.policy.initial_state(batch, d, device, dtype)
+        return [] if state is None else [state]
+
+    def forward(self, rows: torch.Tensor, state: list[LSTMState]
+                ) -> tuple[torch.Tensor, list[LSTMState]]:
+        """Mean steps [B, d] from rows [B, d, k]."""
+        mean, new = self.policy(rows, self.kinds, state[0] if state else None)
+        return mean.to(rows.dtype), [] if new is None else [new]
+
+
+LearnedOptimizer = CoordinatewiseLSTM | MLPOptimizer | CoordinatewiseOptimizer
 
 
 def _dtype_of(net: nn.Module) -> torch.dtype:
@@ -175,7 +316,8 @@ def unroll(
     """Run the net as the optimiser for ``steps`` iterations through the shared core.
 
     Without ``second_order`` the net's inputs (gradients, or the whole observation for the
-    MLP) are treated as constants, dropping the second-order terms as Andrychowicz et al. did.
+    MLP, or the whole rows for the coordinatewise optimiser) are treated as constants,
+    dropping the second-order terms as Andrychowicz et al. did.
     ``frozen_grads`` replaces the inputs by given constants (used to check the first-order
     meta-gradient against finite differences: that is exactly what dropping those terms means).
     """
@@ -221,15 +363,16 @@ class MetaTrainConfig:
     truncation; 40 is every optenv env's horizon), first-order meta-gradients as in the paper.
     Fields declared with :func:`~optenv.flags.option` are also the command's flags, with their
     help text and their ``--quick`` value (100 iterations of 32 objectives); the command fills
-    the horizon from the env and, for the MLP, the truncation from the horizon. ``history``,
-    ``max_grad_norm`` and ``dtype`` are not flags (the env sets the first; the others are fixed
-    for the command).
+    the horizon from the env and, for the MLPs (flat and coordinatewise: no recurrent state to
+    truncate), the truncation from the horizon. ``history``, ``max_grad_norm`` and ``dtype``
+    are not flags (the env sets the first; the others are fixed for the command).
     """
 
     iterations: int = option(1000, quick=100, help="meta-iterations")
     batch_size: int = option(64, quick=32, help="objectives per iteration")
     horizon: int = option(40, shown="the env's", help="unroll horizon")
-    unroll: int = option(20, shown="20 for lstm, the horizon for mlp", help="truncation length")
+    unroll: int = option(20, shown="20 for the LSTMs, the horizon for the MLPs",
+                         help="truncation length")
     lr: float = option(1e-3, help="Adam learning rate")
     second_order: bool = option(False, help="keep second-order terms (the paper drops them)")
     max_grad_norm: float = 1.0

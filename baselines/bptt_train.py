@@ -1,10 +1,22 @@
 """``optenv train bptt``: meta-train a learned optimiser by BPTT, with checkpoints and resume.
 
-Two architectures: ``lstm`` (Andrychowicz et al.'s coordinatewise LSTM; truncated unrolls of
-``--unroll`` steps) and ``mlp`` (the GPS policy class on the observation Φ, trained by BPTT over
-the whole horizon unless ``--unroll`` says otherwise). The run folder follows
-:mod:`optenv.runs`; the trained optimiser is ``optimizer.pt`` and evaluates through
-``optenv compare --methods bptt:DIR``.
+Four architectures (``--arch``):
+
+* ``lstm``: Andrychowicz et al.'s coordinatewise LSTM on each coordinate's gradient; truncated
+  unrolls of ``--unroll`` steps (default 20);
+* ``mlp``: the flat GPS policy class of Li & Malik 2016 on the observation Φ, tied to the
+  training family's d; BPTT over the whole horizon unless ``--unroll`` says otherwise;
+* ``coordinatewise-mlp`` / ``coordinatewise-lstm``: Li & Malik 2017's
+  :class:`~optenv.policy.CoordinatewisePolicy` (the class coordinate-group GPS trains) on one
+  feature row per coordinate (``--features``, default ``li-malik-2016``: the 2016 state split
+  by coordinate) and its group's kind. It runs on any d: trained on one family, it evaluates on
+  another with other group sizes. The MLP unrolls the whole horizon by default, the LSTM
+  truncates at 20 steps like ``lstm``.
+
+Every arch is meta-trained on the same meta-loss (Σ_t mean f(x_t) over unrolls on TRAIN
+objectives of the env's family, :func:`baselines.bptt.meta_train`). The run folder follows
+:mod:`optenv.runs`; the trained optimiser is ``optimizer.pt`` (with the arch, the feature set
+and the history in its metadata) and evaluates through ``optenv compare --methods bptt:DIR``.
 """
 
 from __future__ import annotations
@@ -20,25 +32,61 @@ import gymnasium as gym
 import torch
 
 from baselines.bptt import (
+    DEFAULT_FEATURES,
+    ROW_FEATURES,
+    CoordinateRows,
     CoordinatewiseLSTM,
+    CoordinatewiseOptimizer,
     LSTMPolicy,
     MetaTrainConfig,
     MLPOptimizer,
+    coordinate_rows,
+    coordinate_width,
     load_lstm,
     meta_train,
     save_lstm,
 )
-from optenv.core import OptimizationCore
+from optenv.core import OptimizationCore, StateLayout
 from optenv.flags import add_flags, config_from_flags, quick_preset
-from optenv.policy import GaussianMLPPolicy, load_policy, save_policy
+from optenv.policy import (
+    CoordinatewisePolicy,
+    GaussianMLPPolicy,
+    load_coordinatewise_policy,
+    load_policy,
+    save_coordinatewise_policy,
+    save_policy,
+)
 from optenv.registration import family_of
 from optenv.runs import RunDir
 from optenv.validation import parse_device
 
-__all__ = ["add_train_parser", "load_for_compare", "observation_scale", "run"]
+__all__ = ["ARCHS", "add_train_parser", "load_for_compare", "observation_scale", "row_scale",
+           "run"]
 
 ARTIFACT = "optimizer.pt"
-ARCHS = ("lstm", "mlp")
+#: The coordinatewise archs and the :class:`~optenv.policy.CoordinatewisePolicy` cell of each.
+COORDINATEWISE_ARCHS = {"coordinatewise-mlp": "mlp", "coordinatewise-lstm": "lstm"}
+ARCHS = ("lstm", "mlp", *COORDINATEWISE_ARCHS)
+
+
+def _gd_feature_scale(family: Any, history: int, horizon: int, n: int, lr: float,
+                      view: Any) -> torch.Tensor:
+    """Per-feature 1/RMS of ``view(layout, state)`` ([B, ..., k]: RMS over every leading axis
+    and time) along plain GD runs on TRAIN objectives; features that stay zero get 1."""
+    core = OptimizationCore(family, history)
+    data, x0 = family.sample(torch.arange(n) + 2**41, split="train")
+    res = core.start(data, x0)
+    state, f = res.state, res.f
+    feats = [view(core.layout, state)]
+    gs = core.layout.state_slices["CUR_GRAD"]
+    for _ in range(horizon):
+        res = core.step(data, state, f, -lr * state[:, gs])
+        state, f = res.state, res.f
+        feats.append(view(core.layout, state))
+    stacked = torch.stack(feats)
+    rms = stacked.pow(2).reshape(-1, stacked.shape[-1]).mean(0).sqrt()
+    scale = torch.where(rms > 1e-12, 1.0 / rms.clamp_min(1e-12), torch.ones_like(rms))
+    return scale.clamp(1e-4, 1e4).float()
 
 
 def observation_scale(family: Any, history: int, horizon: int, n: int = 64,
@@ -48,24 +96,39 @@ def observation_scale(family: Any, history: int, horizon: int, n: int = 64,
     Φ mixes relative objective changes, gradients and steps of very different magnitudes; a
     fixed rescaling measured once makes the MLP's inputs O(1). Features that stay zero get 1.
     """
-    core = OptimizationCore(family, history)
-    data, x0 = family.sample(torch.arange(n) + 2**41, split="train")
-    res = core.start(data, x0)
-    state, f = res.state, res.f
-    obs = [core.layout.observation(state)]
-    gs = core.layout.state_slices["CUR_GRAD"]
-    for _ in range(horizon):
-        res = core.step(data, state, f, -lr * state[:, gs])
-        state, f = res.state, res.f
-        obs.append(core.layout.observation(state))
-    rms = torch.stack(obs).pow(2).mean((0, 1)).sqrt()
-    scale = torch.where(rms > 1e-12, 1.0 / rms.clamp_min(1e-12), torch.ones_like(rms))
-    return scale.clamp(1e-4, 1e4).float()
+    return _gd_feature_scale(family, history, horizon, n, lr,
+                             lambda layout, state: layout.observation(state))
 
 
-def _build(arch: str, family: Any, history: int, horizon: int) -> torch.nn.Module:
+def row_scale(family: Any, history: int, horizon: int, features: str = DEFAULT_FEATURES,
+              n: int = 64, lr: float = 1.0) -> torch.Tensor:
+    """Per-column 1/RMS of the coordinatewise rows along plain GD runs on TRAIN objectives.
+
+    The same fixed input normalisation as :func:`observation_scale`, pooled over coordinates
+    (the policy is shared across them), so it does not depend on d. It is measured on the
+    TRAINING family and saved with the policy: on another family the policy sees that family's
+    rows under the training scale, as a transferred optimiser must.
+    """
+    return _gd_feature_scale(family, history, horizon, n, lr,
+                             lambda layout, state: coordinate_rows(layout, state, features))
+
+
+def _build(arch: str, family: Any, history: int, horizon: int,
+           features: str | None = None) -> torch.nn.Module:
+    """A fresh net of ``arch`` for ``family``, its output layer scaled down so that training
+    starts near a zero step (a random net's first steps would throw the runs far away)."""
     if arch == "lstm":
         return CoordinatewiseLSTM()
+    if arch in COORDINATEWISE_ARCHS:
+        features = features or DEFAULT_FEATURES
+        width = coordinate_width(StateLayout(family.d, history), features)
+        cw = CoordinatewisePolicy(width, features=features, cell=COORDINATEWISE_ARCHS[arch],
+                                  obs_scale=row_scale(family, history, horizon, features))
+        last = cw.readout if cw.recurrent else cw.mean_net[-1]
+        with torch.no_grad():
+            last.weight.mul_(0.01)
+            last.bias.zero_()
+        return CoordinatewiseOptimizer(cw, family.coordinate_groups())
     obs_dim = OptimizationCore(family, history).layout.obs_dim
     policy = GaussianMLPPolicy(obs_dim, family.d,
                                obs_scale=observation_scale(family, history, horizon))
@@ -83,7 +146,12 @@ def add_train_parser(subparsers: Any) -> None:
                               "(Andrychowicz et al. 2016)")
     p.add_argument("--env", default="optenv/LogisticRegression-v0", help="optenv env id")
     p.add_argument("--arch", choices=ARCHS, default="lstm",
-                   help="coordinatewise LSTM, or the GPS policy class (MLP on the observation)")
+                   help="lstm: Andrychowicz et al.'s coordinatewise LSTM; mlp: the flat GPS "
+                        "policy (MLP on the observation, one d); coordinatewise-mlp|lstm: the "
+                        "coordinatewise GPS policy class (any d)")
+    p.add_argument("--features", choices=tuple(ROW_FEATURES), default=None,
+                   help=f"feature set of the coordinatewise archs' rows (default "
+                        f"{DEFAULT_FEATURES})")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--quick", action="store_true",
                    help=f"small preset ({quick['iterations']} iterations of "
@@ -104,10 +172,16 @@ def _config(args: argparse.Namespace) -> tuple[MetaTrainConfig, dict[str, Any]]:
     horizon = args.horizon if args.horizon is not None else spec.max_episode_steps
     mt = config_from_flags(MetaTrainConfig, args, quick=args.quick, horizon=horizon,
                            history=int(spec.kwargs.get("history", 25)))
-    if args.arch == "mlp" and args.unroll is None:  # the MLP: BPTT over the whole horizon
-        mt = dataclasses.replace(mt, unroll=mt.horizon)
+    if args.arch in ("mlp", "coordinatewise-mlp") and args.unroll is None:
+        mt = dataclasses.replace(mt, unroll=mt.horizon)  # no recurrent state: the whole horizon
+    features = getattr(args, "features", None)
+    if args.arch in COORDINATEWISE_ARCHS:
+        features = features or DEFAULT_FEATURES
+    elif features is not None:
+        raise ValueError(f"--features: got {features!r} with --arch {args.arch}, allowed: only "
+                         f"with {' or '.join(COORDINATEWISE_ARCHS)}")
     parse_device(args.device, "--device")
-    cfg = {"algorithm": "bptt", "env_id": args.env, "arch": args.arch,
+    cfg = {"algorithm": "bptt", "env_id": args.env, "arch": args.arch, "features": features,
            "iterations": mt.iterations, "batch_size": mt.batch_size, "horizon": mt.horizon,
            "unroll": mt.unroll, "lr": mt.lr, "second_order": mt.second_order, "seed": mt.seed,
            "history": mt.history,
@@ -124,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     family = family_of(cfg["env_id"])
     device = torch.device(cfg["device"])
     torch.manual_seed(mt.seed)
-    net = _build(cfg["arch"], family, mt.history, mt.horizon).to(device)
+    net = _build(cfg["arch"], family, mt.history, mt.horizon, cfg["features"]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=mt.lr)
     log: list[dict[str, Any]] = []
     start = 0
@@ -165,19 +239,33 @@ def _meta_train(net: torch.nn.Module, opt: torch.optim.Optimizer, family: Any,
 
 
 def _save(net: torch.nn.Module, run_dir: RunDir, cfg: dict[str, Any]) -> str:
-    """The trained optimiser as the run's artifact (the LSTM's or the MLP policy's format)."""
+    """The trained optimiser as the run's artifact (the LSTM's, the MLP policy's or the
+    coordinatewise policy's format), with what it needs to be evaluated in its metadata: the
+    arch, the history, the feature set (coordinatewise) and the training family's groups."""
     extra = {"env_id": cfg["env_id"], "history": cfg["history"], "max_step": cfg["max_step"],
              "arch": cfg["arch"]}
     path = str(run_dir.path / ARTIFACT)
     if cfg["arch"] == "lstm":
         save_lstm(path, net.cpu(), extra)  # type: ignore[arg-type]
+    elif cfg["arch"] in COORDINATEWISE_ARCHS:
+        groups = family_of(cfg["env_id"]).coordinate_groups()
+        extra |= {"features": cfg["features"],
+                  "train_groups": [[g.name, g.kind, g.size] for g in groups]}
+        save_coordinatewise_policy(path, net.policy.cpu(), extra)  # type: ignore[union-attr]
     else:
         save_policy(path, net.policy.cpu(), extra)  # type: ignore[union-attr]
     return path
 
 
 def load_for_compare(path: str, context: dict[str, Any]) -> Any:
-    """``optenv compare --methods bptt:DIR``: the trained optimiser as an env policy."""
+    """``optenv compare --methods bptt:DIR``: the trained optimiser as an env policy.
+
+    ``context`` describes the TARGET env (``family``, ``history``, ``max_step``, ``device``),
+    which need not be the training one: a coordinatewise optimiser is bound to the target
+    family's coordinate groups and layout (it runs on any d); the flat MLP must match its d.
+    ValueError, naming what differs, where the target cannot be served (another history, or
+    for the MLP another d).
+    """
     folder = Path(path)
     try:
         cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -193,6 +281,17 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
         net, _ = load_lstm(artifact, map_location=context.get("device", "cpu"))
         layout = OptimizationCore(family, context["history"]).layout.observation_slices
         return LSTMPolicy(net, layout, context["max_step"])
+    if cfg.get("arch") in COORDINATEWISE_ARCHS:
+        cw, extra = load_coordinatewise_policy(artifact, map_location=context.get("device", "cpu"))
+        if extra.get("history") != context["history"]:
+            raise ValueError(f"--methods: bptt:{path} was trained with history "
+                             f"{extra.get('history')}, the env has {context['history']}")
+        try:
+            rows = CoordinateRows(StateLayout(family.d, context["history"]), cw.features)
+        except ValueError as err:
+            raise ValueError(f"--methods: bptt:{path} reads feature set {cw.features!r}, which "
+                             f"this optenv cannot compute ({err})") from err
+        return cw.as_env_policy(context["max_step"], family.coordinate_groups(), rows)
     policy, _ = load_policy(artifact, map_location=context.get("device", "cpu"))
     if policy.d != family.d:
         raise ValueError(f"--methods: bptt:{path} optimises d={policy.d} variables, the env has "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from baselines.bptt import MLPOptimizer, unrolled_meta_loss
-from baselines.bptt_train import load_for_compare, observation_scale
+from baselines.bptt_train import ARCHS, load_for_compare, observation_scale
 from optenv import OptimizationCore, make_family
 from optenv.lab.cli import main
 from optenv.policy import GaussianMLPPolicy
@@ -16,7 +16,7 @@ from optenv.policy import GaussianMLPPolicy
 TINY = ["--iterations", "3", "--batch-size", "4", "--horizon", "6", "--quiet"]
 
 
-@pytest.mark.parametrize("arch", ["lstm", "mlp"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_train_bptt_writes_a_run_folder_that_compare_can_load(tmp_path, arch) -> None:
     out = tmp_path / arch
     assert main(["train", "bptt", "--arch", arch, "--out", str(out), *TINY]) == 0
@@ -31,9 +31,10 @@ def test_train_bptt_writes_a_run_folder_that_compare_can_load(tmp_path, arch) ->
     assert policy(obs).shape == (3, fam.d)
 
 
-def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path) -> None:
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, arch) -> None:
     whole, part = tmp_path / "whole", tmp_path / "part"
-    base = ["train", "bptt", "--batch-size", "4", "--horizon", "6", "--quiet"]
+    base = ["train", "bptt", "--arch", arch, "--batch-size", "4", "--horizon", "6", "--quiet"]
     assert main([*base, "--iterations", "4", "--out", str(whole)]) == 0
     assert main([*base, "--iterations", "2", "--out", str(part)]) == 0
     assert main([*base, "--iterations", "4", "--out", str(part), "--resume"]) == 0
