@@ -34,14 +34,13 @@ from torch import nn
 from optenv.checkpoint import load_module, save_module
 from optenv.core import OptimizationCore, StateLayout
 from optenv.families import CoordinateGroup, ObjectiveFamily
+from optenv.features import check_features
 from optenv.flags import option
 from optenv.policy import CoordinatewisePolicy, GaussianMLPPolicy
 from optenv.validation import check_int, check_number, parse_dtype
 
 __all__ = [
     "DEFAULT_FEATURES",
-    "ROW_FEATURES",
-    "CoordinateRows",
     "CoordinatewiseLSTM",
     "CoordinatewiseOptimizer",
     "LSTMPolicy",
@@ -49,10 +48,7 @@ __all__ = [
     "MLPOptimizer",
     "MetaTrainConfig",
     "MetaTrainLog",
-    "RowFeatureSet",
     "Unroll",
-    "coordinate_rows",
-    "coordinate_width",
     "load_lstm",
     "meta_train",
     "preprocess_gradients",
@@ -106,7 +102,7 @@ class CoordinatewiseLSTM(nn.Module):
         return {"hidden": self.hidden, "layers": self.layers,
                 "preprocess_p": self.preprocess_p, "output_scale": self.output_scale}
 
-    def inputs(self, layout: StateLayout, state: torch.Tensor) -> torch.Tensor:
+    def inputs(self, layout: StateLayout, state: torch.Tensor, t: int = 0) -> torch.Tensor:
         """What the net reads from a batch of states: the current gradient [B, d]."""
         return state[:, layout.state_slices["CUR_GRAD"]]
 
@@ -142,7 +138,7 @@ class MLPOptimizer(nn.Module):
         super().__init__()
         self.policy = policy
 
-    def inputs(self, layout: StateLayout, state: torch.Tensor) -> torch.Tensor:
+    def inputs(self, layout: StateLayout, state: torch.Tensor, t: int = 0) -> torch.Tensor:
         """The observation Φ [B, obs_dim]."""
         return layout.observation(state)
 
@@ -157,86 +153,17 @@ class MLPOptimizer(nn.Module):
         return self.policy(obs).to(obs.dtype), state
 
 
-class RowFeatureSet(NamedTuple):
-    """A named way to turn a flat state (or observation) into one feature row per coordinate.
-
-    ``width(layout)`` is k, the row length, for a layout's history; ``rows(layout, vec,
-    observation)`` maps a batch [..., dX] (or [..., obs_dim] when ``observation``) to
-    [..., d, k]. ``rows`` must be pure and differentiable: BPTT back-propagates through it.
-    """
-
-    width: Callable[[StateLayout], int]
-    rows: Callable[[StateLayout, torch.Tensor, bool], torch.Tensor]
-
-
 #: The feature set a coordinatewise optimiser reads unless told otherwise: the 2016 state split
-#: by coordinate (:meth:`optenv.core.StateLayout.coordinatewise`, k = 3H + 1).
+#: by coordinate (:data:`optenv.features.FEATURE_SETS`; k = 3H + 1).
 DEFAULT_FEATURES = "li-malik-2016"
-
-#: Feature sets by name. The name is stored with every trained coordinatewise optimiser, and a
-#: saved one is evaluated with the rows of the set it was trained on. Another set (Li & Malik
-#: 2017's averaged, normalised features, ``"li-malik-2017"``) plugs in with one entry here; the
-#: trainer's ``--features`` offers every key.
-ROW_FEATURES: dict[str, RowFeatureSet] = {
-    DEFAULT_FEATURES: RowFeatureSet(
-        width=lambda layout: layout.coordinate_width,
-        rows=lambda layout, vec, observation: layout.coordinatewise(vec, observation=observation),
-    ),
-}
-
-
-def _feature_set(features: str) -> RowFeatureSet:
-    if features not in ROW_FEATURES:
-        raise ValueError(f"features: got {features!r}, allowed: {', '.join(ROW_FEATURES)}")
-    return ROW_FEATURES[features]
-
-
-def coordinate_width(layout: StateLayout, features: str = DEFAULT_FEATURES) -> int:
-    """k, the row length of feature set ``features`` for this layout's history."""
-    return _feature_set(features).width(layout)
-
-
-def coordinate_rows(layout: StateLayout, vec: torch.Tensor, features: str = DEFAULT_FEATURES,
-                    *, observation: bool = False) -> torch.Tensor:
-    """The rows [..., d, k] a coordinatewise optimiser reads from a state batch [..., dX] (or
-    an observation batch [..., obs_dim] with ``observation=True``).
-
-    The one place rows are computed, in meta-training and in evaluation alike
-    (:class:`CoordinateRows` routes the env policy through it), so a feature set named here
-    means the same numbers in both; an unknown name is a ValueError listing the known ones.
-    """
-    return _feature_set(features).rows(layout, vec, observation)
-
-
-@dataclass(frozen=True)
-class CoordinateRows:
-    """A layout bound to a feature set, in the shape :class:`~optenv.policy.CoordinatewiseEnvPolicy`
-    takes as its ``layout``: its ``coordinatewise(vec, observation=...)`` is
-    :func:`coordinate_rows`. Passing this instead of the bare
-    :class:`~optenv.core.StateLayout` makes an env policy read the feature set its policy was
-    trained on rather than always the 2016 one."""
-
-    layout: StateLayout
-    features: str = DEFAULT_FEATURES
-
-    def __post_init__(self) -> None:
-        _feature_set(self.features)
-
-    @property
-    def width(self) -> int:
-        """k, the row length."""
-        return coordinate_width(self.layout, self.features)
-
-    def coordinatewise(self, vec: torch.Tensor, *, observation: bool = False) -> torch.Tensor:
-        """Rows [..., d, k] of a state (or observation) batch."""
-        return coordinate_rows(self.layout, vec, self.features, observation=observation)
 
 
 class CoordinatewiseOptimizer(nn.Module):
     """Li & Malik (2017)'s :class:`~optenv.policy.CoordinatewisePolicy` as a BPTT-trained optimiser.
 
     Each coordinate's mean step is the policy's network applied to that coordinate's feature
-    row (:func:`coordinate_rows`, feature set ``policy.features``) and the kind of its group
+    row (feature set ``policy.features`` of :data:`optenv.features.FEATURE_SETS`, at the
+    unroll's iteration t: the 2017 sets depend on it) and the kind of its group
     (weight / bias / other); parameters are shared across coordinates. This is the class that
     coordinate-group GPS trains, so the study can compare GPS and BPTT on one architecture
     again, and — unlike :class:`MLPOptimizer` — the trained policy runs on any d.
@@ -253,7 +180,7 @@ class CoordinatewiseOptimizer(nn.Module):
     def __init__(self, policy: CoordinatewisePolicy, groups: Sequence[CoordinateGroup]) -> None:
         super().__init__()
         self.policy = policy
-        _feature_set(policy.features)
+        self.feature_set = check_features(policy.features)
         # Not persistent: the kinds belong to the training family, not to the trained policy
         # (a loaded policy is bound to the groups of whatever family it acts on).
         self.register_buffer("kinds", policy.kind_index(groups), persistent=False)
@@ -263,9 +190,9 @@ class CoordinatewiseOptimizer(nn.Module):
         """The name of the feature set the policy reads."""
         return self.policy.features
 
-    def inputs(self, layout: StateLayout, state: torch.Tensor) -> torch.Tensor:
-        """The rows [B, d, k] of a state batch."""
-        rows = coordinate_rows(layout, state, self.policy.features)
+    def inputs(self, layout: StateLayout, state: torch.Tensor, t: int = 0) -> torch.Tensor:
+        """The rows [B, d, k] of a state batch at iteration ``t``."""
+        rows = self.feature_set.rows(layout, layout.observation(state), t)
         if rows.shape[-2] != self.kinds.numel():
             raise ValueError(f"state: has {rows.shape[-2]} coordinates, allowed: "
                              f"{self.kinds.numel()} (the family this optimiser was bound to)")
@@ -312,8 +239,10 @@ def unroll(
     *,
     second_order: bool = False,
     frozen_grads: list[torch.Tensor] | None = None,
+    t0: int = 0,
 ) -> Unroll:
-    """Run the net as the optimiser for ``steps`` iterations through the shared core.
+    """Run the net as the optimiser for ``steps`` iterations through the shared core, starting
+    at iteration ``t0`` of the run (a truncated segment's offset: features may depend on it).
 
     Without ``second_order`` the net's inputs (gradients, or the whole observation for the
     MLP, or the whole rows for the coordinatewise optimiser) are treated as constants,
@@ -324,7 +253,7 @@ def unroll(
     loss = f.new_zeros(())
     seen: list[torch.Tensor] = []
     for t in range(steps):
-        g = net.inputs(core.layout, state)
+        g = net.inputs(core.layout, state, t0 + t)
         if frozen_grads is not None:
             g = frozen_grads[t]
         elif not second_order:
@@ -432,7 +361,7 @@ def meta_train(
         total, counted, norms = 0.0, 0, []
         for t0 in range(0, config.horizon, config.unroll):
             steps = min(config.unroll, config.horizon - t0)
-            loss, state, f, hidden, _ = unroll(net, core, data, state, f, hidden, steps,
+            loss, state, f, hidden, _ = unroll(net, core, data, state, f, hidden, steps, t0=t0,
                                                second_order=config.second_order)
             opt.zero_grad(set_to_none=True)
             ok = bool(torch.isfinite(loss))

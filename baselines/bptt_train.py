@@ -33,20 +33,17 @@ import torch
 
 from baselines.bptt import (
     DEFAULT_FEATURES,
-    ROW_FEATURES,
-    CoordinateRows,
     CoordinatewiseLSTM,
     CoordinatewiseOptimizer,
     LSTMPolicy,
     MetaTrainConfig,
     MLPOptimizer,
-    coordinate_rows,
-    coordinate_width,
     load_lstm,
     meta_train,
     save_lstm,
 )
 from optenv.core import OptimizationCore, StateLayout
+from optenv.features import FEATURE_SETS, check_features
 from optenv.flags import add_flags, config_from_flags, quick_preset
 from optenv.policy import (
     CoordinatewisePolicy,
@@ -71,18 +68,18 @@ ARCHS = ("lstm", "mlp", *COORDINATEWISE_ARCHS)
 
 def _gd_feature_scale(family: Any, history: int, horizon: int, n: int, lr: float,
                       view: Any) -> torch.Tensor:
-    """Per-feature 1/RMS of ``view(layout, state)`` ([B, ..., k]: RMS over every leading axis
-    and time) along plain GD runs on TRAIN objectives; features that stay zero get 1."""
+    """Per-feature 1/RMS of ``view(layout, state, t)`` ([B, ..., k]: RMS over every leading
+    axis and time) along plain GD runs on TRAIN objectives; features that stay zero get 1."""
     core = OptimizationCore(family, history)
     data, x0 = family.sample(torch.arange(n) + 2**41, split="train")
     res = core.start(data, x0)
     state, f = res.state, res.f
-    feats = [view(core.layout, state)]
+    feats = [view(core.layout, state, 0)]
     gs = core.layout.state_slices["CUR_GRAD"]
-    for _ in range(horizon):
+    for t in range(1, horizon + 1):
         res = core.step(data, state, f, -lr * state[:, gs])
         state, f = res.state, res.f
-        feats.append(view(core.layout, state))
+        feats.append(view(core.layout, state, t))
     stacked = torch.stack(feats)
     rms = stacked.pow(2).reshape(-1, stacked.shape[-1]).mean(0).sqrt()
     scale = torch.where(rms > 1e-12, 1.0 / rms.clamp_min(1e-12), torch.ones_like(rms))
@@ -97,7 +94,7 @@ def observation_scale(family: Any, history: int, horizon: int, n: int = 64,
     fixed rescaling measured once makes the MLP's inputs O(1). Features that stay zero get 1.
     """
     return _gd_feature_scale(family, history, horizon, n, lr,
-                             lambda layout, state: layout.observation(state))
+                             lambda layout, state, t: layout.observation(state))
 
 
 def row_scale(family: Any, history: int, horizon: int, features: str = DEFAULT_FEATURES,
@@ -110,7 +107,8 @@ def row_scale(family: Any, history: int, horizon: int, features: str = DEFAULT_F
     rows under the training scale, as a transferred optimiser must.
     """
     return _gd_feature_scale(family, history, horizon, n, lr,
-                             lambda layout, state: coordinate_rows(layout, state, features))
+                             lambda layout, state, t: check_features(features).rows(
+                                 layout, layout.observation(state), t))
 
 
 def _build(arch: str, family: Any, history: int, horizon: int,
@@ -121,7 +119,7 @@ def _build(arch: str, family: Any, history: int, horizon: int,
         return CoordinatewiseLSTM()
     if arch in COORDINATEWISE_ARCHS:
         features = features or DEFAULT_FEATURES
-        width = coordinate_width(StateLayout(family.d, history), features)
+        width = check_features(features).width(history)
         cw = CoordinatewisePolicy(width, features=features, cell=COORDINATEWISE_ARCHS[arch],
                                   obs_scale=row_scale(family, history, horizon, features))
         last = cw.readout if cw.recurrent else cw.mean_net[-1]
@@ -149,7 +147,7 @@ def add_train_parser(subparsers: Any) -> None:
                    help="lstm: Andrychowicz et al.'s coordinatewise LSTM; mlp: the flat GPS "
                         "policy (MLP on the observation, one d); coordinatewise-mlp|lstm: the "
                         "coordinatewise GPS policy class (any d)")
-    p.add_argument("--features", choices=tuple(ROW_FEATURES), default=None,
+    p.add_argument("--features", choices=tuple(FEATURE_SETS), default=None,
                    help=f"feature set of the coordinatewise archs' rows (default "
                         f"{DEFAULT_FEATURES})")
     p.add_argument("--out", required=True, help="run folder")
@@ -170,11 +168,11 @@ def _config(args: argparse.Namespace) -> tuple[MetaTrainConfig, dict[str, Any]]:
         raise ValueError(f"--env: got {args.env!r}, allowed: a registered optenv id")
     spec = gym.spec(args.env)
     horizon = args.horizon if args.horizon is not None else spec.max_episode_steps
+    features = getattr(args, "features", None)
     mt = config_from_flags(MetaTrainConfig, args, quick=args.quick, horizon=horizon,
-                           history=int(spec.kwargs.get("history", 25)))
+                           history=_history(spec.kwargs.get("history"), args.arch, features))
     if args.arch in ("mlp", "coordinatewise-mlp") and args.unroll is None:
         mt = dataclasses.replace(mt, unroll=mt.horizon)  # no recurrent state: the whole horizon
-    features = getattr(args, "features", None)
     if args.arch in COORDINATEWISE_ARCHS:
         features = features or DEFAULT_FEATURES
     elif features is not None:
@@ -188,6 +186,36 @@ def _config(args: argparse.Namespace) -> tuple[MetaTrainConfig, dict[str, Any]]:
            "max_step": float(spec.kwargs.get("max_step", family_of(args.env).default_max_step)),
            "device": args.device}
     return mt, cfg
+
+
+def _history(registered: Any, arch: str, features: str | None) -> int:
+    """The env's history if its id fixes one, else the feature set's default (25 for the 2016
+    state, 132 for li-malik-2017, whose strides of 5 reach 130 iterations back)."""
+    if registered is not None:
+        return int(registered)
+    if arch in COORDINATEWISE_ARCHS:
+        return check_features(features or DEFAULT_FEATURES).default_history
+    return 25
+
+
+def _coordinatewise_env_policy(cw: Any, path: str, family: Any,
+                               context: dict[str, Any]) -> Any:
+    """The policy acting in the target env: on the rows the env emits when it is in the
+    coordinatewise mode with the policy's feature set, else on the flat observations, from
+    which the policy's env wrapper computes its rows (counting iterations from reset)."""
+    try:
+        check_features(cw.features)
+    except ValueError as err:
+        raise ValueError(f"--methods: bptt:{path} reads feature set {cw.features!r}, which "
+                         f"this optenv cannot compute ({err})") from err
+    groups = family.coordinate_groups()
+    if context.get("observation", "flat") == "coordinatewise":
+        if context.get("features") != cw.features:
+            raise ValueError(f"--methods: bptt:{path} reads feature set {cw.features!r}, the env "
+                             f"emits {context.get('features')!r}; allowed: the same set, or a "
+                             "flat env")
+        return cw.as_env_policy(context["max_step"], groups)
+    return cw.as_env_policy(context["max_step"], groups, StateLayout(family.d, context["history"]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,12 +314,7 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
         if extra.get("history") != context["history"]:
             raise ValueError(f"--methods: bptt:{path} was trained with history "
                              f"{extra.get('history')}, the env has {context['history']}")
-        try:
-            rows = CoordinateRows(StateLayout(family.d, context["history"]), cw.features)
-        except ValueError as err:
-            raise ValueError(f"--methods: bptt:{path} reads feature set {cw.features!r}, which "
-                             f"this optenv cannot compute ({err})") from err
-        return cw.as_env_policy(context["max_step"], family.coordinate_groups(), rows)
+        return _coordinatewise_env_policy(cw, path, family, context)
     policy, _ = load_policy(artifact, map_location=context.get("device", "cpu"))
     if policy.d != family.d:
         raise ValueError(f"--methods: bptt:{path} optimises d={policy.d} variables, the env has "

@@ -25,6 +25,7 @@ from torch import nn
 
 from optenv.checkpoint import load_module, save_module
 from optenv.families.groups import GROUP_KINDS
+from optenv.features import check_features
 from optenv.validation import check_int, check_number
 
 __all__ = [
@@ -258,10 +259,14 @@ class CoordinatewisePolicy(nn.Module):
 class CoordinatewiseEnvPolicy:
     """A :class:`CoordinatewisePolicy` as a deterministic env policy: the mean step / max_step.
 
-    Takes coordinatewise observations [d, k] or [B, d, k]; given the env's
-    :class:`~optenv.core.StateLayout` (``layout``) it takes flat observations [obs_dim] or
-    [B, obs_dim] instead, and rearranges them. An LSTM policy keeps its per-coordinate state between
-    calls; ``reset()`` (which :func:`optenv.evaluate.evaluate` calls before a run) clears it.
+    Takes coordinatewise observations [d, k] or [B, d, k] (an env in the coordinatewise mode
+    with the policy's feature set); given the env's :class:`~optenv.core.StateLayout`
+    (``layout``) it takes flat observations [obs_dim] or [B, obs_dim] instead and computes the
+    rows of the policy's feature set (:data:`optenv.features.FEATURE_SETS`) itself, counting
+    the iteration t from ``reset()`` (the 2017 sets depend on it; every row of a batch is
+    taken to be at the same iteration, as in :func:`optenv.evaluate.evaluate`). An LSTM policy
+    keeps its per-coordinate state between calls; ``reset()`` (which ``evaluate`` calls before
+    a run) clears it and t.
     """
 
     def __init__(self, policy: CoordinatewisePolicy, max_step: float, groups: Sequence[Any],
@@ -270,16 +275,20 @@ class CoordinatewiseEnvPolicy:
         self.max_step = check_number("max_step", max_step)
         self.kinds = policy.kind_index(groups)
         self.layout = layout
+        self.features = check_features(policy.features) if layout is not None else None
         self.state: CellState | None = None
+        self.t = 0
 
     def reset(self) -> None:
         self.state = None
+        self.t = 0
 
     @torch.no_grad()
     def __call__(self, obs: Any) -> torch.Tensor:
         o = torch.as_tensor(obs).to(device=self.policy.log_std.device)
-        if self.layout is not None:
-            o = self.layout.coordinatewise(o, observation=True)
+        if self.features is not None:
+            o = self.features.rows(self.layout, o, self.t)
+            self.t += 1
         squeeze = o.dim() == 2
         rows = o.unsqueeze(0) if squeeze else o
         if self.state is not None and self.state[0].shape[0] != rows.shape[0] * rows.shape[1]:

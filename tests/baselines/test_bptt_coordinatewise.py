@@ -15,11 +15,8 @@ import torch
 import optenv
 from baselines.bptt import (
     DEFAULT_FEATURES,
-    CoordinateRows,
     CoordinatewiseOptimizer,
     MetaTrainConfig,
-    coordinate_rows,
-    coordinate_width,
     meta_train,
     unroll,
     unrolled_meta_loss,
@@ -27,6 +24,7 @@ from baselines.bptt import (
 from baselines.bptt_train import ARCHS, load_for_compare, row_scale
 from optenv import OptimizationCore
 from optenv.core import StateLayout
+from optenv.features import FEATURE_SETS
 from optenv.lab.cli import main
 from optenv.policy import (
     CoordinatewisePolicy,
@@ -38,11 +36,12 @@ TINY = ["--iterations", "2", "--batch-size", "4", "--horizon", "5", "--quiet"]
 CELLS = ["mlp", "lstm"]
 
 
-def _net(fam: optenv.ObjectiveFamily, history: int, cell: str) -> CoordinatewiseOptimizer:
+def _net(fam: optenv.ObjectiveFamily, history: int, cell: str,
+         features: str = "li-malik-2016") -> CoordinatewiseOptimizer:
     torch.manual_seed(0)
-    width = coordinate_width(StateLayout(fam.d, history))
+    width = FEATURE_SETS[features].width(history)
     hidden = (6,) if cell == "lstm" else (6, 5)
-    pol = CoordinatewisePolicy(width, hidden=hidden, cell=cell)
+    pol = CoordinatewisePolicy(width, features=features, hidden=hidden, cell=cell)
     return CoordinatewiseOptimizer(pol, fam.coordinate_groups()).double()
 
 
@@ -50,18 +49,25 @@ def _context(fam: optenv.ObjectiveFamily, history: int = 25) -> dict:
     return {"family": fam, "history": history, "max_step": fam.default_max_step, "device": "cpu"}
 
 
-def test_rows_are_the_2016_state_split_by_coordinate_and_unknown_sets_are_refused() -> None:
-    layout = StateLayout(3, 4)
-    state = torch.randn(2, layout.state_dim)
-    torch.testing.assert_close(coordinate_rows(layout, state), layout.coordinatewise(state))
+def test_rows_are_the_feature_sets_at_the_unrolls_iteration_and_unknown_sets_are_refused(
+) -> None:
+    fam = optenv.LogisticRegression(dim=2)
+    layout = StateLayout(fam.d, 4)
+    core = OptimizationCore(fam, 4)
+    data, x0 = fam.sample([0, 1], split="train")
+    start = core.start(data, x0)
+    state = core.step(data, start.state, start.f, -0.1 * x0).state
+    net = _net(fam, 4, "mlp")
+    torch.testing.assert_close(net.inputs(layout, state, 1), layout.coordinatewise(state))
+    psi = _net(fam, 4, "mlp", "li-malik-2017-psi")
     obs = layout.observation(state)
-    torch.testing.assert_close(CoordinateRows(layout).coordinatewise(obs, observation=True),
-                               layout.coordinatewise(state))
-    assert CoordinateRows(layout).width == coordinate_width(layout) == 3 * 4 + 1
-    with pytest.raises(ValueError, match=f"features: got 'nope', allowed: {DEFAULT_FEATURES}"):
-        coordinate_rows(layout, state, "nope")
-    with pytest.raises(ValueError, match="features"):
-        CoordinateRows(layout, "nope")
+    for t in (0, 1):
+        torch.testing.assert_close(psi.inputs(layout, state, t),
+                                   FEATURE_SETS["li-malik-2017-psi"].rows(layout, obs, t))
+    assert not torch.equal(psi.inputs(layout, state, 0), psi.inputs(layout, state, 1))
+    pol = CoordinatewisePolicy(13, features="nope")
+    with pytest.raises(ValueError, match="features: got 'nope'"):
+        CoordinatewiseOptimizer(pol, fam.coordinate_groups())
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -114,7 +120,7 @@ def test_the_lstm_state_is_carried_across_unroll_segments() -> None:
 
 def test_meta_training_lowers_the_meta_loss_and_keeps_the_kinds_out_of_the_weights() -> None:
     fam = optenv.LogisticRegression()
-    width = coordinate_width(StateLayout(fam.d, 25))
+    width = FEATURE_SETS["li-malik-2016"].width(25)
     torch.manual_seed(0)
     pol = CoordinatewisePolicy(width, cell="mlp", obs_scale=row_scale(fam, 25, 10, n=8))
     net = CoordinatewiseOptimizer(pol, fam.coordinate_groups())
@@ -125,18 +131,29 @@ def test_meta_training_lowers_the_meta_loss_and_keeps_the_kinds_out_of_the_weigh
     assert "kinds" not in net.state_dict()  # the training family's, not the policy's
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_the_env_policy_steps_as_the_training_unroll(cell: str) -> None:
-    """Evaluation computes the rows through the same function as training: the env policy
-    built from the trained net reproduces the unroll's iterates on the same objectives."""
+@pytest.mark.parametrize(("cell", "features", "history"), [
+    ("mlp", "li-malik-2016", 25), ("lstm", "li-malik-2016", 25),
+    ("mlp", "li-malik-2017-psi", 25), ("lstm", "li-malik-2017", 132)])
+def test_the_env_policy_steps_as_the_training_unroll(cell: str, features: str,
+                                                    history: int) -> None:
+    """Evaluation computes the rows of the same feature set at the same iterations as
+    training: the env policy built from the trained net, on flat observations or on the rows
+    a coordinatewise env emits, reproduces the unroll's iterates on the same objectives."""
     fam = optenv.NeuralNet(inputs=2, hidden=2)
-    net = _net(fam, 25, cell)
-    layout = StateLayout(fam.d, 25)
-    act = net.policy.as_env_policy(1e6, fam.coordinate_groups(), CoordinateRows(layout))
-    ev = optenv.evaluate(act, fam, n_test=3, horizon=5, max_step=1e6, obs_dtype="float64")
+    net = _net(fam, history, cell, features)
+    layout = StateLayout(fam.d, history)
+    flat = net.policy.as_env_policy(1e6, fam.coordinate_groups(), layout)
+    ev = optenv.evaluate(flat, fam, n_test=3, horizon=5, max_step=1e6, obs_dtype="float64",
+                         history=history)
+    rows = net.policy.as_env_policy(1e6, fam.coordinate_groups())
+    ev_rows = optenv.evaluate(rows, fam, n_test=3, horizon=5, max_step=1e6,
+                              obs_dtype="float64", history=history, observation="coordinatewise",
+                              features=features)
     data, x0 = fam.sample([0, 1, 2], split="test", dtype=torch.float64)
     with torch.no_grad():
-        res = unrolled_meta_loss(net, OptimizationCore(fam, 25), data, x0, 5)
+        res = unrolled_meta_loss(net, OptimizationCore(fam, history), data, x0, 5)
+    torch.testing.assert_close(torch.as_tensor(ev_rows.f[:, -1]), res.f, rtol=1e-10,
+                               atol=1e-12)
     torch.testing.assert_close(torch.as_tensor(ev.f[:, -1]), res.f, rtol=1e-10, atol=1e-12)
 
 
@@ -178,9 +195,9 @@ def test_a_policy_of_an_unknown_feature_set_is_refused_by_name(tmp_path) -> None
     out = tmp_path / "run"
     assert main(["train", "bptt", "--arch", "coordinatewise-mlp", "--out", str(out), *TINY]) == 0
     policy, extra = load_coordinatewise_policy(str(out / "optimizer.pt"))
-    other = CoordinatewisePolicy(policy.width, features="li-malik-2017")
+    other = CoordinatewisePolicy(policy.width, features="li-malik-2099")
     save_coordinatewise_policy(str(out / "optimizer.pt"), other, extra)
-    with pytest.raises(ValueError, match="feature set 'li-malik-2017'"):
+    with pytest.raises(ValueError, match="feature set 'li-malik-2099'"):
         load_for_compare(str(out), _context(optenv.LogisticRegression()))
 
 
@@ -195,3 +212,21 @@ def test_bad_arch_lists_the_allowed_ones_and_features_need_a_coordinatewise_arch
     err = capsys.readouterr().err
     assert "--features" in err and "coordinatewise-mlp" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_2017_features_train_with_their_own_history_and_load_only_where_they_are_read(
+        tmp_path) -> None:
+    out = tmp_path / "run17"
+    assert main(["train", "bptt", "--arch", "coordinatewise-mlp", "--features", "li-malik-2017",
+                 "--out", str(out), *TINY]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["features"], cfg["history"]) == ("li-malik-2017", 132)
+    fam = optenv.LogisticRegression(dim=3)
+    act = load_for_compare(str(out), _context(fam, history=132))
+    ev = optenv.evaluate(act, fam, n_test=2, horizon=4, history=132)
+    assert ev.f.shape == (2, 5)
+    wrong = {**_context(fam, history=132), "observation": "coordinatewise",
+             "features": "li-malik-2017-psi"}
+    with pytest.raises(ValueError, match="reads feature set 'li-malik-2017', the env emits "
+                                         "'li-malik-2017-psi'"):
+        load_for_compare(str(out), wrong)
