@@ -7,10 +7,12 @@ What can be evaluated (``method`` of :func:`evaluate`):
   ``baselines.optimizers.make_optimizer("adam")`` builds one by name). It runs directly on the
   batch, unclipped, with line-search evaluations counted (``extra_evals``);
 * a **Stable-Baselines3 model** (anything with ``predict(obs, deterministic=...)``), given numpy
-  observations [B, obs_dim] as the env emits them — a model trained behind ``VecNormalize``
-  needs its saved statistics: load its run folder with ``baselines.sb3_policy`` (what
-  ``optenv compare --methods ppo:DIR`` does), which normalises before calling the model;
-* a **policy callable** on batched torch observations [B, obs_dim] returning actions [B, d]
+  observations as the env emits them ([B, obs_dim], or [B, d, k] rows) — a model trained
+  behind ``VecNormalize`` needs its saved statistics: load its run folder with
+  ``baselines.sb3_policy`` (what ``optenv compare --methods ppo:DIR`` does), which normalises
+  before calling the model;
+* a **policy callable** on batched torch observations ([B, obs_dim] flat, [B, d, k] in the
+  coordinatewise mode) returning actions [B, d]
   (torch or numpy); a ``reset()`` method, if any, is called before the run.
 
 Policies act with the env's semantics: the observation is what the env would emit — the state

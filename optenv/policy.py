@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from optenv.checkpoint import load_module, save_module
-from optenv.families.groups import GROUP_KINDS
+from optenv.families.groups import GROUP_KINDS, check_groups
 from optenv.features import check_features
 from optenv.validation import check_int, check_number
 
@@ -149,8 +149,9 @@ class CoordinatewisePolicy(nn.Module):
 
     Args:
         width: k, the length of a coordinate's row (``env.observation_space.shape[-1]``).
-        features: the name of the feature set the rows come from (checked when a saved policy
-            meets an env: a policy trained on one feature set cannot read another).
+        features: the name of the feature set the rows come from (saved with the policy; its
+            env wrapper computes that set from flat observations, and a loader must refuse an
+            env that emits another set: rows of two sets can have the same width).
         hidden: hidden widths of the MLP (``cell="mlp"``), or ``(cells,)`` of the LSTM.
         cell: ``"mlp"`` (stateless) or ``"lstm"`` (one LSTM state per coordinate).
         kinds: the group kinds it distinguishes (default all of GROUP_KINDS).
@@ -209,8 +210,10 @@ class CoordinatewisePolicy(nn.Module):
     def kind_index(self, groups: Sequence[Any], d: int | None = None) -> torch.Tensor:
         """[d] int64: each coordinate's kind, as an index into ``kinds``, from a family's
         :meth:`~optenv.families.ObjectiveFamily.coordinate_groups`; ValueError for a kind the
-        policy was not trained with."""
-        total = sum(g.size for g in groups) if d is None else d
+        policy was not trained with, or groups that do not partition the coordinates."""
+        total = (1 + max(int(g.index.max()) for g in groups if g.size) if d is None else d) \
+            if groups else 0
+        groups = check_groups(groups, total)
         out = torch.full((total,), -1, dtype=torch.int64)
         for g in groups:
             if g.kind not in self.kinds:

@@ -4,9 +4,9 @@ The one loop that every evaluation shares: :func:`rollout` steps B problem insta
 :class:`~optenv.core.OptimizationCore` for T iterations with either a hand-designed optimiser (a
 :class:`DirectOptimizer`: ``propose(x, f, g, oracle)``) or a step function on the full state, and
 counts f/∇f evaluations per row, so line-search methods can be compared at equal evaluation
-budgets. It sits below both of its users — :mod:`optenv.evaluate` (held-out evaluation) and
-``baselines.optimizers`` (the hand-designed optimisers and their tuning) — so neither imports the
-other.
+budgets. It sits below its users — :mod:`optenv.evaluate` (held-out evaluation),
+:mod:`optenv.tuning` (grid searches) and ``baselines.optimizers`` (the hand-designed
+optimisers) — so none of them imports another for it.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ CRITERIA = ("mean", "final")
 
 @dataclass
 class TuningResult:
-    """The outcome of :func:`grid_search`; ``to_dict()`` is what results JSON stores."""
+    """The outcome of :func:`search_grid`; ``to_dict()`` is what results JSON stores."""
 
     method: str
     best: dict[str, float]

@@ -103,3 +103,14 @@ def test_bad_arguments_raise_naming_them(tmp_path) -> None:
     optenv.policy.save_policy(str(flat), optenv.policy.GaussianMLPPolicy(4, 2))
     with pytest.raises(ValueError, match="CoordinatewisePolicy"):
         load_coordinatewise_policy(str(flat))
+
+
+def test_groups_a_family_reports_must_partition_its_coordinates_to_be_bound() -> None:
+    class Overlapping(optenv.Quadratic):
+        def coordinate_groups(self):
+            return (optenv.CoordinateGroup("a", torch.arange(0, 6), "weight"),
+                    optenv.CoordinateGroup("b", torch.arange(5, 10), "bias"))
+
+    pol = CoordinatewisePolicy(WIDTH)
+    with pytest.raises(ValueError, match=r"do not partition the 10 coordinates"):
+        pol.kind_index(Overlapping().coordinate_groups())
