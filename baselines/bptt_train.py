@@ -43,7 +43,7 @@ from baselines.bptt import (
     save_lstm,
 )
 from optenv.core import OptimizationCore, StateLayout
-from optenv.features import FEATURE_SETS, check_features
+from optenv.features import FEATURE_SETS, check_features, observer_for
 from optenv.flags import add_flags, config_from_flags, quick_preset
 from optenv.policy import (
     CoordinatewisePolicy,
@@ -305,6 +305,8 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
     if cfg.get("history") != context["history"]:
         raise ValueError(f"--methods: bptt:{path} was trained with history {cfg.get('history')},"
                          f" the env has {context['history']}")
+    if cfg.get("arch") not in COORDINATEWISE_ARCHS:
+        observer_for(context, f"bptt:{path}", flat_only=True)
     if cfg.get("arch") == "lstm":
         net, _ = load_lstm(artifact, map_location=context.get("device", "cpu"))
         layout = OptimizationCore(family, context["history"]).layout.observation_slices

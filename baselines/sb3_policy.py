@@ -26,6 +26,7 @@ import torch
 
 from baselines.sb3_hyperparams import ALGORITHMS, algorithm_class
 from optenv.checkpoint import atomic_write, load_tagged, save_tagged
+from optenv.features import observer_for
 from optenv.validation import check_choice
 
 __all__ = [
@@ -200,16 +201,15 @@ def load_run(path: str | Path, algorithm: str, context: Mapping[str, Any] | None
                                     "VecNormalize statistics")
     family = ctx.get("family")
     if family is not None:
-        history = int(ctx.get("history", 25))
-        d = int(family.d)
-        want_obs, want_act = d + history + 2 * history * d, d
+        want_obs = observer_for({"history": 25, **ctx}, f"{algorithm}:{path}").shape
+        want_act = (int(family.d),)
         got_obs = tuple(model.observation_space.shape)
         got_act = tuple(model.action_space.shape)
-        if got_obs != (want_obs,) or got_act != (want_act,):
+        if got_obs != want_obs or got_act != want_act:
             raise ValueError(f"path: the model in {str(path)!r} has observation shape "
                              f"{got_obs} and action shape {got_act}; "
-                             f"{ctx.get('env_id', 'the env')} needs ({want_obs},) and "
-                             f"({want_act},)")
+                             f"{ctx.get('env_id', 'the env')} needs {want_obs} and "
+                             f"{want_act}")
     return SB3Optimizer(model, normalization, name=algorithm)
 
 

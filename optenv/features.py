@@ -31,7 +31,7 @@ and evaluation know t (the vector env keeps it in a device buffer, so no host re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,7 @@ __all__ = [
     "li_malik_2017_psi_rows",
     "li_malik_2017_rows",
     "make_observer",
+    "observer_for",
     "resolve_history",
 ]
 
@@ -399,3 +400,20 @@ def make_observer(observation: Any, features: Any, layout: StateLayout) -> Obser
     fs = check_features(features, mode)
     resolve_history(fs, layout.history)
     return Observer(mode, fs, layout)
+
+
+def observer_for(context: Mapping[str, Any], what: str, *, flat_only: bool = False) -> Observer:
+    """The :class:`Observer` of the env a saved optimiser is loaded for (``optenv compare``'s
+    loader context: ``family``, ``history``, ``observation``, ``features``), so a loader can
+    check the observations its policy reads before the evaluation starts. With ``flat_only``
+    (a policy of the flat observation Φ) an env in another mode is a ValueError naming
+    ``what`` (e.g. ``"gps:runs/x"``)."""
+    family = context["family"]
+    mode = context.get("observation") or DEFAULT_OBSERVATION
+    observer = make_observer(mode, context.get("features") or DEFAULT_FEATURES,
+                             StateLayout(int(family.d), int(context["history"])))
+    if flat_only and observer.mode != "flat":
+        raise ValueError(f"--methods: {what} acts on the flat observation, the env emits "
+                         f"{observer.mode!r} rows of {observer.features.name!r}; allowed: a flat "
+                         "env (drop observation= from --env-kwargs)")
+    return observer

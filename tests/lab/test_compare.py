@@ -187,3 +187,18 @@ def test_results_of_different_objectives_are_refused():
     b = evaluate(make_optimizer("gd"), fam, n_test=4, horizon=5, seed=1)
     with pytest.raises(ValueError, match="same test objectives"):
         make_results({"a": a, "b": b}, family=fam, seed=0)
+
+
+def test_a_flat_optimizer_on_a_coordinatewise_env_is_one_line_error(tmp_path, capsys) -> None:
+    from optenv.lab.cli import main
+
+    run = tmp_path / "bptt"
+    assert main(["train", "bptt", "--arch", "mlp", "--iterations", "1", "--batch-size", "2",
+                 "--horizon", "3", "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    code = main(["compare", "--methods", f"gd,bptt:{run}", "--no-tune", "--n-test", "2",
+                 "--horizon", "3", "--quiet", "--no-plots", "--out", str(tmp_path / "cmp"),
+                 "--env-kwargs", "observation=coordinatewise"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "acts on the flat observation" in err and "coordinatewise" in err
