@@ -30,13 +30,7 @@ SMALL = {"conditions": 2, "samples": 3, "horizon": 4, "iterations": 1, "lqr_hist
          "lqr_max_iter": 10, "momentum_lr_grid": (0.1, 1.0), "momentum_grid": (0.5, 0.9)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The problems are tiny: one torch thread avoids oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quadratic_family(scales: tuple[float, ...] = (1.0, 0.3)) -> FunctionFamily:

@@ -33,13 +33,7 @@ TINY = {"policy": "coordinatewise", "conditions": 3, "samples": 3, "horizon": 5,
 ENV = "optenv/LogisticRegression-v0"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: one torch thread avoids oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ the block-diagonal LQR
