@@ -49,7 +49,7 @@ POLICIES = ("flat", "coordinatewise")
 _INT_LOWS = {"conditions": 1, "samples": 2, "horizon": 2, "iterations": 0, "inner_iterations": 1,
              "lqr_max_iter": 1, "gmm_clusters": 1, "gmm_min_samples": 1, "gmm_iters": 1,
              "policy_steps": 1, "policy_batch": 1, "seed": 0,
-             "hessian_exact_max": 1, "hessian_probes": 1}
+             "hessian_exact_max": 1, "hessian_probes": 1, "gmm_max_samples": 1}
 _POSITIVE = ("kl_step", "min_step_mult", "max_step_mult", "init_var", "policy_lr",
              "prior_strength")
 _NON_NEGATIVE = ("policy_dual_rate", "lg_step", "init_pol_wt", "dynamics_reg",
@@ -99,6 +99,10 @@ class GPSConfig:
                  "(above it, a Hutchinson estimate)")
     hessian_probes: int = option(
         8, help="coordinatewise: Rademacher probes of the Hutchinson Hessian-diagonal estimate")
+    gmm_max_samples: int = option(
+        20, help="coordinatewise: pooled coordinate trajectories per condition and group that "
+                 "the group's GMM prior is fitted on, at most (evenly spaced; all of them feed "
+                 "the per-step fits)")
     gmm_clusters: int = option(
         20, help="clusters of the GMM priors (dynamics and policy linearisation)")
     gmm_min_samples: int = option(20, help="samples per GMM cluster, at least")

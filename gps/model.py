@@ -43,7 +43,7 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
                  prior: bool = True, max_clusters: int = 20, min_samples_per_cluster: int = 20,
                  strength: float = 1.0, gmm_iters: int = 100,
                  generator: torch.Generator | None = None, init: GMM | None = None,
-                 shared_prior: bool = False
+                 shared_prior: bool = False, prior_samples: Tensor | None = None
                  ) -> tuple[LinearGaussianDynamics, Tensor, GMM | None]:
     """Linear-Gaussian dynamics of the LQR state for every condition and step.
 
@@ -55,13 +55,15 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     previous fit (the reference code's default across GPS iterations: from a warm start EM
     converges in a few iterations instead of running to ``gmm_iters``). ``shared_prior``: one
     mixture over all conditions' transitions instead of one per condition (the coordinatewise
-    agent's prior per coordinate group).
+    agent's prior per coordinate group). ``prior_samples``: the indices of the samples (along
+    N) the mixture is fitted on (default all; the per-step fits always use all of them).
     """
     idx = smap.core_index().to(Z.device)
     S = Z[..., idx]
     gmm_prior = None
     if prior:
-        gmm_prior = GMMPrior.fit(S, U, max_clusters=max_clusters,
+        few = slice(None) if prior_samples is None else prior_samples.to(Z.device)
+        gmm_prior = GMMPrior.fit(S[:, few], U[:, few], max_clusters=max_clusters,
                                  min_samples_per_cluster=min_samples_per_cluster,
                                  strength=strength, generator=generator, max_iter=gmm_iters,
                                  init=init, shared=shared_prior)

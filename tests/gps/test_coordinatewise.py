@@ -166,7 +166,7 @@ def _agent(**over: Any) -> CoordinatewiseGPSAgent:
 def test_dynamics_are_fitted_per_group_from_the_pooled_coordinates() -> None:
     """Every coordinate of a group gets its group's fit, which is fit_dynamics on the group's
     coordinate trajectories pooled as samples (one GMM per group); groups differ."""
-    agent = _agent()
+    agent = _agent(gmm_max_samples=4)  # 9 pooled trajectories in group w: the prior uses 4
     batch = agent.sample(agent.ctrl)
     M, d, N = agent.cfg.conditions, agent.family.d, agent.cfg.samples
     gen_state = agent.gen_gmm.get_state()
@@ -178,11 +178,12 @@ def test_dynamics_are_fitted_per_group_from_the_pooled_coordinates() -> None:
     for g in agent.groups:  # LogisticRegression: w (0..d-2), b (d-1)
         pooled_Z = torch.cat([batch.Z.reshape(M, d, N, T, dX)[:, j] for j in g.index], 1)
         pooled_U = torch.cat([batch.U.reshape(M, d, N, T, 1)[:, j] for j in g.index], 1)
+        few = torch.linspace(0, g.size * N - 1, min(g.size * N, 4)).round().long()
         want, _r, _gmm = fit_dynamics(
             pooled_Z, pooled_U, agent.smap, reg=agent.cfg.dynamics_reg,
             max_clusters=agent.cfg.gmm_clusters, min_samples_per_cluster=agent.cfg.gmm_min_samples,
             strength=agent.cfg.prior_strength, gmm_iters=agent.cfg.gmm_iters,
-            generator=agent.gen_gmm, shared_prior=True)
+            generator=agent.gen_gmm, shared_prior=True, prior_samples=few)
         for j in g.index:
             torch.testing.assert_close(Fm[:, int(j)], want.Fm)
     assert not torch.allclose(Fm[:, 0], Fm[:, d - 1])
