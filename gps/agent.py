@@ -54,11 +54,11 @@ from gps.model import QuadraticCost, expand_cost, expected_cost, fit_dynamics
 from gps.policy_fit import linearise_policy, policy_means, train_policy
 from optenv.core import OptimizationCore
 from optenv.families.base import ObjectiveFamily
-from optenv.policy import GaussianMLPPolicy
+from optenv.policy import GaussianMLPPolicy, save_policy
 from optenv.tuning import search_grid
 from optenv.validation import parse_device
 
-__all__ = ["ALGORITHMS", "GPSAgent", "GPSConfig", "SampleBatch"]
+__all__ = ["ALGORITHMS", "GPSAgent", "GPSConfig", "SampleBatch", "replace_bad_samples"]
 
 #: Samples whose |state| exceeds this are treated as diverged (the GMM and fits need sane data).
 SAMPLE_LIMIT = 1e8
@@ -110,8 +110,7 @@ class GPSAgent:
         self.gen_policy = torch.Generator().manual_seed(config.seed * 3 + 3)
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(config.seed)
-        self.policy = GaussianMLPPolicy(self.core.layout.obs_dim, d, config.policy_hidden,
-                                        init_std=math.sqrt(config.init_var)).to(self.device)
+        self.policy = self._make_policy().to(self.device)
         torch.random.set_rng_state(torch_state)
         self.policy.eval()
         # capturable on CUDA: the policy's Adam steps then run as CUDA graphs (train_policy)
@@ -119,6 +118,10 @@ class GPSAgent:
                                           weight_decay=config.policy_weight_decay,
                                           capturable=self.device.type == "cuda")
         self.iteration_count = 0
+        #: the LQR's batch: one problem per condition here, per (condition, coordinate) in
+        #: gps.coordinatewise
+        self.n_problems = M
+        self.dU = d  # the controllers' action size: the whole step here, 1 per coordinate there
         self.obs_scaled = False
         self.ctrl: LinearGaussianController | None = None
         dt, dev = self.dtype, self.device
@@ -133,6 +136,52 @@ class GPSAgent:
         self.gmm_dyn: GMM | None = None
         self.gmm_pol: GMM | None = None
 
+    # ----------------------------------------------------------------------------- hooks
+    # What the coordinatewise agent (gps.coordinatewise) changes: the policy class, and how the
+    # per-condition quantities (step sizes, failures) and the duals (nu, lambda) map to the LQR's
+    # problems. Here there is one problem per condition and the maps are identities.
+    def _make_policy(self) -> Any:
+        """The global policy (built under the run's seed)."""
+        return GaussianMLPPolicy(self.core.layout.obs_dim, self.family.d, self.cfg.policy_hidden,
+                                 init_std=math.sqrt(self.cfg.init_var))
+
+    def _per_problem(self, x: Tensor) -> Tensor:
+        """A per-condition tensor [M, ...] for each LQR problem."""
+        return x
+
+    def _conditions_of(self, mask: Tensor) -> Tensor:
+        """[M] bool: the conditions any of whose problems is set in ``mask``."""
+        return mask
+
+    def _expand(self, dual: Tensor) -> Tensor:
+        """A dual variable (nu [M,T] or lambda [M,T,dU]) for each LQR problem."""
+        return dual
+
+    def _reduce(self, x: Tensor) -> Tensor:
+        """Per-problem values [P,T,...] in the duals' shape (the adjoint of :meth:`_expand`)."""
+        return x
+
+    def _policy_means(self, batch: SampleBatch) -> Tensor:
+        """The policy's mean actions at the samples, [P,N,T,dU]."""
+        return policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
+
+    def _action_variance(self) -> Tensor:
+        """The policy's action variance, broadcastable to [P,T,dU]."""
+        return self.policy.variance.detach().to(self.dtype)
+
+    def _act(self, state: Tensor) -> Tensor:
+        """The policy's mean step [B,d] at full states [B,dX]."""
+        obs = self.core.layout.observation(state).to(torch.float32)
+        return self.policy(obs).to(self.dtype)
+
+    def _controller_shape(self) -> tuple[int, int, int, int]:
+        """K's shape (P, T, dU, dX), checked when a checkpoint is loaded."""
+        return (self.cfg.conditions, self.cfg.horizon, self.family.d, self.smap.dim)
+
+    def save_policy(self, path: str, extra: dict[str, Any]) -> None:
+        """Write the policy (:func:`optenv.policy.save_policy`) with ``extra`` metadata."""
+        save_policy(path, self.policy, extra=extra)
+
     # ----------------------------------------------------------------------------- setup
     def initialise(self) -> dict[str, Any]:
         """Initial controllers: the best momentum (lr, momentum) on the training conditions."""
@@ -144,7 +193,7 @@ class GPSAgent:
                           n_train=cfg.conditions, horizon=cfg.horizon, seed=cfg.seed,
                           history=self.core.layout.history, device=self.device)
         lr, mom = float(res.best["lr"]), float(res.best["momentum"])
-        self.ctrl = momentum_controller(self.smap, cfg.conditions, cfg.horizon, lr, mom,
+        self.ctrl = momentum_controller(self.smap, self.n_problems, cfg.horizon, lr, mom,
                                         cfg.init_var, dtype=self.dtype, device=self.device)
         self.init_info = {"momentum_lr": lr, "momentum": mom, "momentum_score": res.score,
                           "seconds": time.perf_counter() - t0}
@@ -153,25 +202,27 @@ class GPSAgent:
     # ----------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(self, ctrl: LinearGaussianController) -> SampleBatch:
-        """N noisy runs per condition of ``ctrl``, all M·N in one batched rollout."""
+        """N noisy runs per condition of ``ctrl``, all M·N in one batched rollout; the runs'
+        LQR states, actions and observations come from :meth:`_sample_inputs` and
+        :meth:`_joint_step` (per condition here, per coordinate in gps.coordinatewise)."""
         M, N, T = self.cfg.conditions, self.cfg.samples, self.cfg.horizon
-        d = self.family.d
+        P = self.n_problems
         data = {k: v.repeat_interleave(N, 0) for k, v in self.data.items()}
         x0 = self.x0.repeat_interleave(N, 0)
         step = self.core.start(data, x0)
         state, f = step.state, step.f
         diverged = step.diverged.clone()
-        noise = torch.randn(T, M, N, d, generator=self.gen_sample, dtype=self.dtype)
+        noise = torch.randn(T, P, N, self.dU, generator=self.gen_sample, dtype=self.dtype)
         noise = noise.to(self.device)
         chol = ctrl.chol
         Zs, Us, Os, Fs = [], [], [], []
         for t in range(T):
-            z = self.smap(state).reshape(M, N, -1)
+            z, obs = self._sample_inputs(state)
             u = ctrl.act(z, t, noise[t], chol)
             Zs.append(z)
             Us.append(u)
-            Os.append(self.core.layout.observation(state).reshape(M, N, -1))
-            step = self.core.step(data, state, f, u.reshape(M * N, d))
+            Os.append(obs)
+            step = self.core.step(data, state, f, self._joint_step(u))
             state, f = step.state, step.f
             diverged |= step.diverged
             Fs.append(f.reshape(M, N))
@@ -179,19 +230,22 @@ class GPSAgent:
         F = torch.stack(Fs, 2)
         bad_s = diverged.reshape(M, N) | ~torch.isfinite(F).all(-1)
         for X in (Z, U, obs):
-            bad_s |= ~(X.abs() < SAMPLE_LIMIT).reshape(M, N, -1).all(-1)
+            bad_s |= ~(X.abs() < SAMPLE_LIMIT).reshape(M, P // M, N, -1).all(-1).all(1)
         bad = bad_s.any(1)
         if bool(bad.any()):
-            # replace each bad sample by its condition's first good one (zeros if none)
-            good_first = torch.argmax((~bad_s).to(torch.int64), dim=1)  # [M]
-            any_good = (~bad_s).any(1)
-            for X in (Z, U, obs, F):
-                src = X[torch.arange(M, device=X.device), good_first]
-                src = torch.where(any_good.reshape(M, *([1] * (src.dim() - 1))), src,
-                                  torch.zeros_like(src))
-                mask = bad_s.reshape(M, N, *([1] * (X.dim() - 2)))
-                X.copy_(torch.where(mask, src[:, None].expand_as(X), X))
+            replace_bad_samples(bad_s, [(X, P // M) for X in (Z, U, obs)] + [(F, 1)])
         return SampleBatch(Z, U, obs, F, bad)
+
+    def _sample_inputs(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        """The LQR states [P,N,dX] and policy observations [P,N,...] of the runs' full states
+        [M·N, dX_full] (sample-major within a condition)."""
+        M, N = self.cfg.conditions, self.cfg.samples
+        return (self.smap(state).reshape(M, N, -1),
+                self.core.layout.observation(state).reshape(M, N, -1))
+
+    def _joint_step(self, u: Tensor) -> Tensor:
+        """The controllers' actions [P,N,dU] as the runs' steps [M·N, d]."""
+        return u.reshape(self.cfg.conditions * self.cfg.samples, self.family.d)
 
     @torch.no_grad()
     def policy_cost(self, data: Mapping[str, Tensor] | None = None,
@@ -206,8 +260,7 @@ class GPSAgent:
         alive = ~step.diverged
         total = torch.zeros_like(f)
         for _ in range(T):
-            obs = self.core.layout.observation(state).to(torch.float32)
-            u = self.policy(obs).to(self.dtype).clamp(-self.max_step, self.max_step)
+            u = self._act(state).clamp(-self.max_step, self.max_step)
             u = torch.where(alive[:, None], u, torch.zeros_like(u))
             step = self.core.step(data, state, f, u)
             alive &= ~step.diverged
@@ -245,10 +298,10 @@ class GPSAgent:
             steps=self.cfg.policy_steps, batch_size=self.cfg.policy_batch,
             generator=self.gen_policy)
 
-    def _linearise(self, batch: SampleBatch, pol_mu: Tensor, pol_var: Tensor
-                   ) -> LinearGaussianController:
+    def _linearise(self, batch: SampleBatch, pol_mu: Tensor) -> LinearGaussianController:
         """The policy's linear-Gaussian fit at the samples (its GMM warm-started)."""
         cfg = self.cfg
+        pol_var = self.policy.variance.detach().to(self.dtype)
         lin, self.gmm_pol = linearise_policy(
             batch.Z, pol_mu, pol_var, max_clusters=cfg.gmm_clusters,
             min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
@@ -260,14 +313,15 @@ class GPSAgent:
         """Per-step KL(traj || policy) at the samples, averaged over samples: [M,T]."""
         dU = pol_mu.shape[-1]
         diff = pol_mu - traj.mean(batch.Z)  # [M,N,T,dU]
-        var = self.policy.variance.detach().to(self.dtype)
+        var = self._action_variance()  # [dU], or [P,1,dU]: per problem
         tr = (torch.diagonal(traj.covar, dim1=-2, dim2=-1) / var).sum(-1)  # [M,T]
-        logdet_pol = torch.log(var).sum()
+        logdet_pol = torch.log(var).sum(-1)
         logdet_traj = torch.logdet(traj.covar)
-        quad = (diff.pow(2) / var).sum(-1).mean(1)
+        quad = (diff.pow(2) / var.reshape(*var.shape[:-2], 1, *var.shape[-2:])).sum(-1).mean(1)
         return 0.5 * (tr - dU + logdet_pol - logdet_traj + quad)
 
     def _estimate(self, model: Mapping[str, Any], ctrl: LinearGaussianController) -> Tensor:
+        """Expected cost [M] of ``ctrl`` under ``model``."""
         return expected_cost(model["cost"], model["dyn"], ctrl.K, ctrl.k, ctrl.covar)
 
     def _step_adjust(self, cur: Mapping[str, Any], anchor_now: LinearGaussianController
@@ -362,7 +416,7 @@ class GPSAgent:
         sampler = self.ctrl
         assert sampler is not None
         bad = bad | ~torch.isfinite(new.K).reshape(bad.shape[0], -1).all(1)
-        new = new.where(bad, sampler)
+        new = new.where(self._per_problem(bad), sampler)
         # what the next step-size update needs from this iteration's model: two costs [M]
         # (keeping the model itself would hold GBs at the authors' sizes, in every checkpoint)
         self.prev = {"anchor_cost": self._estimate(cur, anchor),
@@ -409,7 +463,8 @@ class GPSAgent:
         serious = (LQRStatus.MAX_ITER_KL_ABOVE, LQRStatus.PD_FAILURE, LQRStatus.NONFINITE_INPUT,
                    LQRStatus.BAD_PREV_COVAR, LQRStatus.BAD_POLICY_COVAR)
         for code in serious:
-            conds = sorted({int(i) for s in statuses for i in (s == int(code)).nonzero()
+            conds = sorted({int(i) for s in statuses
+                            for i in self._conditions_of(s == int(code)).nonzero()
                             .flatten().tolist()})
             if conds:
                 parts.append(f"LQR {code.name}: {conds}")
@@ -425,10 +480,10 @@ class GPSAgent:
         sampler = self.ctrl
         assert sampler is not None
         traj = sampler
-        kl_step = cfg.kl_step * self.step_mult
+        kl_step = self._per_problem(cfg.kl_step * self.step_mult)
         times = {"lqr": 0.0, "policy": 0.0, "linearise": 0.0}
         res = None
-        pol_kl = torch.zeros_like(self.nu)
+        pol_kl = torch.zeros_like(self._expand(self.nu))
         for inner in range(cfg.inner_iterations):
             t0 = time.perf_counter()
             started = self.iteration_count > 0 or inner > 0
@@ -437,24 +492,26 @@ class GPSAgent:
                 # policy step's minimiser for λ^T E_pi[u] + ν KL(pi || p): μ_p − S λ / ν. (The
                 # reference code multiplies by ν instead, marked "TODO: divide" there; that makes
                 # the dual step's effect grow as ν², and it diverged in our runs.)
-                adj = (traj.covar @ self.lam_k[..., None]).squeeze(-1)
-                adj = adj / self.nu.clamp_min(1e-8)[..., None]
+                nu = self._expand(self.nu)
+                adj = (traj.covar @ self._expand(self.lam_k)[..., None]).squeeze(-1)
+                adj = adj / nu.clamp_min(1e-8)[..., None]
                 target = traj.mean(batch.Z) - adj[:, None]
-                self._train(batch, target, prec, self.nu)
+                self._train(batch, target, prec, nu)
             t0 = self._tick(times, "policy", t0)
-            pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
-            pol_var = self.policy.variance.detach().to(self.dtype)
-            pol_lin = self._linearise(batch, pol_mu, pol_var)
+            pol_mu = self._policy_means(batch)
+            pol_lin = self._linearise(batch, pol_mu)
             pol_kl = self._policy_kl(traj, batch, pol_mu)
             if started:
                 gap = (traj.mean(batch.Z) - pol_mu).mean(1)  # [M,T,dU]
                 step = (traj.inv_covar @ gap[..., None]).squeeze(-1)
+                step = self._reduce(step)
                 self.lam_k = self.lam_k - cfg.policy_dual_rate * self.nu[..., None] * step
                 if inner == cfg.inner_iterations - 1:
-                    self.nu = (self.nu + cfg.lg_step * pol_kl).clamp_min(0.0)
+                    self.nu = (self.nu + cfg.lg_step * self._reduce(pol_kl)).clamp_min(0.0)
             t0 = self._tick(times, "linearise", t0)
-            res = self._lqr(dyn, cost, sampler, kl_step, policy=PolicyTerm(pol_lin, self.nu),
-                            lagrange=LagrangeTerm(k=self.lam_k))
+            res = self._lqr(dyn, cost, sampler, kl_step,
+                            policy=PolicyTerm(pol_lin, self._expand(self.nu)),
+                            lagrange=LagrangeTerm(k=self._expand(self.lam_k)))
             statuses.append(res.status)
             self.eta = res.eta
             traj = LinearGaussianController(res.K, res.k, res.pol_covar)
@@ -469,24 +526,23 @@ class GPSAgent:
         sampler = self.ctrl
         assert sampler is not None
         times = {"lqr": 0.0, "policy": 0.0, "linearise": 0.0}
-        ones = torch.ones(cfg.conditions, cfg.horizon, dtype=self.dtype, device=self.device)
+        ones = torch.ones_like(self._expand(self.nu))
         t0 = time.perf_counter()
         if self.iteration_count == 0:  # catch the policy up with the initial controllers
             self._train(batch, sampler.mean(batch.Z), sampler.inv_covar, ones)
         t0 = self._tick(times, "policy", t0)
-        pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
-        pol_var = self.policy.variance.detach().to(self.dtype)
-        pol_lin = self._linearise(batch, pol_mu, pol_var)
+        pol_mu = self._policy_means(batch)
+        pol_lin = self._linearise(batch, pol_mu)
         t0 = self._tick(times, "linearise", t0)
         if self.prev is not None:
             self._step_adjust(cur, pol_lin)
-        res = self._lqr(dyn, cost, pol_lin, cfg.kl_step * self.step_mult)
+        res = self._lqr(dyn, cost, pol_lin, self._per_problem(cfg.kl_step * self.step_mult))
         statuses.append(res.status)
         self.eta = res.eta
         traj = LinearGaussianController(res.K, res.k, res.pol_covar)
         t0 = self._tick(times, "lqr", t0)
         self._train(batch, traj.mean(batch.Z), traj.inv_covar, ones)
-        pol_mu = policy_means(self.policy, batch.obs.to(torch.float32)).to(self.dtype)
+        pol_mu = self._policy_means(batch)
         pol_kl = self._policy_kl(traj, batch, pol_mu)
         self._tick(times, "policy", t0)
         return traj, res, pol_kl, pol_lin, times
@@ -525,7 +581,7 @@ class GPSAgent:
         try:
             ctrl = LinearGaussianController.from_state_dict(state["ctrl"], dev, dt)
             M, T, dU, dX = ctrl.K.shape
-            want = (self.cfg.conditions, self.cfg.horizon, self.family.d, self.smap.dim)
+            want = self._controller_shape()
             if (M, T, dU, dX) != want:
                 raise ValueError(f"controllers have shape {(M, T, dU, dX)}, this run needs "
                                  f"{want}")
@@ -551,6 +607,22 @@ class GPSAgent:
                 for k in ("dyn", "pol"))
         except (KeyError, TypeError, RuntimeError, AttributeError) as err:
             raise ValueError(f"checkpoint: does not fit this run ({err!r})") from err
+
+
+def replace_bad_samples(bad_s: Tensor, tensors: list[tuple[Tensor, int]]) -> None:
+    """In place: each bad sample (``bad_s`` [M,N]) of each tensor, given with its number c of
+    problems per condition (layout [M·c, N, ...]), becomes its condition's first good sample,
+    or zeros where a condition has none (the fits and the GMM need finite data)."""
+    M, N = bad_s.shape
+    good_first = torch.argmax((~bad_s).to(torch.int64), dim=1)  # [M]
+    any_good = (~bad_s).any(1)
+    for X, c in tensors:
+        V = X.view(M, c, N, *X.shape[2:])
+        src = V[torch.arange(M, device=X.device), :, good_first]  # [M,c,...]
+        src = torch.where(any_good.reshape(M, *([1] * (src.dim() - 1))), src,
+                          torch.zeros_like(src))
+        mask = bad_s.reshape(M, 1, N, *([1] * (V.dim() - 3)))
+        V.copy_(torch.where(mask, src[:, :, None].expand_as(V), V))
 
 
 def _optimizer_to_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

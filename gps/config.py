@@ -38,14 +38,18 @@ from gps.model import COST_HESSIANS
 from optenv.flags import option
 from optenv.validation import check_choice, check_int, check_number, check_tuple
 
-__all__ = ["ALGORITHMS", "GPSConfig"]
+__all__ = ["ALGORITHMS", "POLICIES", "GPSConfig"]
 
 ALGORITHMS = ("badmm", "mdgps")
+#: The policy classes GPS trains: Li & Malik 2016's flat MLP (gps.agent) or 2017's
+#: coordinatewise policy with per-coordinate, group-shared local models (gps.coordinatewise).
+POLICIES = ("flat", "coordinatewise")
 
 #: Smallest value of each int field.
 _INT_LOWS = {"conditions": 1, "samples": 2, "horizon": 2, "iterations": 0, "inner_iterations": 1,
              "lqr_max_iter": 1, "gmm_clusters": 1, "gmm_min_samples": 1, "gmm_iters": 1,
-             "policy_steps": 1, "policy_batch": 1, "seed": 0}
+             "policy_steps": 1, "policy_batch": 1, "seed": 0,
+             "hessian_exact_max": 1, "hessian_probes": 1, "gmm_max_samples": 1}
 _POSITIVE = ("kl_step", "min_step_mult", "max_step_mult", "init_var", "policy_lr",
              "prior_strength")
 _NON_NEGATIVE = ("policy_dual_rate", "lg_step", "init_pol_wt", "dynamics_reg",
@@ -61,6 +65,10 @@ class GPSConfig:
     algorithm: str = option(
         "badmm", choices=ALGORITHMS,
         help="badmm (Li & Malik's BADMM GPS) or mdgps (mirror-descent GPS)")
+    policy: str = option(
+        "flat", choices=POLICIES,
+        help="flat (Li & Malik 2016: one MLP on the whole observation, tied to d) or "
+             "coordinatewise (2017: one net per coordinate row, any d; per-coordinate GPS)")
     conditions: int = option(90, quick=90, help="training objectives (conditions) M")
     samples: int = option(20, quick=10, help="samples per condition per iteration N")
     horizon: int = option(40, help="trajectory length T")
@@ -86,6 +94,15 @@ class GPSConfig:
     cost_hessian: str = option(  # see gps.model.expand_cost
         "exact", quick="psd", choices=COST_HESSIANS,
         help="exact or psd (negative curvature of f clipped to 0)")
+    hessian_exact_max: int = option(
+        64, help="coordinatewise: the largest d whose cost uses the exact Hessian diagonal "
+                 "(above it, a Hutchinson estimate)")
+    hessian_probes: int = option(
+        8, help="coordinatewise: Rademacher probes of the Hutchinson Hessian-diagonal estimate")
+    gmm_max_samples: int = option(
+        20, help="coordinatewise: pooled coordinate trajectories per condition and group that "
+                 "the group's GMM prior is fitted on, at most (evenly spaced; all of them feed "
+                 "the per-step fits)")
     gmm_clusters: int = option(
         20, help="clusters of the GMM priors (dynamics and policy linearisation)")
     gmm_min_samples: int = option(20, help="samples per GMM cluster, at least")
@@ -109,6 +126,7 @@ class GPSConfig:
     def __post_init__(self) -> None:
         check_choice("cost_hessian", self.cost_hessian, COST_HESSIANS)
         check_choice("algorithm", self.algorithm, ALGORITHMS)
+        check_choice("policy", self.policy, POLICIES)
         for name, low in _INT_LOWS.items():
             check_int(name, getattr(self, name), low)
         for name in _POSITIVE:

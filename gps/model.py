@@ -35,13 +35,15 @@ from optenv.validation import check_choice
 
 # QuadraticCost is declared in gps.cost (gps.lqr takes it, and this module uses gps.lqr); it is
 # exported here too, beside expand_cost, which builds it
-__all__ = ["COST_HESSIANS", "QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics"]
+__all__ = ["COST_HESSIANS", "QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics",
+           "quadratic_in_state"]
 
 
 def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
                  prior: bool = True, max_clusters: int = 20, min_samples_per_cluster: int = 20,
                  strength: float = 1.0, gmm_iters: int = 100,
-                 generator: torch.Generator | None = None, init: GMM | None = None
+                 generator: torch.Generator | None = None, init: GMM | None = None,
+                 shared_prior: bool = False, prior_samples: Tensor | None = None
                  ) -> tuple[LinearGaussianDynamics, Tensor, GMM | None]:
     """Linear-Gaussian dynamics of the LQR state for every condition and step.
 
@@ -51,16 +53,20 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     sum of squared deviations from their mean: 0 = perfect, 1 = no better than the mean), and
     the prior's mixture (None without a prior). ``init`` warm-starts the mixture's EM from a
     previous fit (the reference code's default across GPS iterations: from a warm start EM
-    converges in a few iterations instead of running to ``gmm_iters``).
+    converges in a few iterations instead of running to ``gmm_iters``). ``shared_prior``: one
+    mixture over all conditions' transitions instead of one per condition (the coordinatewise
+    agent's prior per coordinate group). ``prior_samples``: the indices of the samples (along
+    N) the mixture is fitted on (default all; the per-step fits always use all of them).
     """
     idx = smap.core_index().to(Z.device)
     S = Z[..., idx]
     gmm_prior = None
     if prior:
-        gmm_prior = GMMPrior.fit(S, U, max_clusters=max_clusters,
+        few = slice(None) if prior_samples is None else prior_samples.to(Z.device)
+        gmm_prior = GMMPrior.fit(S[:, few], U[:, few], max_clusters=max_clusters,
                                  min_samples_per_cluster=min_samples_per_cluster,
                                  strength=strength, generator=generator, max_iter=gmm_iters,
-                                 init=init)
+                                 init=init, shared=shared_prior)
     fit = fit_linear_gaussian(S, U, gmm_prior, reg=reg)
     residual = _relative_residual(fit, S, U, smap.layout.d)
     dyn = _lift(fit, Z, U.shape[-1], smap, idx)
@@ -150,7 +156,6 @@ def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, 
     check_choice("hessian", hessian, COST_HESSIANS)
     M, _N, T, dX = Z.shape
     d = U.shape[-1]
-    n = dX + d
     x = smap.layout.state_slices["CUR_LOC"]
     y = (Z[..., x] + U).mean(1)  # [M,T,d]
     flat = y.reshape(M * T, d)
@@ -163,9 +168,20 @@ def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, 
     if hessian == "psd":
         w, V = torch.linalg.eigh(Hs)
         Hs = (V * w.clamp_min(0.0)[..., None, :]) @ V.mT
-    P = torch.zeros(n, d, dtype=Z.dtype, device=Z.device)  # y = P^T [z; u]
-    P[x] = torch.eye(d, dtype=Z.dtype, device=Z.device)
-    P[dX:] = torch.eye(d, dtype=Z.dtype, device=Z.device)
+    return quadratic_in_state(f, g, Hs, y, x, dX)
+
+
+def quadratic_in_state(f: Tensor, g: Tensor, Hs: Tensor, y: Tensor, x: slice, dX: int
+                       ) -> QuadraticCost:
+    """The quadratic f + g·(y − ȳ) + ½ (y − ȳ)ᵀ Hs (y − ȳ) of the next iterate y = x + u,
+    written in the LQR's [z; u] (x = z[``x``], u the last dU = d entries): f [B,T], g [B,T,d],
+    Hs [B,T,d,d], ȳ = ``y`` [B,T,d]. Shared by :func:`expand_cost` and the per-coordinate cost
+    of :mod:`gps.coordinatewise` (there d = 1)."""
+    d = y.shape[-1]
+    n = dX + d
+    P = torch.zeros(n, d, dtype=y.dtype, device=y.device)  # y = P^T [z; u]
+    P[x] = torch.eye(d, dtype=y.dtype, device=y.device)
+    P[dX:] = torch.eye(d, dtype=y.dtype, device=y.device)
     Cm = P @ Hs @ P.T
     lin = g - (Hs @ y[..., None]).squeeze(-1)
     cv = lin @ P.T

@@ -33,6 +33,7 @@ import torch
 
 from gps.agent import GPSAgent
 from gps.config import GPSConfig
+from gps.coordinatewise import CoordinatewiseGPSAgent
 from optenv.flags import add_flags, build_config, config_from_flags, flag_fields, quick_preset
 from optenv.validation import check_int
 
@@ -60,6 +61,9 @@ def add_train_parser(subparsers: Any) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default="optenv/LogisticRegression-v0",
                    help="optenv env id whose TRAIN objectives are the conditions")
+    p.add_argument("--env-kwargs", default=None, metavar="KEY=VALUE,...",
+                   help="family arguments of the env, e.g. dim=100 (values read as Python "
+                        "literals, else strings)")
     p.add_argument("--out", required=True, help="run folder")
     add_flags(p, GPSConfig, only=["algorithm"])
     p.add_argument("--quick", action="store_true", help="small preset for a CPU (minutes)")
@@ -80,32 +84,55 @@ def make_config(algorithm: str | None = "badmm", quick: bool = False,
     return build_config(GPSConfig, quick, algorithm=algorithm, **overrides)
 
 
+def parse_env_kwargs(text: str | None) -> dict[str, Any]:
+    """``"dim=100,lam=1e-3"`` → {"dim": 100, "lam": 0.001} (Python literals, else strings);
+    None → {}. ValueError naming ``--env-kwargs`` for an item without ``=``."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--env-kwargs: got {item!r}, allowed: KEY=VALUE items, "
+                             "comma-separated")
+        try:
+            out[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw.strip()
+    return out
+
+
 def train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *,
           device: str = "cpu", resume: bool = False, quiet: bool = False,
-          threads: int | None = None) -> list[dict[str, Any]]:
+          threads: int | None = None, env_kwargs: dict[str, Any] | None = None
+          ) -> list[dict[str, Any]]:
     """Run (or resume) GPS on ``env_id``'s TRAIN objectives into ``out``; returns the log.
 
     The python entry point behind ``optenv train gps``; a user's family works through an id
-    registered with ``optenv.register_objective``. ``threads``: torch CPU threads for the run
-    (None: torch's default, or on ``resume`` the count the run recorded), restored afterwards.
+    registered with ``optenv.register_objective``. ``env_kwargs``: arguments of the env (its
+    family's, e.g. ``{"dim": 100}``), recorded in ``config.json``. ``threads``: torch CPU
+    threads for the run (None: torch's default, or on ``resume`` the count the run recorded),
+    restored afterwards.
     """
     from optenv.runs import run_threads, torch_threads
 
     check_int("--threads", threads, 1, optional=True)
     with torch_threads(run_threads(out, threads, resume)):
-        return _train(env_id, out, config, device=device, resume=resume, quiet=quiet)
+        return _train(env_id, out, config, device=device, resume=resume, quiet=quiet,
+                      env_kwargs=env_kwargs or {})
 
 
 def _train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *, device: str,
-           resume: bool, quiet: bool) -> list[dict[str, Any]]:
+           resume: bool, quiet: bool, env_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     """The run's steps: check everything (env, device, the checkpoint to resume) before the
     folder is touched, then set the agent up and iterate."""
     from optenv.runs import RunDir
 
-    family, run_config = _run_config(env_id, config, device, quiet)
+    family, run_config = _run_config(env_id, config, device, quiet, env_kwargs)
     saved_state = _checkpoint_state(out) if resume else None
-    agent = GPSAgent(family, config, history=run_config["history"],
-                     max_step=run_config["max_step"], device=run_config["device"])
+    agent_class = CoordinatewiseGPSAgent if config.policy == "coordinatewise" else GPSAgent
+    agent = agent_class(family, config, history=run_config["history"],
+                        max_step=run_config["max_step"], device=run_config["device"])
     if saved_state is not None:
         agent.load_state_dict(saved_state)  # ValueError on a mismatch, before any write
     rundir = RunDir(out, run_config, resume=resume, resumable_keys=RESUMABLE)
@@ -118,22 +145,32 @@ def _train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *, devic
     return log
 
 
-def _run_config(env_id: str, config: GPSConfig, device: str,
-                quiet: bool) -> tuple[Any, dict[str, Any]]:
+def _run_config(env_id: str, config: GPSConfig, device: str, quiet: bool,
+                env_kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The env's family and the run's ``config.json``: the env's settings, the config, and
-    where and how it runs."""
+    where and how it runs (``env_kwargs`` recorded only when given, so a run without them
+    writes what it always wrote)."""
+    import gymnasium as gym
+
     from optenv.evaluate import resolve_env
     from optenv.validation import parse_device
 
     try:
         _label, family, defaults = resolve_env(env_id)
+        if env_kwargs:
+            try:
+                env = gym.make(env_id, **env_kwargs)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"env-kwargs: got {env_kwargs!r} for {env_id} ({err})") from err
+            _label, family, defaults = resolve_env(env)
     except ValueError as err:
         raise ValueError(f"--{err}") from err
     dev = parse_device(device, "--device")
     return family, {"trainer": "gps", "env": env_id, "history": defaults["history"],
                     "max_step": defaults["max_step"], **config.to_dict(), "device": str(dev),
-                    "threads": torch.get_num_threads(), "quiet": quiet}  # the count in effect:
-    # the order of the CPU's parallel sums, and so a run's numbers, depend on it
+                    "threads": torch.get_num_threads(),  # the count in effect: the order of
+                    # the CPU's parallel sums, and so a run's numbers, depend on it
+                    "quiet": quiet, **({"env_kwargs": dict(env_kwargs)} if env_kwargs else {})}
 
 
 def _checkpoint_state(out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -169,18 +206,20 @@ def _iterate(agent: GPSAgent, rundir: Any, log: list[dict[str, Any]], env_id: st
     curves every :data:`PLOT_EVERY` iterations."""
     from tqdm.auto import tqdm
 
-    from optenv.policy import save_policy
-
     config, family = agent.cfg, agent.family
     bar = tqdm(total=config.iterations, initial=agent.iteration_count, desc="gps",
                disable=quiet, file=sys.stderr)
     while agent.iteration_count < config.iterations:
         row = agent.iteration()
         log.append(row)
-        save_policy(str(rundir.path / POLICY_FILE), agent.policy,
-                    extra={"env": env_id, "family": type(family).__name__, "d": family.d,
-                           "history": run_config["history"], "max_step": run_config["max_step"],
-                           "iteration": agent.iteration_count, "algorithm": config.algorithm})
+        agent.save_policy(str(rundir.path / POLICY_FILE),
+                          extra={"env": env_id, "family": type(family).__name__, "d": family.d,
+                                 **({"env_kwargs": run_config["env_kwargs"]}
+                                    if "env_kwargs" in run_config else {}),
+                                 "history": run_config["history"],
+                                 "max_step": run_config["max_step"],
+                                 "iteration": agent.iteration_count,
+                                 "algorithm": config.algorithm})
         rundir.save(agent.state_dict(), log)
         if agent.iteration_count % PLOT_EVERY == 0 or agent.iteration_count == config.iterations:
             rundir.plot(log, PLOT_KEYS)  # ~1 s of matplotlib: not every iteration
@@ -200,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
     # vs 88 s per iteration); two runs sharing it should take --threads 1 each, since
     # oversubscribed intra-op threads made iterations 5-25x slower (measured 2026-11-26/27).
     log = train(args.env, args.out, config, device=args.device, resume=args.resume,
-                quiet=args.quiet, threads=args.threads)
+                quiet=args.quiet, threads=args.threads,
+                env_kwargs=parse_env_kwargs(args.env_kwargs))
     if log:
         last = log[-1]
         total = sum(r["wall_s"] for r in log)
@@ -210,30 +250,78 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_optimizer(path: str | os.PathLike[str], *, max_step: float | None = None,
-                   device: str | torch.device = "cpu") -> Any:
-    """The learned optimiser in a run folder (or a ``policy.pt``) as an env policy: a callable
-    on batched observations returning actions (``step / max_step``). One call."""
-    from optenv.policy import load_policy
+def _load_any_policy(path: str | os.PathLike[str], device: str | torch.device
+                     ) -> tuple[Any, dict[str, Any]]:
+    """The policy in a run folder (or a ``policy.pt``): flat or coordinatewise, with its
+    ``extra`` metadata."""
+    from optenv.checkpoint import load_tagged
+    from optenv.policy import (
+        COORDINATEWISE_FORMAT,
+        load_coordinatewise_policy,
+        load_policy,
+    )
 
     p = Path(path)
     file = p / POLICY_FILE if p.is_dir() else p
     if not file.exists():
         raise ValueError(f"path: got {str(path)!r}, which holds no {POLICY_FILE}; allowed: a GPS "
                          "run folder (optenv train gps --out DIR) or its policy.pt")
-    policy, extra = load_policy(str(file), map_location=device)
+    try:
+        load_tagged(file, COORDINATEWISE_FORMAT, "a coordinatewise policy")
+        loader = load_coordinatewise_policy
+    except ValueError:
+        loader = load_policy
+    policy, extra = loader(str(file), map_location=device)
     policy.to(device).eval()
+    return policy, extra
+
+
+def load_optimizer(path: str | os.PathLike[str], *, max_step: float | None = None,
+                   device: str | torch.device = "cpu", family: Any = None) -> Any:
+    """The learned optimiser in a run folder (or a ``policy.pt``) as an env policy: a callable
+    on batched observations returning actions (``step / max_step``). One call.
+
+    A coordinatewise policy is bound to ``family``'s coordinate groups and takes that
+    family's flat observations (default: the family it was trained on)."""
+    from optenv.core import StateLayout
+    from optenv.policy import CoordinatewisePolicy
+
+    policy, extra = _load_any_policy(path, device)
     step = float(max_step if max_step is not None else extra.get("max_step", 1.0))
-    return policy.as_env_policy(step)
+    if not isinstance(policy, CoordinatewisePolicy):
+        return policy.as_env_policy(step)
+    if family is None:
+        from optenv.evaluate import resolve_env
+
+        _label, family, _defaults = resolve_env(extra["env"])
+    layout = StateLayout(family.d, int(extra["history"]))
+    return policy.as_env_policy(step, family.coordinate_groups(), layout)
 
 
 def load_for_compare(path: str, context: dict[str, Any]) -> Any:
-    """``optenv compare --methods gps:DIR`` loader: checks the policy fits the env."""
-    env_policy = load_optimizer(path, max_step=context["max_step"], device=context["device"])
-    policy = env_policy.policy
-    family, history = context["family"], context["history"]
-    from optenv.core import StateLayout
+    """``optenv compare --methods gps:DIR`` loader: checks the policy fits the env.
 
+    A flat policy needs the same d and observation length. A coordinatewise one runs on any d:
+    it is bound to the TARGET env's coordinate groups and layout, and needs the env's feature
+    set and history to give the rows it was trained on (else ValueError)."""
+    from optenv.core import StateLayout
+    from optenv.policy import CoordinatewisePolicy
+
+    family, history = context["family"], context["history"]
+    policy, extra = _load_any_policy(path, context["device"])
+    if isinstance(policy, CoordinatewisePolicy):
+        features = context.get("features", "li-malik-2016")
+        if features != policy.features or extra.get("history", history) != history:
+            raise ValueError(f"--methods: gps:{path} was trained on features "
+                             f"{policy.features!r} with history {extra.get('history')}; "
+                             f"{context['env_id']} gives features {features!r} with history "
+                             f"{history}; allowed: an env with the policy's feature set and "
+                             "history (e.g. --env-kwargs features=...,history=...)")
+        flat = context.get("observation", "flat") == "flat"
+        layout = StateLayout(family.d, history) if flat else None
+        return policy.as_env_policy(context["max_step"], family.coordinate_groups(), layout)
+    env_policy = policy.as_env_policy(context["max_step"])
+    policy = env_policy.policy
     obs_dim = StateLayout(family.d, history).obs_dim
     if policy.d != family.d or policy.obs_dim != obs_dim:
         raise ValueError(f"--methods: gps:{path} was trained for d={policy.d}, observation "

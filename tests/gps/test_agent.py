@@ -30,13 +30,7 @@ SMALL = {"conditions": 2, "samples": 3, "horizon": 4, "iterations": 1, "lqr_hist
          "lqr_max_iter": 10, "momentum_lr_grid": (0.1, 1.0), "momentum_grid": (0.5, 0.9)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The problems are tiny: one torch thread avoids oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quadratic_family(scales: tuple[float, ...] = (1.0, 0.3)) -> FunctionFamily:
@@ -337,7 +331,9 @@ def test_every_config_field_is_a_train_flag_that_reaches_the_config(
              "gmm_clusters": "3", "gmm_min_samples": "4", "gmm_iters": "5",
              "prior_strength": "2", "policy_hidden": "8,6", "policy_lr": "0.002",
              "policy_weight_decay": "0.001", "policy_steps": "11", "policy_batch": "12",
-             "momentum_lr_grid": "0.5,1", "momentum_grid": "0.3,0.6", "seed": "7"}
+             "momentum_lr_grid": "0.5,1", "momentum_grid": "0.3,0.6", "seed": "7",
+             "policy": "coordinatewise", "hessian_exact_max": "32", "hessian_probes": "4",
+             "gmm_max_samples": "9"}
     fields = {f.name for f in dataclasses.fields(GPSConfig)}
     assert set(given) == fields
     with pytest.raises(SystemExit):
