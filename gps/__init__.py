@@ -20,12 +20,13 @@ Public API of the numerical core:
 
 The learner built on it:
 
-* :class:`gps.agent.GPSAgent` with :class:`gps.agent.GPSConfig` (BADMM or mirror-descent GPS),
+* :class:`gps.agent.GPSAgent` with :class:`gps.config.GPSConfig` (BADMM or mirror-descent GPS),
   ``optenv train gps`` (:mod:`gps.train`), and :func:`gps.train.load_optimizer` to load a
   trained policy in one call.
 """
 
-from gps.agent import GPSAgent, GPSConfig
+from gps.agent import GPSAgent
+from gps.config import GPSConfig
 from gps.controller import LinearGaussianController
 from gps.cost import QuadraticCost
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian

@@ -305,6 +305,7 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
     it is bound to the TARGET env's coordinate groups and layout, and needs the env's feature
     set and history to give the rows it was trained on (else ValueError)."""
     from optenv.core import StateLayout
+    from optenv.features import observer_for
     from optenv.policy import CoordinatewisePolicy
 
     family, history = context["family"], context["history"]
@@ -320,6 +321,7 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
         flat = context.get("observation", "flat") == "flat"
         layout = StateLayout(family.d, history) if flat else None
         return policy.as_env_policy(context["max_step"], family.coordinate_groups(), layout)
+    observer_for(context, f"gps:{path}", flat_only=True)
     env_policy = policy.as_env_policy(context["max_step"])
     policy = env_policy.policy
     obs_dim = StateLayout(family.d, history).obs_dim

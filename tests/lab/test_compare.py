@@ -202,3 +202,19 @@ def test_a_flat_optimizer_on_a_coordinatewise_env_is_one_line_error(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "acts on the flat observation" in err and "coordinatewise" in err
+
+
+def test_a_flat_gps_policy_on_a_coordinatewise_env_is_refused_by_name(tmp_path) -> None:
+    from gps.train import load_for_compare
+    from optenv.families import LogisticRegression
+    from optenv.policy import GaussianMLPPolicy, save_policy
+
+    fam = LogisticRegression()
+    run = tmp_path / "gps"
+    run.mkdir()
+    save_policy(str(run / "policy.pt"), GaussianMLPPolicy(229, fam.d))
+    context = {"env_id": "optenv/LogisticRegression-v0", "family": fam, "history": 25,
+               "max_step": 1.0, "device": "cpu", "observation": "coordinatewise",
+               "features": "li-malik-2016"}
+    with pytest.raises(ValueError, match=r"gps:.* acts on the flat observation"):
+        load_for_compare(str(run), context)
