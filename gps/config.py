@@ -3,10 +3,10 @@
 :class:`GPSConfig`'s defaults are Li & Malik's settings (from the authors' released code:
 90 conditions, 20 samples, T = 40, kl_step 0.2, BADMM with 4 inner iterations, Adam lr 1e-4
 with weight decay 0.005); where the authors' value is not known, the reference GPS code's
-default is used (min/max step multipliers, lg_step, init_pol_wt, GMM sizes). Each field also carries its help text and, where
-the ``--quick`` preset changes it, its quick value; ``optenv train gps`` generates its flags from
-these fields (:mod:`optenv.flags`), so the flag, its help, its default and its preset are one
-declaration.
+default is used (min/max step multipliers, lg_step, init_pol_wt, GMM sizes). Each field also
+carries its help text and, where the ``--quick`` preset changes it, its quick value;
+``optenv train gps`` generates its flags from these fields (:mod:`optenv.flags`), so the flag,
+its help, its default and its preset are one declaration.
 
 Why the quick preset is what it is (sized to learn something real on 2 CPU cores in minutes):
 
