@@ -10,7 +10,8 @@ T steps, dX, dU) ``lqr`` reports the time of a full :func:`gps.lqr.kl_constraine
 search included) and of one backward pass, for the batched version and for the per-condition
 numpy loop of :mod:`benchmarks.reference`, the FLOP count of one backward pass
 (B*T*(2 dX^2 n + 2 n^2 dX + 2 dX^2 dU), n = dX + dU) and the fraction of the device's peak.
-The full solve is called once to warm up, then timed ``--repeats`` times:
+The full solve is timed ``--repeats`` times (on CUDA after an untimed warm-up call; on the CPU
+the first call is the first repeat):
 ``batched_full_median_s`` (with ``batched_full_s``, the best, and ``batched_full_max_s``, the
 spread); ``speedup_full_median`` is the loop's time over that median. ``iterations_mean`` /
 ``iterations_max`` are the dual iterations per condition (the lock-step batch runs until the
@@ -181,9 +182,9 @@ def _timeit(fn: Callable[[], object], device: torch.device, min_time: float = 0.
 
 
 def _repeat(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
-    """Wall times (seconds) of ``repeats`` calls of fn (after whatever warm-up the caller did)."""
+    """Wall times (seconds) of ``repeats`` calls of fn (none for repeats <= 0)."""
     out = []
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
         fn()
@@ -273,11 +274,19 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
         full()
         _sync(device)
         rec["batched_first_call_s"] = time.perf_counter() - t0
+    # CUDA: one untimed warm-up call (besides the graph capture above); the CPU needs none, so
+    # there the first call is the first timed repeat (B = 65536 solves take minutes)
+    first: list[float] = []
+    _sync(device)
+    t0 = time.perf_counter()
     res = full()
+    _sync(device)
+    if device.type == "cpu":
+        first.append(time.perf_counter() - t0)
     if compare_general and dU == 1:  # A/B in one process: the load on a shared machine hits both
         times, general = [], []
-        for _ in range(max(1, repeats)):
-            times += _repeat(full, device, 1)
+        for i in range(max(1, repeats)):
+            times += first if i == 0 and first else _repeat(full, device, 1)
             lqr_module.DU1_FAST_PATH = False
             try:
                 general += _repeat(full, device, 1)
@@ -289,7 +298,7 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
         rec["speedup_du1_over_general_median"] = statistics.median(general) / statistics.median(
             times)
     else:
-        times = _repeat(full, device, repeats)
+        times = first + _repeat(full, device, repeats - len(first))
     rec["batched_full_s"] = min(times)
     rec["batched_full_median_s"] = statistics.median(times)
     rec["batched_full_max_s"] = max(times)

@@ -456,3 +456,19 @@ def test_du1_indefinite_and_unsolvable_conditions_match_the_general_path(monkeyp
     np.testing.assert_allclose(res.K[1].numpy(), ref.K, rtol=0, atol=1e-8)
     for x in (res.K, res.k, res.pol_covar, res.inv_pol_covar, res.eta, res.kl):
         assert bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("dU", [1, 2])
+def test_chunked_solve_is_bitwise_the_single_batch_solve(dU):
+    B = 7
+    prob = random_lqr_problem(B, 6, 4, dU, seed=50 + dU)
+    kl_step = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 0.3, 1e6], dtype=torch.float64)
+    one = kl_constrained_lqr(*prob, kl_step=kl_step)
+    for chunk in (1, 3, 7, 100):
+        res = kl_constrained_lqr(*prob, kl_step=kl_step, max_batch=chunk)
+        for f in ("K", "k", "pol_covar", "inv_pol_covar", "eta", "kl", "converged", "status",
+                  "iterations"):
+            assert torch.equal(getattr(res, f), getattr(one, f)), (chunk, f)
+        assert res.reason == one.reason and res.n_evaluations == one.n_evaluations
+    with pytest.raises(ValueError, match="max_batch"):
+        kl_constrained_lqr(*prob, kl_step=0.3, max_batch=0)
