@@ -241,22 +241,27 @@ def backward_flops(B: int, T: int, dX: int, dU: int) -> float:
     return float(B * T * (2 * dX * dX * n + 2 * n * n * dX + 2 * dX * dX * dU))
 
 
-def _lqr_bytes(B: int, T: int, dX: int, dU: int, itemsize: int) -> float:
+def _lqr_bytes(B: int, T: int, dX: int, dU: int, itemsize: int, copies: float = 2.0) -> float:
+    """Peak bytes: the inputs (Fm, Cm, dyn_covar and the controllers) plus ``copies`` times
+    them: the problem generator's temporaries (about one more set), or the CUDA graphs' static
+    copies of the problem (one per graph, each max_batch/B of it), whichever is larger."""
     n = dX + dU
-    # inputs + their compute copies + the problem's precomputed G/PG/Cm (about 3x the inputs)
-    return 3.0 * itemsize * B * T * (dX * n + n * n + dX * dX + 4 * dU * n)
+    return (1.0 + copies) * itemsize * B * T * (dX * n + n * n + dX * dX + 4 * dU * n)
 
 
 def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype: torch.dtype,
                 loop_conditions: int, max_gib: float, max_seconds: float,
                 info: dict[str, object], loop_seconds: float, peak: float, repeats: int = 3,
-                backward: bool = True, compare_general: bool = False) -> dict[str, object]:
+                backward: bool = True, compare_general: bool = False,
+                max_batch: int | None = None) -> dict[str, object]:
     """Time one LQR configuration (batched and loop); a "skipped" record if it cannot fit."""
     rec: dict[str, object] = {"bench": "lqr", "device": info["device"], "B": B, "T": T,
                               "dX": dX, "dU": dU, "dtype": str(dtype).replace("torch.", "")}
     flops = backward_flops(B, T, dX, dU)
     rec["backward_gflop"] = flops / 1e9
-    mem = _lqr_bytes(B, T, dX, dU, torch.finfo(dtype).bits // 8) / 2**30
+    graphs = (2 if compare_general and dU == 1 else 1) if device.type == "cuda" else 0
+    copies = max(1.0, graphs * min(B, max_batch or B) / B)
+    mem = _lqr_bytes(B, T, dX, dU, torch.finfo(dtype).bits // 8, copies) / 2**30
     est = 20 * 2 * flops / (0.5 * peak)  # ~20 evaluations of backward + forward
     if mem > max_gib or est > max_seconds:
         rec["skipped"] = (f"needs ~{mem:.1f} GiB (limit {max_gib}) / ~{est:.0f} s "
@@ -266,7 +271,9 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
     kl_step = 0.5
 
     def full(prob: LQRInputs = prob, kl_step: float = kl_step) -> object:
-        return kl_constrained_lqr(*prob, kl_step)
+        return kl_constrained_lqr(*prob, kl_step, max_batch=max_batch)
+
+    rec["max_batch"] = max_batch
 
     if device.type == "cuda":  # first call captures the CUDA graph: time it separately
         _sync(device)
@@ -346,15 +353,16 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
 def bench_lqr(configs: Iterable[tuple[int, int, int, int]], device: torch.device,
               dtype: torch.dtype, loop_conditions: int, max_gib: float, max_seconds: float,
               info: dict[str, object], loop_seconds: float = 60.0, repeats: int = 3,
-              backward: bool = True, compare_general: bool = False
-              ) -> Iterable[dict[str, object]]:
+              backward: bool = True, compare_general: bool = False,
+              max_batch: int | None = None) -> Iterable[dict[str, object]]:
     """One JSON-able record per configuration (see the module docstring)."""
     peak = float(info["peak_flops"])  # type: ignore[arg-type]
     for cfg in configs:
         yield _lqr_record(*cfg, device=device, dtype=dtype, loop_conditions=loop_conditions,
                           max_gib=max_gib, max_seconds=max_seconds, info=info,
                           loop_seconds=loop_seconds, peak=peak, repeats=repeats,
-                          backward=backward, compare_general=compare_general)
+                          backward=backward, compare_general=compare_general,
+                          max_batch=max_batch)
 
 
 def _dynamics_record(B: int, N: int, T: int, dX: int, dU: int, *, device: torch.device,
@@ -457,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-general", action="store_true",
                     help="lqr, dU = 1: also time the general passes (gps.lqr.DU1_FAST_PATH "
                          "off), alternating with the dU = 1 ones, --repeats times each")
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="lqr: kl_constrained_lqr's max_batch (solve in chunks of this many "
+                         "conditions; bounds the CUDA graph's static copy of the problem)")
     ap.add_argument("--no-backward", action="store_true",
                     help="lqr: skip the separate timing of one backward pass (batched and loop)")
     args = ap.parse_args(argv)
@@ -486,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         records = bench_lqr(grid, device, dtype, args.loop_conditions,  # type: ignore[arg-type]
                             args.max_gib, args.max_seconds, info, loop_seconds,
                             repeats=args.repeats, backward=not args.no_backward,
-                            compare_general=args.compare_general)
+                            compare_general=args.compare_general, max_batch=args.max_batch)
     else:
         grid = configs or (DYN_QUICK if args.quick else DYN_GRID)
         records = bench_dynamics(grid, device, dtype,  # type: ignore[arg-type]

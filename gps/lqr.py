@@ -1012,7 +1012,9 @@ def _run(p: LQRProblem, eta0: Tensor, target: Tensor, opts: _SearchOptions,
     """
     if not use_cuda_graph:
         return _drive(_DualSearch(p, eta0, target, opts), 0, None)
-    key = (p.Fm.device, p.Fm.dtype, tuple(p.Fm.shape), *astuple(opts), p.max_ent)
+    # DU1_FAST_PATH is part of the key: a captured graph has the passes it ran baked in
+    key = (p.Fm.device, p.Fm.dtype, tuple(p.Fm.shape), *astuple(opts), p.max_ent,
+           DU1_FAST_PATH)
     cached = _GRAPH_CACHE.get(key)
     if cached is not None:
         _GRAPH_CACHE.move_to_end(key)
