@@ -31,6 +31,13 @@ of ``cholesky``, masks instead of ``if``), and on CUDA the whole evaluation is c
 CUDA graph and replayed. The host reads one flag per evaluation to stop when every condition is
 finished.
 
+Very many small problems (the coordinatewise GPS of Li & Malik 2017: dU = 1, dX about 10-80,
+B in the thousands to tens of thousands): with one action dimension the passes switch to
+:func:`_backward_pass_du1` / :func:`_forward_pass_du1` (homogeneous coordinates, so the affine
+terms ride in the two matrix products of a step; Q_uu a scalar), the same equations with other
+rounding (``DU1_FAST_PATH``; the tests pin them against the general passes and the numpy
+reference). ``max_batch`` solves the batch in chunks with bit-identical results, to bound memory.
+
 Extra cost terms for the GPS variants (all optional, all folded into the same passes):
 
 * **BADMM** (Levine et al. 2016): a KL-to-policy term with per-step weight nu_t
