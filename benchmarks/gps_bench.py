@@ -10,6 +10,16 @@ T steps, dX, dU) ``lqr`` reports the time of a full :func:`gps.lqr.kl_constraine
 search included) and of one backward pass, for the batched version and for the per-condition
 numpy loop of :mod:`benchmarks.reference`, the FLOP count of one backward pass
 (B*T*(2 dX^2 n + 2 n^2 dX + 2 dX^2 dU), n = dX + dU) and the fraction of the device's peak.
+The full solve is timed ``--repeats`` times (on CUDA after an untimed warm-up call; on the CPU
+the first call is the first repeat):
+``batched_full_median_s`` (with ``batched_full_s``, the best, and ``batched_full_max_s``, the
+spread); ``speedup_full_median`` is the loop's time over that median. ``iterations_mean`` /
+``iterations_max`` are the dual iterations per condition (the lock-step batch runs until the
+slowest condition is done). ``--compare-general`` (dU = 1) also times the general passes
+(``gps.lqr.DU1_FAST_PATH`` off: the code before the dU = 1 passes existed), alternating with
+the dU = 1 passes in one process, so both see the same load on a shared machine
+(``speedup_du1_over_general_median``). ``--no-backward`` skips the separate backward-pass
+timing (large B).
 The loop is linear in B, so it is timed on at most ``--loop-conditions`` conditions or
 ``--loop-seconds`` and scaled to B (``loop_extrapolated``). Configurations whose inputs would not
 fit in ``--max-gib`` of memory or whose estimated time exceeds ``--max-seconds`` are reported as
@@ -27,6 +37,8 @@ import argparse
 import json
 import math
 import platform
+import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +50,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import reference
+from gps import lqr as lqr_module
 from gps.controller import LinearGaussianController
 from gps.cost import QuadraticCost
 from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
@@ -168,6 +181,18 @@ def _timeit(fn: Callable[[], object], device: torch.device, min_time: float = 0.
     return best
 
 
+def _repeat(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+    """Wall times (seconds) of ``repeats`` calls of fn (none for repeats <= 0)."""
+    out = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def device_info(device: torch.device, dtype: torch.dtype) -> dict[str, object]:
     """Name of the device and its peak FLOP/s: published for known GPUs, else a measured
     matmul (so 'fraction of peak' on a CPU means of its best dense-matmul throughput)."""
@@ -216,21 +241,27 @@ def backward_flops(B: int, T: int, dX: int, dU: int) -> float:
     return float(B * T * (2 * dX * dX * n + 2 * n * n * dX + 2 * dX * dX * dU))
 
 
-def _lqr_bytes(B: int, T: int, dX: int, dU: int, itemsize: int) -> float:
+def _lqr_bytes(B: int, T: int, dX: int, dU: int, itemsize: int, copies: float = 2.0) -> float:
+    """Peak bytes: the inputs (Fm, Cm, dyn_covar and the controllers) plus ``copies`` times
+    them: the problem generator's temporaries (about one more set), or the CUDA graphs' static
+    copies of the problem (one per graph, each max_batch/B of it), whichever is larger."""
     n = dX + dU
-    # inputs + their compute copies + the problem's precomputed G/PG/Cm (about 3x the inputs)
-    return 3.0 * itemsize * B * T * (dX * n + n * n + dX * dX + 4 * dU * n)
+    return (1.0 + copies) * itemsize * B * T * (dX * n + n * n + dX * dX + 4 * dU * n)
 
 
 def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype: torch.dtype,
                 loop_conditions: int, max_gib: float, max_seconds: float,
-                info: dict[str, object], loop_seconds: float, peak: float) -> dict[str, object]:
+                info: dict[str, object], loop_seconds: float, peak: float, repeats: int = 3,
+                backward: bool = True, compare_general: bool = False,
+                max_batch: int | None = None) -> dict[str, object]:
     """Time one LQR configuration (batched and loop); a "skipped" record if it cannot fit."""
     rec: dict[str, object] = {"bench": "lqr", "device": info["device"], "B": B, "T": T,
                               "dX": dX, "dU": dU, "dtype": str(dtype).replace("torch.", "")}
     flops = backward_flops(B, T, dX, dU)
     rec["backward_gflop"] = flops / 1e9
-    mem = _lqr_bytes(B, T, dX, dU, torch.finfo(dtype).bits // 8) / 2**30
+    graphs = (2 if compare_general and dU == 1 else 1) if device.type == "cuda" else 0
+    copies = max(1.0, graphs * min(B, max_batch or B) / B)
+    mem = _lqr_bytes(B, T, dX, dU, torch.finfo(dtype).bits // 8, copies) / 2**30
     est = 20 * 2 * flops / (0.5 * peak)  # ~20 evaluations of backward + forward
     if mem > max_gib or est > max_seconds:
         rec["skipped"] = (f"needs ~{mem:.1f} GiB (limit {max_gib}) / ~{est:.0f} s "
@@ -240,7 +271,9 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
     kl_step = 0.5
 
     def full(prob: LQRInputs = prob, kl_step: float = kl_step) -> object:
-        return kl_constrained_lqr(*prob, kl_step)
+        return kl_constrained_lqr(*prob, kl_step, max_batch=max_batch)
+
+    rec["max_batch"] = max_batch
 
     if device.type == "cuda":  # first call captures the CUDA graph: time it separately
         _sync(device)
@@ -248,18 +281,56 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
         full()
         _sync(device)
         rec["batched_first_call_s"] = time.perf_counter() - t0
+    # CUDA: one untimed warm-up call (besides the graph capture above); the CPU needs none, so
+    # there the first call is the first timed repeat (B = 65536 solves take minutes)
+    first: list[float] = []
+    _sync(device)
+    t0 = time.perf_counter()
     res = full()
-    rec["batched_full_s"] = _timeit(full, device, max_reps=5)
+    _sync(device)
+    if device.type == "cpu":
+        first.append(time.perf_counter() - t0)
+    if compare_general and dU == 1:  # A/B in one process: the load on a shared machine hits both
+        times, general = [], []
+        if device.type == "cuda":  # the general passes get their own graph: capture it untimed
+            lqr_module.DU1_FAST_PATH = False
+            try:
+                full()
+            finally:
+                lqr_module.DU1_FAST_PATH = True
+        for i in range(max(1, repeats)):
+            times += first if i == 0 and first else _repeat(full, device, 1)
+            lqr_module.DU1_FAST_PATH = False
+            try:
+                general += _repeat(full, device, 1)
+            finally:
+                lqr_module.DU1_FAST_PATH = True
+        rec["batched_full_general_median_s"] = statistics.median(general)
+        rec["batched_full_general_min_s"] = min(general)
+        rec["batched_full_general_max_s"] = max(general)
+        rec["speedup_du1_over_general_median"] = statistics.median(general) / statistics.median(
+            times)
+    else:
+        times = first + _repeat(full, device, repeats - len(first))
+    rec["batched_full_s"] = min(times)
+    rec["batched_full_median_s"] = statistics.median(times)
+    rec["batched_full_max_s"] = max(times)
+    rec["full_repeats"] = len(times)
     rec["n_evaluations"] = res.n_evaluations
     rec["converged"] = int(res.converged.sum())
+    rec["iterations_mean"] = float(res.iterations.double().mean())
+    rec["iterations_max"] = int(res.iterations.max())
     rec["used_cuda_graph"] = res.used_cuda_graph
-    # the backward pass alone: validation and precomputation happen once, outside the clock
-    p = prepare_lqr(*prob)
-    eta = torch.ones(B, dtype=p.Fm.dtype, device=device)
-    tb = _timeit(lambda p=p, eta=eta: lqr_backward(p, eta), device)
-    rec["batched_backward_s"] = tb
-    rec["batched_backward_gflops"] = flops / tb / 1e9
-    rec["batched_backward_frac_peak"] = flops / tb / peak
+    del res
+    tb = math.nan
+    if backward:  # the backward pass alone: validation and precomputation outside the clock
+        p = prepare_lqr(*prob)
+        eta = torch.ones(B, dtype=p.Fm.dtype, device=device)
+        tb = _timeit(lambda p=p, eta=eta: lqr_backward(p, eta), device)
+        del p
+        rec["batched_backward_s"] = tb
+        rec["batched_backward_gflops"] = flops / tb / 1e9
+        rec["batched_backward_frac_peak"] = flops / tb / peak
 
     cpu = prob.map(lambda x: x.double().cpu())
     nl, loop_full = _time_loop(
@@ -270,26 +341,34 @@ def _lqr_record(B: int, T: int, dX: int, dU: int, *, device: torch.device, dtype
         Fm, fv, _, _, _, Cm, cv, K_prev, k_prev, pol_covar_prev = cpu.numpy(b)
         return reference.lqr_backward_np(Fm, fv, Cm, cv, K_prev, k_prev, pol_covar_prev, 1.0)
 
-    _, loop_bwd = _time_loop(loop_backward, B, loop_conditions, loop_seconds)
     rec["loop_conditions_timed"] = nl
     rec["loop_extrapolated"] = nl < B
     rec["loop_full_s"] = loop_full
-    rec["loop_backward_s"] = loop_bwd
-    rec["loop_backward_frac_peak"] = flops / loop_bwd / peak
     rec["speedup_full"] = loop_full / float(rec["batched_full_s"])  # type: ignore[arg-type]
-    rec["speedup_backward"] = loop_bwd / tb
+    rec["speedup_full_median"] = loop_full / float(rec["batched_full_median_s"])  # type: ignore
+    if backward:
+        _, loop_bwd = _time_loop(loop_backward, B, loop_conditions, loop_seconds)
+        rec["loop_backward_s"] = loop_bwd
+        rec["loop_backward_frac_peak"] = flops / loop_bwd / peak
+        rec["speedup_backward"] = loop_bwd / tb
+    if device.type == "cpu":  # the process's peak so far (problem generation included)
+        rec["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return rec
 
 
 def bench_lqr(configs: Iterable[tuple[int, int, int, int]], device: torch.device,
               dtype: torch.dtype, loop_conditions: int, max_gib: float, max_seconds: float,
-              info: dict[str, object], loop_seconds: float = 60.0) -> Iterable[dict[str, object]]:
+              info: dict[str, object], loop_seconds: float = 60.0, repeats: int = 3,
+              backward: bool = True, compare_general: bool = False,
+              max_batch: int | None = None) -> Iterable[dict[str, object]]:
     """One JSON-able record per configuration (see the module docstring)."""
     peak = float(info["peak_flops"])  # type: ignore[arg-type]
     for cfg in configs:
         yield _lqr_record(*cfg, device=device, dtype=dtype, loop_conditions=loop_conditions,
                           max_gib=max_gib, max_seconds=max_seconds, info=info,
-                          loop_seconds=loop_seconds, peak=peak)
+                          loop_seconds=loop_seconds, peak=peak, repeats=repeats,
+                          backward=backward, compare_general=compare_general,
+                          max_batch=max_batch)
 
 
 def _dynamics_record(B: int, N: int, T: int, dX: int, dU: int, *, device: torch.device,
@@ -386,6 +465,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads for torch and numpy's BLAS (default 1: the reference loop "
                          "is single-core, and tiny batched ops only lose from threads)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="lqr: timed full solves per configuration after one warm-up call "
+                         "(median, min and max reported)")
+    ap.add_argument("--compare-general", action="store_true",
+                    help="lqr, dU = 1: also time the general passes (gps.lqr.DU1_FAST_PATH "
+                         "off), alternating with the dU = 1 ones, --repeats times each")
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="lqr: kl_constrained_lqr's max_batch (solve in chunks of this many "
+                         "conditions; bounds the CUDA graph's static copy of the problem)")
+    ap.add_argument("--no-backward", action="store_true",
+                    help="lqr: skip the separate timing of one backward pass (batched and loop)")
     args = ap.parse_args(argv)
     try:
         device = torch.device(args.device)
@@ -411,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.which == "lqr":
         grid = configs or (LQR_QUICK if args.quick else LQR_GRID)
         records = bench_lqr(grid, device, dtype, args.loop_conditions,  # type: ignore[arg-type]
-                            args.max_gib, args.max_seconds, info, loop_seconds)
+                            args.max_gib, args.max_seconds, info, loop_seconds,
+                            repeats=args.repeats, backward=not args.no_backward,
+                            compare_general=args.compare_general, max_batch=args.max_batch)
     else:
         grid = configs or (DYN_QUICK if args.quick else DYN_GRID)
         records = bench_dynamics(grid, device, dtype,  # type: ignore[arg-type]

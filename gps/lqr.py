@@ -31,6 +31,13 @@ of ``cholesky``, masks instead of ``if``), and on CUDA the whole evaluation is c
 CUDA graph and replayed. The host reads one flag per evaluation to stop when every condition is
 finished.
 
+Very many small problems (the coordinatewise GPS of Li & Malik 2017: dU = 1, dX about 10-80,
+B in the thousands to tens of thousands): with one action dimension the passes switch to
+:func:`_backward_pass_du1` / :func:`_forward_pass_du1` (homogeneous coordinates, so the affine
+terms ride in the two matrix products of a step; Q_uu a scalar), the same equations with other
+rounding (``DU1_FAST_PATH``; the tests pin them against the general passes and the numpy
+reference). ``max_batch`` solves the batch in chunks with bit-identical results, to bound memory.
+
 Extra cost terms for the GPS variants (all optional, all folded into the same passes):
 
 * **BADMM** (Levine et al. 2016): a KL-to-policy term with per-step weight nu_t
@@ -402,6 +409,10 @@ class LQRProblem:
         """The tensor fields by name (the CUDA-graph cache copies them into static buffers)."""
         return {k: v for k, v in vars(self).items() if isinstance(v, Tensor)}
 
+    def conditions(self, lo: int, hi: int) -> LQRProblem:
+        """Conditions lo..hi-1 as a problem of their own (views: every field is [B, ...])."""
+        return replace(self, **{k: v[lo:hi] for k, v in self.tensors().items()})
+
 
 def _chol_inverse(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Inverse, log-determinant and a not-PD flag of SPD matrices [..., d, d], without a sync."""
@@ -557,6 +568,8 @@ def _backward_pass(p: LQRProblem, eta: Tensor, K: Tensor, k: Tensor, S: Tensor, 
     """
     B, T, dX, n = p.Fm.shape
     dU = n - dX
+    if dU == 1 and DU1_FAST_PATH:
+        return _backward_pass_du1(p, eta, K, k, S, prec, logdet)
     eye = torch.eye(dU, dtype=eta.dtype, device=eta.device).expand(B, dU, dU)
     failed = torch.zeros(B, dtype=torch.bool, device=eta.device)
     after: tuple[Tensor, Tensor, Tensor] | None = None  # V, v and w of step t+1
@@ -645,6 +658,8 @@ def _forward_pass(p: LQRProblem, K: Tensor, k: Tensor, S: Tensor, logdet: Tensor
     """
     T, dX, n = p.Fm.shape[1:]
     dU = n - dX
+    if dU == 1 and DU1_FAST_PATH and mu_out is None and sigma_out is None:
+        return _forward_pass_du1(p, K, k, S, logdet)
     mx, Sx = p.x0mu, p.x0sigma
     kls = []
     for t in range(T):
@@ -672,6 +687,122 @@ def _forward_pass(p: LQRProblem, K: Tensor, k: Tensor, S: Tensor, logdet: Tensor
             mx = (F @ torch.cat([mx, mu_u], -1)[..., None]).squeeze(-1) + p.fv[:, t]
             Sx = (A @ Sx @ A.mT).add_(Fu @ St @ Fu.mT).add_(p.dyn_covar[:, t])
             Sx = Sx.add(Sx.mT).mul_(0.5)
+    return torch.stack(kls, dim=1)
+
+
+# ------------------------------------------------------------- the dU = 1 passes (one action)
+
+DU1_FAST_PATH = True
+"""Use :func:`_backward_pass_du1` / :func:`_forward_pass_du1` when dU = 1 (tests switch it off
+to compare them with the general passes)."""
+
+
+def _backward_pass_du1(p: LQRProblem, eta: Tensor, K: Tensor, k: Tensor, S: Tensor,
+                       prec: Tensor, logdet: Tensor) -> Tensor:
+    """:func:`_backward_pass` for one action dimension (dU = 1), in homogeneous coordinates.
+
+    Why: the coordinatewise GPS of Li & Malik 2017 solves very many small problems with dU = 1
+    (B in the tens of thousands, dX about 10 to 80). There the general pass spends its time in
+    many small batched products -- seven matrix-vector products per step, which torch runs as one
+    BLAS call per condition, and a rank-1 "matrix product" with inner dimension 1 -- and in
+    element-wise passes over [B,n,n]. Here:
+
+    * the affine parts ride along in the two matrix products per step: with z~ = [1; x; u] and
+      the value function of [1; x] as one matrix V~ = [[c, v^T], [v, V]], the dynamics
+      F~ = [[1, 0], [fv, Fm]] give Q~ = C~ / w_t + (w_{t+1}/w_t) F~^T V~ F~ with
+      C~ = [[0, cv'^T], [cv', Cm']] (cv', Cm': cost plus eta times the KL-to-prev term), so
+      q_t is Q~'s first column and no matrix-vector product is left;
+    * Q_uu is a scalar: its Cholesky factor is sqrt(Q_uu), the two triangular solves are two
+      divisions by it (as the general pass: (x / L) / L), the KL term's outer product and
+      Q_xu K_t are element-wise outer products;
+    * Q is not symmetrised as a whole: only its u-row (averaged with its u-column) is used, and
+      V~ = sym(Q~_xx + Q~_xu K~) is symmetrised as before.
+
+    The same equations as the general pass; the rounding differs (relative differences of order
+    1e-13 in float64, pinned by the tests against the general pass and the numpy reference).
+    """
+    B, T, dX, n = p.Fm.shape
+    m = n + 1  # [1; x; u]
+    dev, dt = eta.device, eta.dtype
+    Qb = torch.empty(B, m, m, dtype=dt, device=dev)
+    Fb = torch.zeros(B, dX + 1, m, dtype=dt, device=dev)
+    Fb[:, 0, 0] = 1.0
+    VF = torch.empty(B, dX + 1, m, dtype=dt, device=dev)
+    Vb = torch.empty(B, dX + 1, dX + 1, dtype=dt, device=dev)
+    failed = torch.zeros(B, dtype=torch.bool, device=dev)
+    w_next: Tensor | None = None
+    for t in range(T - 1, -1, -1):
+        w = eta + p.nu[:, t] + p.max_ent
+        cost = Qb[:, 1:, 1:]
+        torch.addcmul(p.Cm[:, t], p.G[:, t].mT, p.PG[:, t] * eta[:, None, None], out=cost)
+        cost.div_(w[:, None, None])
+        q = (p.cv[:, t] + eta[:, None] * p.g[:, t]) / w[:, None]
+        Qb[:, 0, 1:] = q
+        Qb[:, 1:, 0] = q
+        Qb[:, 0, 0] = 0.0
+        if w_next is not None:
+            Vb.mul_((0.5 * w_next / w)[:, None, None])  # 0.5: the symmetrisation of V~
+            Fb[:, 1:, 0] = p.fv[:, t]
+            Fb[:, 1:, 1:] = p.Fm[:, t]
+            torch.bmm(Vb, Fb, out=VF)
+            Qb.baddbmm_(Fb.mT, VF)
+        r = 0.5 * (Qb[:, n] + Qb[:, :, n])  # the u-row of sym(Q~): [q_u, Q_ux, Q_uu]
+        quu = r[:, n]
+        bad = ~((quu > 0) & (quu < math.inf))  # as cholesky_ex: not PD, NaN or inf
+        L = torch.where(bad, 1.0, torch.sqrt(quu))[:, None]
+        gains = -(r[:, :n] / L) / L  # [k_t, K_t]
+        K[:, t, 0] = gains[:, 1:]
+        k[:, t, 0] = gains[:, 0]
+        S[:, t, 0, 0] = (1.0 / L[:, 0]) / L[:, 0]
+        prec[:, t, 0, 0] = quu
+        logdet[:, t] = -2.0 * torch.log(L[:, 0])
+        failed = failed | bad
+        if t > 0:  # V~ of this step (2 x sym: the 0.5 is applied at the next step)
+            Vn = torch.addcmul(Qb[:, :n, :n], r[:, :n, None], gains[:, None, :])
+            torch.add(Vn, Vn.mT, out=Vb)
+            Vb.masked_fill_(bad[:, None, None], 0.0)
+        w_next = w
+    return failed
+
+
+def _forward_pass_du1(p: LQRProblem, K: Tensor, k: Tensor, S: Tensor, logdet: Tensor
+                      ) -> Tensor:
+    """:func:`_forward_pass` (the per-step KL only) for dU = 1, with the products merged.
+
+    The closed-loop matrix A = F_x + F_u K_t and the KL's dK = K_t - K_prev are stacked as one
+    [dX+1, dX] matrix and multiplied with [Sigma_x | mu_x] in one product, which gives A Sigma_x,
+    A mu_x, dK Sigma_x and dK mu_x at once; P_prev, S_t and the other dU x dU quantities are
+    scalars. The same equations as the general pass (rounding differs, see
+    :func:`_backward_pass_du1`).
+    """
+    B, T, dX = p.Fm.shape[:3]
+    dev, dt = K.device, K.dtype
+    SM = torch.empty(B, dX, dX + 1, dtype=dt, device=dev)  # [Sigma_x | mu_x]
+    SM[:, :, :dX] = p.x0sigma
+    SM[:, :, dX] = p.x0mu
+    Ab = torch.empty(B, dX + 1, dX, dtype=dt, device=dev)  # [A; dK]
+    Y = torch.empty(B, dX + 1, dX + 1, dtype=dt, device=dev)
+    kls = []
+    for t in range(T):
+        Kt, kt, St = K[:, t, 0], k[:, t, 0], S[:, t, 0, 0]
+        Kp, Pp = p.K_prev[:, t, 0], p.prec_prev[:, t, 0, 0]
+        Fu = p.Fm[:, t, :, dX]
+        torch.addcmul(p.Fm[:, t, :, :dX], Fu[:, :, None], Kt[:, None, :], out=Ab[:, :dX])
+        dK = Kt - Kp
+        Ab[:, dX] = dK
+        torch.bmm(Ab, SM, out=Y)
+        d = Y[:, dX, dX] + kt - p.k_prev[:, t, 0]  # dK mu_x + k_t - k_prev
+        quad = Pp * (d * d + (Y[:, dX, :dX] * dK).sum(-1))
+        kl_t = 0.5 * (Pp * St - 1.0 + p.logdet_prev[:, t] - logdet[:, t] + quad)
+        kls.append(torch.clamp(kl_t, min=0.0))
+        if t < T - 1:
+            mx = Y[:, :dX, dX] + Fu * kt[:, None] + p.fv[:, t]
+            Sx = torch.baddbmm(p.dyn_covar[:, t], Y[:, :dX, :dX], Ab[:, :dX].mT)
+            Sx.addcmul_(Fu[:, :, None], (Fu * St[:, None])[:, None, :])
+            Sxs = SM[:, :, :dX]
+            torch.add(Sx, Sx.mT, out=Sxs)
+            Sxs.mul_(0.5)
+            SM[:, :, dX] = mx
     return torch.stack(kls, dim=1)
 
 
@@ -888,7 +1019,9 @@ def _run(p: LQRProblem, eta0: Tensor, target: Tensor, opts: _SearchOptions,
     """
     if not use_cuda_graph:
         return _drive(_DualSearch(p, eta0, target, opts), 0, None)
-    key = (p.Fm.device, p.Fm.dtype, tuple(p.Fm.shape), *astuple(opts), p.max_ent)
+    # DU1_FAST_PATH is part of the key: a captured graph has the passes it ran baked in
+    key = (p.Fm.device, p.Fm.dtype, tuple(p.Fm.shape), *astuple(opts), p.max_ent,
+           DU1_FAST_PATH)
     cached = _GRAPH_CACHE.get(key)
     if cached is not None:
         _GRAPH_CACHE.move_to_end(key)
@@ -968,6 +1101,7 @@ def kl_constrained_lqr(
     stop_when_inactive: bool = True,
     dtype: torch.dtype | None = None,
     use_cuda_graph: bool | None = None,
+    max_batch: int | None = None,
 ) -> LQRResult:
     """Solve min E[sum_t cost] s.t. KL(new || prev) <= kl_step*T for B conditions at once.
 
@@ -998,6 +1132,14 @@ def kl_constrained_lqr(
         use_cuda_graph: capture the evaluation as a CUDA graph (default: True on CUDA tensors,
             and it must be False elsewhere). Graphs and static copies of the inputs are cached for
             the last two shape/option combinations; :func:`clear_graph_cache` frees them.
+        max_batch: solve the conditions in consecutive chunks of at most this many, each with
+            its own lock-step search (default None: all B at once). The conditions never
+            interact, so every condition's result is the same as in one batch (bit for bit on
+            the CPU, which the tests check); ``n_evaluations`` is the largest of the chunks',
+            which is the count of the single batch. What it is for: memory. The passes' working
+            buffers and, on CUDA, the graph's static copy of the whole problem (as large as the
+            inputs) then hold one chunk instead of B conditions. (On the CPU, cache-sized chunks
+            were measured and did not speed the solve up at B = 1024-4096, dX = 10-30, dU = 1.)
 
     Returns an :class:`LQRResult`; per-condition failures are in ``status`` / ``reason``.
     """
@@ -1008,8 +1150,40 @@ def kl_constrained_lqr(
     B, T = p.Fm.shape[:2]
     target = _per_condition("kl_step", kl_step, B, p.Fm, positive=True) * T
     eta_start = _per_condition("eta0", eta0, B, p.Fm, positive=True)
-    search, n_eval, graphed = _run(p, eta_start, target, opts, graph)
-    return _result(search, n_eval, graphed, p.out_dtype)
+    chunk = _max_batch(max_batch, p)
+    if chunk >= B:
+        search, n_eval, graphed = _run(p, eta_start, target, opts, graph)
+        return _result(search, n_eval, graphed, p.out_dtype)
+    parts = []
+    for lo in range(0, B, chunk):
+        hi = min(lo + chunk, B)
+        search, n_eval, graphed = _run(p.conditions(lo, hi), eta_start[lo:hi], target[lo:hi],
+                                       opts, graph)
+        parts.append(_result(search, n_eval, graphed, p.out_dtype))
+    return _concat(parts)
+
+
+def _max_batch(max_batch: object, p: LQRProblem) -> int:
+    """``max_batch`` checked, or its default for this problem."""
+    if max_batch is None:
+        return p.Fm.shape[0]
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise ValueError(f"max_batch must be None or an int >= 1; got {max_batch!r}")
+    return max_batch
+
+
+def _concat(parts: list[LQRResult]) -> LQRResult:
+    """The chunks' results as one (conditions in order)."""
+    def cat(name: str) -> Tensor:
+        return torch.cat([getattr(r, name) for r in parts])
+
+    return LQRResult(
+        K=cat("K"), k=cat("k"), pol_covar=cat("pol_covar"), inv_pol_covar=cat("inv_pol_covar"),
+        eta=cat("eta"), kl=cat("kl"), converged=cat("converged"), status=cat("status"),
+        iterations=cat("iterations"), reason=[x for r in parts for x in r.reason],
+        n_evaluations=max(r.n_evaluations for r in parts),
+        used_cuda_graph=all(r.used_cuda_graph for r in parts),
+    )
 
 
 def lqr_backward(problem: LQRProblem, eta: float | Tensor) -> LQRBackward:

@@ -364,3 +364,111 @@ def test_cuda_graph_cache_keeps_the_inactive_stop_settings_apart():
                                  stop_when_inactive=stop)
         assert gpu.used_cuda_graph and gpu.n_evaluations == cpu.n_evaluations
         assert torch.equal(gpu.status.cpu(), cpu.status)
+
+
+# ------------------------------------------------- the dU = 1 passes (coordinatewise GPS sizes)
+
+
+def _du1_problem(B: int, T: int, dX: int, seed: int, badmm: bool):
+    """A dU = 1 problem, optionally with BADMM's policy and Lagrange terms (per-step weights)."""
+    prob = random_lqr_problem(B, T, dX, 1, seed=seed)
+    if not badmm:
+        return prob, {}
+    g = torch.Generator().manual_seed(seed + 100)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    pol = LinearGaussianController(0.2 * r(B, T, 1, dX), r(B, T, 1),
+                                   0.5 + torch.rand(B, T, 1, 1, generator=g, dtype=torch.float64))
+    extra = {"policy": PolicyTerm(pol, torch.rand(B, T, generator=g, dtype=torch.float64)),
+             "lagrange": LagrangeTerm(0.1 * r(B, T, 1), 0.05 * r(B, T, 1, dX)),
+             "max_ent": 0.1}
+    return prob, extra
+
+
+@pytest.mark.parametrize(("dX", "badmm"), [(1, False), (5, True), (17, False), (30, True)])
+def test_du1_passes_match_the_general_passes(monkeypatch, dX, badmm):
+    """The dU = 1 backward and forward passes (homogeneous coordinates, scalar Q_uu) against
+    the general ones, at etas over 12 decades: the same numbers to rounding."""
+    from gps import lqr as lqr_module
+
+    B, T = 12, 9
+    prob, extra = _du1_problem(B, T, dX, seed=30 + dX, badmm=badmm)
+    p = prepare_lqr(*prob, **extra)
+    eta = torch.logspace(-6, 6, B, dtype=torch.float64)
+
+    def passes(fast: bool):
+        monkeypatch.setattr(lqr_module, "DU1_FAST_PATH", fast)
+        bwd = lqr_backward(p, eta)
+        _, logdet, _ = lqr_module._chol_inverse(bwd.pol_covar)
+        kl = lqr_module._forward_pass(p, bwd.K, bwd.k, bwd.pol_covar, logdet)
+        return bwd, kl
+
+    (fast, kl_fast), (gen, kl_gen) = passes(True), passes(False)
+    assert not bool(gen.failed.any()) and torch.equal(fast.failed, gen.failed)
+    for a, b in ((fast.K, gen.K), (fast.k, gen.k), (fast.pol_covar, gen.pol_covar),
+                 (fast.inv_pol_covar, gen.inv_pol_covar)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kl_fast, kl_gen, rtol=1e-9, atol=1e-11)
+    # and a solve: the same search path (etas, iterations), the same controller
+    monkeypatch.setattr(lqr_module, "DU1_FAST_PATH", True)
+    a = kl_constrained_lqr(*prob, kl_step=0.3, **extra)
+    monkeypatch.setattr(lqr_module, "DU1_FAST_PATH", False)
+    b = kl_constrained_lqr(*prob, kl_step=0.3, **extra)
+    assert torch.equal(a.iterations, b.iterations) and torch.equal(a.status, b.status)
+    assert a.n_evaluations == b.n_evaluations
+    torch.testing.assert_close(a.eta, b.eta, rtol=1e-12, atol=0)
+    torch.testing.assert_close(a.K, b.K, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a.kl, b.kl, rtol=1e-10, atol=1e-12)
+
+
+def test_du1_solution_matches_per_condition_numpy_reference_to_1e_8():
+    B = 6
+    prob = random_lqr_problem(B, 12, 7, 1, seed=41)
+    kl_step = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 0.3], dtype=torch.float64)
+    eta0 = torch.tensor([1.0, 0.1, 10.0, 1.0, 1e-3, 1e3], dtype=torch.float64)
+    res = kl_constrained_lqr(*prob, kl_step=kl_step, eta0=eta0)
+    ref = [reference.kl_constrained_lqr_np(*prob.numpy(b), float(kl_step[b]), eta0=float(eta0[b]))
+           for b in range(B)]
+    _assert_matches_reference(res, ref)
+    assert bool(res.converged.all())
+
+
+def test_du1_indefinite_and_unsolvable_conditions_match_the_general_path(monkeypatch):
+    """Q_uu <= 0 (retries, and a PD failure) and non-finite inputs on the dU = 1 path."""
+    from gps import lqr as lqr_module
+
+    prob = random_lqr_problem(4, 8, 4, 1, seed=42)
+    prob.cost.Cm[1, :, 4, 4] = -3.0  # concave in u until eta > ~3: retries
+    prob.cost.Cm[1, :, 4, :4] = 0.0
+    prob.cost.Cm[1, :, :4, 4] = 0.0
+    prob.prev.covar[1] = 1.0
+    prob.cost.Cm[2, :, 4, 4] = -1e20  # PD only for eta > 1e20: PD_FAILURE
+    prob.dyn.Fm[3, 2, 1, 1] = float("nan")
+    res = kl_constrained_lqr(*prob, kl_step=0.2)
+    monkeypatch.setattr(lqr_module, "DU1_FAST_PATH", False)
+    gen = kl_constrained_lqr(*prob, kl_step=0.2)
+    assert res.status.tolist() == gen.status.tolist() == [
+        LQRStatus.CONVERGED, LQRStatus.CONVERGED, LQRStatus.PD_FAILURE,
+        LQRStatus.NONFINITE_INPUT]
+    assert float(res.eta[1]) > 3.0 and res.n_evaluations == gen.n_evaluations
+    torch.testing.assert_close(res.K, gen.K, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(res.eta, gen.eta, rtol=1e-12, atol=0)
+    ref = reference.kl_constrained_lqr_np(*prob.numpy(1), 0.2)
+    np.testing.assert_allclose(res.K[1].numpy(), ref.K, rtol=0, atol=1e-8)
+    for x in (res.K, res.k, res.pol_covar, res.inv_pol_covar, res.eta, res.kl):
+        assert bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("dU", [1, 2])
+def test_chunked_solve_is_bitwise_the_single_batch_solve(dU):
+    B = 7
+    prob = random_lqr_problem(B, 6, 4, dU, seed=50 + dU)
+    kl_step = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 0.3, 1e6], dtype=torch.float64)
+    one = kl_constrained_lqr(*prob, kl_step=kl_step)
+    for chunk in (1, 3, 7, 100):
+        res = kl_constrained_lqr(*prob, kl_step=kl_step, max_batch=chunk)
+        for f in ("K", "k", "pol_covar", "inv_pol_covar", "eta", "kl", "converged", "status",
+                  "iterations"):
+            assert torch.equal(getattr(res, f), getattr(one, f)), (chunk, f)
+        assert res.reason == one.reason and res.n_evaluations == one.n_evaluations
+    with pytest.raises(ValueError, match="max_batch"):
+        kl_constrained_lqr(*prob, kl_step=0.3, max_batch=0)
