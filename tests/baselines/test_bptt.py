@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from meta_gradient_check import assert_grads_match_finite_differences
 
 from baselines.bptt import (
     CoordinatewiseLSTM,
@@ -43,24 +44,7 @@ def _tiny_problem() -> tuple[CoordinatewiseLSTM, OptimizationCore, dict, torch.T
 
 
 def _fd_check(net, loss_fn, n_checks: int = 6) -> None:
-    params = list(net.parameters())
-    loss = loss_fn()
-    grads = torch.autograd.grad(loss, params)
-    gen = torch.Generator().manual_seed(1)
-    eps = 1e-6
-    for _ in range(n_checks):
-        k = int(torch.randint(len(params), (1,), generator=gen))
-        idx = int(torch.randint(params[k].numel(), (1,), generator=gen))
-        flat = params[k].data.view(-1)
-        orig = float(flat[idx])
-        with torch.no_grad():
-            flat[idx] = orig + eps
-            up = float(loss_fn())
-            flat[idx] = orig - eps
-            down = float(loss_fn())
-            flat[idx] = orig
-        fd = (up - down) / (2 * eps)
-        assert grads[k].view(-1)[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    assert_grads_match_finite_differences(net.parameters(), loss_fn, n_checks=n_checks)
 
 
 def test_meta_gradient_with_second_order_terms_matches_finite_differences() -> None:

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from meta_gradient_check import assert_grads_match_finite_differences
 
 import optenv
 from baselines.bptt import (
@@ -82,22 +83,7 @@ def test_meta_gradient_with_second_order_terms_matches_finite_differences(cell: 
     def loss() -> torch.Tensor:
         return unrolled_meta_loss(net, core, data, x0, 3, second_order=True).loss
 
-    grads = torch.autograd.grad(loss(), params)
-    gen = torch.Generator().manual_seed(1)
-    eps = 1e-6
-    for _ in range(6):
-        k = int(torch.randint(len(params), (1,), generator=gen))
-        idx = int(torch.randint(params[k].numel(), (1,), generator=gen))
-        flat = params[k].data.view(-1)
-        orig = float(flat[idx])
-        with torch.no_grad():
-            flat[idx] = orig + eps
-            up = float(loss())
-            flat[idx] = orig - eps
-            down = float(loss())
-            flat[idx] = orig
-        fd = (up - down) / (2 * eps)
-        assert grads[k].view(-1)[idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    assert_grads_match_finite_differences(params, loss, abs_tol=1e-9)
 
 
 def test_the_lstm_state_is_carried_across_unroll_segments() -> None:
