@@ -104,9 +104,11 @@ def test_inactive_bound_stop_matches_the_reference_loop_in_a_mixed_batch(stop_wh
     assert [int(c) for c in res.status] == [0, inactive, 0, inactive]
 
 
-def test_batched_solution_matches_per_condition_numpy_reference_to_1e_8():
+@pytest.mark.parametrize(("dX", "dU", "seed"), [(5, 2, 1), (7, 1, 41)],
+                         ids=["general", "du1-passes"])
+def test_batched_solution_matches_per_condition_numpy_reference_to_1e_8(dX, dU, seed):
     B = 6
-    prob = random_lqr_problem(B, 12, 5, 2, seed=1)
+    prob = random_lqr_problem(B, 12, dX, dU, seed=seed)
     kl_step = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 0.3], dtype=torch.float64)
     eta0 = torch.tensor([1.0, 0.1, 10.0, 1.0, 1e-3, 1e3], dtype=torch.float64)
     res = kl_constrained_lqr(*prob, kl_step=kl_step, eta0=eta0)
@@ -418,18 +420,6 @@ def test_du1_passes_match_the_general_passes(monkeypatch, dX, badmm):
     torch.testing.assert_close(a.eta, b.eta, rtol=1e-12, atol=0)
     torch.testing.assert_close(a.K, b.K, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(a.kl, b.kl, rtol=1e-10, atol=1e-12)
-
-
-def test_du1_solution_matches_per_condition_numpy_reference_to_1e_8():
-    B = 6
-    prob = random_lqr_problem(B, 12, 7, 1, seed=41)
-    kl_step = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 0.3], dtype=torch.float64)
-    eta0 = torch.tensor([1.0, 0.1, 10.0, 1.0, 1e-3, 1e3], dtype=torch.float64)
-    res = kl_constrained_lqr(*prob, kl_step=kl_step, eta0=eta0)
-    ref = [reference.kl_constrained_lqr_np(*prob.numpy(b), float(kl_step[b]), eta0=float(eta0[b]))
-           for b in range(B)]
-    _assert_matches_reference(res, ref)
-    assert bool(res.converged.all())
 
 
 def test_du1_indefinite_and_unsolvable_conditions_match_the_general_path(monkeypatch):
