@@ -265,11 +265,18 @@ class CoordinatewiseEnvPolicy:
     Takes coordinatewise observations [d, k] or [B, d, k] (an env in the coordinatewise mode
     with the policy's feature set); given the env's :class:`~optenv.core.StateLayout`
     (``layout``) it takes flat observations [obs_dim] or [B, obs_dim] instead and computes the
-    rows of the policy's feature set (:data:`optenv.features.FEATURE_SETS`) itself, counting
-    the iteration t from ``reset()`` (the 2017 sets depend on it; every row of a batch is
-    taken to be at the same iteration, as in :func:`optenv.evaluate.evaluate`). An LSTM policy
-    keeps its per-coordinate state between calls; ``reset()`` (which ``evaluate`` calls before
-    a run) clears it and t.
+    rows of the policy's feature set (:data:`optenv.features.FEATURE_SETS`) itself.
+
+    The iteration t of each observation: pass ``t=`` (an int, or one per row: the envs'
+    ``info["t"]``) and it is used as given; without it, t is counted from ``reset()``, every
+    row of a batch at the same iteration (as in :func:`optenv.evaluate.evaluate`). An LSTM
+    policy keeps its per-coordinate state between calls; ``reset()`` clears it and the count.
+
+    Why ``t=`` exists: a vector env restarts each of its envs on its own (autoresets), which a
+    shared counter and a shared recurrent state cannot follow. With ``t=infos["t"]`` the rows
+    whose t is 0 start a new episode: their recurrent state is cleared before the step, the
+    others keep theirs. That holds in every autoreset mode, since t is the iteration of the
+    observation the policy is given.
     """
 
     def __init__(self, policy: CoordinatewisePolicy, max_step: float, groups: Sequence[Any],
@@ -286,16 +293,38 @@ class CoordinatewiseEnvPolicy:
         self.state = None
         self.t = 0
 
+    def _iterations(self, t: Any, batch: int, device: torch.device) -> torch.Tensor | None:
+        """``t`` as an int64 tensor [batch] (None when not given); ValueError if it is not."""
+        if t is None:
+            return None
+        tt = torch.as_tensor(t, device=device)
+        if tt.is_floating_point() or tt.is_complex() or tt.dtype == torch.bool:
+            raise ValueError(f"t: got dtype {tt.dtype}, allowed: integers (the envs' info['t'])")
+        if tt.dim() > 1 or (tt.dim() == 1 and tt.numel() != batch):
+            raise ValueError(f"t: got shape {tuple(tt.shape)}, allowed: () or ({batch},) "
+                             "(one iteration per observation)")
+        if bool((tt < 0).any()):
+            raise ValueError(f"t: got {tt.tolist()}, allowed: iterations >= 0")
+        return tt.to(torch.int64).expand(batch)
+
     @torch.no_grad()
-    def __call__(self, obs: Any) -> torch.Tensor:
+    def __call__(self, obs: Any, t: Any = None) -> torch.Tensor:
         o = torch.as_tensor(obs).to(device=self.policy.log_std.device)
+        squeeze = o.dim() == (1 if self.features is not None else 2)
+        batch = 1 if squeeze else o.shape[0]
+        given = self._iterations(t, batch, o.device)
         if self.features is not None:
-            o = self.features.rows(self.layout, o, self.t)
-            self.t += 1
-        squeeze = o.dim() == 2
+            iteration = given.reshape(()) if squeeze and given is not None else given
+            o = self.features.rows(self.layout, o, self.t if iteration is None else iteration)
+            if given is None:
+                self.t += 1
         rows = o.unsqueeze(0) if squeeze else o
         if self.state is not None and self.state[0].shape[0] != rows.shape[0] * rows.shape[1]:
             self.state = None  # a new batch size: a new run
+        if self.state is not None and given is not None:
+            keep = (given != 0).repeat_interleave(rows.shape[1]).unsqueeze(1)
+            h, c = self.state
+            self.state = (torch.where(keep, h, 0.0), torch.where(keep, c, 0.0))
         mean, self.state = self.policy(rows, self.kinds, self.state)
         step = mean / self.max_step
         return step[0] if squeeze else step

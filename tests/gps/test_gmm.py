@@ -11,7 +11,7 @@ from scipy.stats import multivariate_normal
 
 from benchmarks import reference
 from benchmarks.gps_bench import random_linear_gaussian_data
-from gps.gmm import GMM, _init, fit_gmm, gmm_log_obs, n_clusters_for
+from gps.gmm import GMM, fit_gmm, gmm_log_obs, n_clusters_for
 from gps.prior import GMMPrior
 
 
@@ -26,7 +26,7 @@ def _blobs(B: int, per: int, centres: torch.Tensor, seed: int) -> torch.Tensor:
 def test_log_obs_matches_scipy_densities():
     g = torch.Generator().manual_seed(0)
     data = torch.randn(2, 30, 3, generator=g, dtype=torch.float64)
-    gmm = _init(data, 3, g, 1e-6)
+    gmm = fit_gmm(data, 3, generator=g, max_iter=0)
     gmm.logmass = torch.log_softmax(torch.randn(2, 3, generator=g, dtype=torch.float64), -1)
     out = gmm_log_obs(gmm, data)
     for b in range(2):
@@ -39,7 +39,7 @@ def test_log_obs_matches_scipy_densities():
 def test_batched_em_matches_per_condition_reference_from_the_same_start():
     X, U, _, _ = random_linear_gaussian_data(3, 6, 10, 3, 2, seed=1)
     pts = torch.cat([X[:, :, :-1], U[:, :, :-1], X[:, :, 1:]], -1).reshape(3, -1, 8)
-    init = _init(pts, 4, torch.Generator().manual_seed(2), 1e-6)
+    init = fit_gmm(pts, 4, generator=torch.Generator().manual_seed(2), max_iter=0)
     gmm = fit_gmm(pts, 4, init=init, max_iter=25)
     for b in range(3):
         mu, sigma, logmass = reference.gmm_em_np(pts[b].numpy(), init.mu[b].numpy(),
@@ -56,7 +56,7 @@ def test_each_mixture_in_a_batch_is_what_it_would_be_alone():
     easy = _blobs(1, 40, centres, seed=3)
     hard = torch.randn(1, 120, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     data = torch.cat([easy, hard])
-    init = _init(data, 3, torch.Generator().manual_seed(5), 1e-6)
+    init = fit_gmm(data, 3, generator=torch.Generator().manual_seed(5), max_iter=0)
     both = fit_gmm(data, 3, init=init)
     assert both.iterations is not None and both.iterations[0] != both.iterations[1]
     for b in range(2):

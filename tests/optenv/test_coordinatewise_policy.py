@@ -114,3 +114,49 @@ def test_groups_a_family_reports_must_partition_its_coordinates_to_be_bound() ->
     pol = CoordinatewisePolicy(WIDTH)
     with pytest.raises(ValueError, match=r"do not partition the 10 coordinates"):
         pol.kind_index(Overlapping().coordinate_groups())
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep"])
+def test_given_t_restarts_each_env_of_a_vector_env_on_its_own(mode: str) -> None:
+    """Autoresets restart the envs of a vector env at different times; with t = infos["t"]
+    each env's steps are those of a fresh policy run on that env's episode alone."""
+    import gymnasium as gym
+
+    torch.manual_seed(0)
+    pol = CoordinatewisePolicy(3, hidden=(8,), cell="lstm", features="li-malik-2017-psi")
+    venv = gym.make_vec("optenv/LogisticRegression-v0", num_envs=2, max_episode_steps=5,
+                        history=4, autoreset_mode=mode, dtype="float32")
+    family, layout = venv.unwrapped.family, venv.unwrapped.layout
+    act = pol.as_env_policy(1.0, family.coordinate_groups(), layout)
+    obs, info = venv.reset(seed=3)
+    seen: list[list[tuple[torch.Tensor, int, torch.Tensor]]] = [[], []]
+    for i in range(14):
+        if i == 2:  # env 1 restarts early, so the two envs' episodes are out of step
+            obs, info = venv.reset(options={"reset_mask": torch.tensor([False, True])})
+        steps = act(obs, t=info["t"])
+        for e in range(2):
+            seen[e].append((obs[e].clone(), int(info["t"][e]), steps[e].clone()))
+        obs, _, _, _, info = venv.step(steps)
+    starts = [[t for _, t, _ in s].count(0) for s in seen]
+    assert starts[0] >= 2 and starts[1] >= 3  # each env restarted, env 1 more often
+    fresh = pol.as_env_policy(1.0, family.coordinate_groups(), layout)
+    for e in range(2):
+        for o, t, step in seen[e]:
+            if t == 0:
+                fresh.reset()
+            assert fresh.t == t
+            torch.testing.assert_close(fresh(o), step, rtol=1e-5, atol=1e-6)
+
+
+def test_given_t_must_be_integers_one_per_observation() -> None:
+    pol = _policy().float()
+    fam = optenv.LogisticRegression(dim=3)
+    act = pol.as_env_policy(1.0, fam.coordinate_groups(), StateLayout(fam.d, 4))
+    obs = torch.randn(2, StateLayout(fam.d, 4).obs_dim)
+    with pytest.raises(ValueError, match=r"^t: got dtype torch.float"):
+        act(obs, t=[0.5, 1.0])
+    with pytest.raises(ValueError, match=r"^t: got shape \(3,\), allowed: \(\) or \(2,\)"):
+        act(obs, t=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"^t: got \[-1, 0\], allowed: iterations >= 0"):
+        act(obs, t=[-1, 0])
+    assert torch.equal(act(obs, t=0), act(obs, t=[0, 0]))
