@@ -169,8 +169,8 @@ class GPSAgent:
         """The policy's action variance, broadcastable to [P,T,dU]."""
         return self.policy.variance.detach().to(self.dtype)
 
-    def _act(self, state: Tensor) -> Tensor:
-        """The policy's mean step [B,d] at full states [B,dX]."""
+    def _act(self, state: Tensor, t: int) -> Tensor:
+        """The policy's mean step [B,d] at full states [B,dX] of iteration ``t``."""
         obs = self.core.layout.observation(state).to(torch.float32)
         return self.policy(obs).to(self.dtype)
 
@@ -259,8 +259,8 @@ class GPSAgent:
         state, f = step.state, step.f
         alive = ~step.diverged
         total = torch.zeros_like(f)
-        for _ in range(T):
-            u = self._act(state).clamp(-self.max_step, self.max_step)
+        for t in range(T):
+            u = self._act(state, t).clamp(-self.max_step, self.max_step)
             u = torch.where(alive[:, None], u, torch.zeros_like(u))
             step = self.core.step(data, state, f, u)
             alive &= ~step.diverged

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from gps.model import COST_HESSIANS
+from optenv.features import DEFAULT_FEATURES, FEATURE_SETS
 from optenv.flags import option
 from optenv.validation import check_choice, check_int, check_number, check_tuple
 
@@ -69,6 +70,11 @@ class GPSConfig:
         "flat", choices=POLICIES,
         help="flat (Li & Malik 2016: one MLP on the whole observation, tied to d) or "
              "coordinatewise (2017: one net per coordinate row, any d; per-coordinate GPS)")
+    features: str = option(
+        DEFAULT_FEATURES, choices=tuple(FEATURE_SETS),
+        help="coordinatewise: the per-coordinate features the policy reads (li-malik-2016: "
+             "the 2016 state's row; li-malik-2017-psi: Li & Malik 2017's observation "
+             "features; li-malik-2017: their averaged state features, history >= 132)")
     conditions: int = option(90, quick=90, help="training objectives (conditions) M")
     samples: int = option(20, quick=10, help="samples per condition per iteration N")
     horizon: int = option(40, help="trajectory length T")
@@ -127,6 +133,11 @@ class GPSConfig:
         check_choice("cost_hessian", self.cost_hessian, COST_HESSIANS)
         check_choice("algorithm", self.algorithm, ALGORITHMS)
         check_choice("policy", self.policy, POLICIES)
+        check_choice("features", self.features, tuple(FEATURE_SETS))
+        if self.policy == "flat" and self.features != DEFAULT_FEATURES:
+            raise ValueError(f"features: got {self.features!r} with policy 'flat', allowed: "
+                             f"{DEFAULT_FEATURES!r} (the flat policy reads the 2016 "
+                             "observation; other feature sets need policy 'coordinatewise')")
         for name, low in _INT_LOWS.items():
             check_int(name, getattr(self, name), low)
         for name in _POSITIVE:

@@ -46,6 +46,14 @@ pairs pooled over conditions, samples, steps and coordinates; its linearisation 
 is its Jacobian with respect to the row, at the sampled mean row, mapped onto the LQR state's
 columns (zero on x_j; the row's older history, outside the truncated LQR state, is held at its
 mean and folded into k), with the policy's per-kind variance as covariance.
+
+Feature sets (``config.features``): the LQR state is defined on the 2016 state only (its
+dynamics are known shifts of the histories), so the samples keep each coordinate's full 2016
+row, and the policy reads the rows of the configured set computed from it at each iteration t
+(:meth:`CoordinatewiseGPSAgent.policy_rows`). That is exact because every named set is
+elementwise: coordinate j's row is the set's row of the one-variable state that is j's 2016
+row. Li & Malik 2017's policy read Ψ (``li-malik-2017-psi``); the linearisation then goes
+through the feature map by autograd (Ψ is a nonlinear function of the row).
 """
 
 from __future__ import annotations
@@ -66,14 +74,11 @@ from gps.model import QuadraticCost, expected_cost, fit_dynamics, quadratic_in_s
 from gps.policy_fit import train_policy
 from optenv.core import StateLayout
 from optenv.families.base import ObjectiveFamily
+from optenv.features import check_features
 from optenv.policy import CoordinatewisePolicy, save_coordinatewise_policy
 
 __all__ = ["CoordinatewiseGPSAgent", "coordinate_states", "hessian_diagonal",
            "policy_state_columns"]
-
-#: The only feature set the per-coordinate LQR state is defined on (its dynamics are known
-#: shifts of the 2016 histories); the policy reads the same set's full rows.
-FEATURES = "li-malik-2016"
 
 
 def coordinate_states(layout: StateLayout, state: Tensor, h: int) -> Tensor:
@@ -156,7 +161,12 @@ class CoordinatewiseGPSAgent(GPSAgent):
     def __init__(self, family: ObjectiveFamily, config: GPSConfig, *, history: int = 25,
                  max_step: float = 1.0, device: str | torch.device = "cpu") -> None:
         self.groups = tuple(family.coordinate_groups())
-        self.width = 3 * history + 1
+        self.features = check_features(config.features)
+        if history < self.features.min_history:
+            raise ValueError(f"history: got {history} for features {self.features.name!r}, "
+                             f"allowed: >= {self.features.min_history}")
+        self.row_layout = StateLayout(1, history)  # coordinate j's 2016 row as a d = 1 state
+        self.width = self.features.width(history)
         super().__init__(family, config, history=history, max_step=max_step, device=device)
         M, T, d, G = config.conditions, config.horizon, family.d, len(self.groups)
         self.h = history if config.lqr_history is None else config.lqr_history
@@ -178,7 +188,7 @@ class CoordinatewiseGPSAgent(GPSAgent):
 
     # ----------------------------------------------------------------------------- hooks
     def _make_policy(self) -> CoordinatewisePolicy:
-        return CoordinatewisePolicy(self.width, FEATURES, self.cfg.policy_hidden,
+        return CoordinatewisePolicy(self.width, self.features.name, self.cfg.policy_hidden,
                                     init_std=math.sqrt(self.cfg.init_var))
 
     def _per_problem(self, x: Tensor) -> Tensor:
@@ -198,10 +208,18 @@ class CoordinatewiseGPSAgent(GPSAgent):
     def _problem_kinds(self) -> Tensor:
         return self.kinds.repeat(self.cfg.conditions)  # [P]
 
+    def policy_rows(self, rows: Tensor) -> Tensor:
+        """The policy's feature rows [..., T, width] of sampled 2016 rows [..., T, 3H+1], the
+        last-but-one axis being the iteration t = 0..T-1 (differentiable)."""
+        T = rows.shape[-2]
+        t = torch.arange(T, device=rows.device)
+        return self.features.rows(self.row_layout, rows, t)[..., 0, :]
+
     def _policy_means(self, batch: SampleBatch) -> Tensor:
-        P, N, T, k = batch.obs.shape
+        P, N, T, _k = batch.obs.shape
+        k = self.width
         kinds = self._problem_kinds()[:, None].expand(P, N * T).reshape(-1, 1)
-        rows = batch.obs.reshape(-1, 1, k)
+        rows = self.policy_rows(batch.obs).reshape(-1, 1, k)
         with torch.no_grad():
             out = torch.cat([self.policy(rows[i:i + 65536], kinds[i:i + 65536])[0]
                              for i in range(0, rows.shape[0], 65536)])
@@ -210,9 +228,9 @@ class CoordinatewiseGPSAgent(GPSAgent):
     def _action_variance(self) -> Tensor:
         return self.policy.variance(self._problem_kinds()).detach().to(self.dtype)[:, None, None]
 
-    def _act(self, state: Tensor) -> Tensor:
+    def _act(self, state: Tensor, t: int) -> Tensor:
         lay = self.core.layout
-        rows = lay.coordinatewise(lay.observation(state), observation=True)
+        rows = self.features.rows(lay, lay.observation(state), t)
         return self.policy(rows.to(torch.float32), self.kinds)[0].to(self.dtype)
 
     def _controller_shape(self) -> tuple[int, int, int, int]:
@@ -222,7 +240,7 @@ class CoordinatewiseGPSAgent(GPSAgent):
         """Write the policy (:func:`optenv.policy.save_coordinatewise_policy`); ``extra`` gets
         the feature set and the training family's groups."""
         save_coordinatewise_policy(path, self.policy, extra={
-            **extra, "features": FEATURES,
+            **extra, "features": self.features.name,
             "groups": [[g.name, g.size, g.kind] for g in self.groups]})
 
     def _estimate(self, model: Mapping[str, Any], ctrl: LinearGaussianController) -> Tensor:
@@ -325,16 +343,17 @@ class CoordinatewiseGPSAgent(GPSAgent):
         """Precision-weighted regression of the policy on (row_j, kind_j) → target_j, pooled
         over conditions, samples, steps and coordinates; per-kind variances from the mean
         precision of each kind's rows."""
-        P, N, T, k = batch.obs.shape
+        P, N, T, _k = batch.obs.shape
+        k = self.width
+        obs = self.policy_rows(batch.obs)
         good = ~self._per_problem(batch.bad)  # [P]
         if not self.obs_scaled:
-            rows = batch.obs[good]
+            rows = obs[good]
             rms = rows.pow(2).mean((0, 1, 2)).sqrt() if rows.numel() else torch.ones(k)
             self.policy.obs_scale.copy_((1.0 / rms.clamp_min(1e-3)).to(self.policy.obs_scale))
             self.obs_scaled = True
         kinds = self._problem_kinds()
-        inp = torch.cat([batch.obs, kinds.to(batch.obs)[:, None, None, None].expand(P, N, T, 1)],
-                        -1)
+        inp = torch.cat([obs, kinds.to(obs)[:, None, None, None].expand(P, N, T, 1)], -1)
         w = torch.where(good[:, None], weight, torch.zeros_like(weight))
         loss = train_policy(
             _RowRegressor(self.policy), self.optimizer, inp.reshape(-1, k + 1),
@@ -355,10 +374,11 @@ class CoordinatewiseGPSAgent(GPSAgent):
         sampled mean row on the LQR state's columns (0 on x_j), k matching the policy's mean
         at the mean state."""
         P, _N, T, k = batch.obs.shape
-        rows = batch.obs.mean(1).reshape(P * T, 1, k).detach().requires_grad_(True)
+        rows = batch.obs.mean(1).detach().requires_grad_(True)  # [P,T,k]: 2016 rows
         kinds = self._problem_kinds()[:, None].expand(P, T).reshape(-1, 1)
         with torch.enable_grad():
-            out, _ = self.policy(rows, kinds)
+            feats = self.policy_rows(rows).reshape(P * T, 1, self.width)
+            out, _ = self.policy(feats, kinds)
             (J,) = torch.autograd.grad(out.sum(), rows)
         z_cols, row_cols = policy_state_columns(self.core.layout.history, self.h)
         K = torch.zeros(P, T, 1, self.smap.dim, dtype=self.dtype, device=self.device)

@@ -166,11 +166,26 @@ def _run_config(env_id: str, config: GPSConfig, device: str, quiet: bool,
     except ValueError as err:
         raise ValueError(f"--{err}") from err
     dev = parse_device(device, "--device")
-    return family, {"trainer": "gps", "env": env_id, "history": defaults["history"],
+    history = _history(defaults["history"], config.features, "history" in env_kwargs)
+    return family, {"trainer": "gps", "env": env_id, "history": history,
                     "max_step": defaults["max_step"], **config.to_dict(), "device": str(dev),
                     "threads": torch.get_num_threads(),  # the count in effect: the order of
                     # the CPU's parallel sums, and so a run's numbers, depend on it
                     "quiet": quiet, **({"env_kwargs": dict(env_kwargs)} if env_kwargs else {})}
+
+
+def _history(env_history: int, features: str, given: bool) -> int:
+    """The run's history: the env's, unless the policy's feature set needs a longer one and
+    the user did not set it (then the set's default: 132 for ``li-malik-2017``)."""
+    from optenv.features import check_features
+
+    fs = check_features(features)
+    if env_history >= fs.min_history:
+        return env_history
+    if given:
+        raise ValueError(f"--env-kwargs: history={env_history} is too short for --features "
+                         f"{features}, allowed: history >= {fs.min_history}")
+    return fs.default_history
 
 
 def _checkpoint_state(out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -311,14 +326,17 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
     family, history = context["family"], context["history"]
     policy, extra = _load_any_policy(path, context["device"])
     if isinstance(policy, CoordinatewisePolicy):
-        features = context.get("features", "li-malik-2016")
+        # On a flat env the policy computes its own rows from the observation (any feature
+        # set); an env in the coordinatewise mode must emit the policy's set.
+        flat = context.get("observation", "flat") == "flat"
+        features = policy.features if flat else context.get("features", "li-malik-2016")
         if features != policy.features or extra.get("history", history) != history:
             raise ValueError(f"--methods: gps:{path} was trained on features "
                              f"{policy.features!r} with history {extra.get('history')}; "
                              f"{context['env_id']} gives features {features!r} with history "
-                             f"{history}; allowed: an env with the policy's feature set and "
-                             "history (e.g. --env-kwargs features=...,history=...)")
-        flat = context.get("observation", "flat") == "flat"
+                             f"{history}; allowed: a flat env or one with the policy's "
+                             "feature set, and the policy's history (e.g. --env-kwargs "
+                             "history=...)")
         layout = StateLayout(family.d, history) if flat else None
         return policy.as_env_policy(context["max_step"], family.coordinate_groups(), layout)
     observer_for(context, f"gps:{path}", flat_only=True)

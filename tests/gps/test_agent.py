@@ -333,7 +333,7 @@ def test_every_config_field_is_a_train_flag_that_reaches_the_config(
              "policy_weight_decay": "0.001", "policy_steps": "11", "policy_batch": "12",
              "momentum_lr_grid": "0.5,1", "momentum_grid": "0.3,0.6", "seed": "7",
              "policy": "coordinatewise", "hessian_exact_max": "32", "hessian_probes": "4",
-             "gmm_max_samples": "9"}
+             "gmm_max_samples": "9", "features": "li-malik-2017-psi"}
     fields = {f.name for f in dataclasses.fields(GPSConfig)}
     assert set(given) == fields
     with pytest.raises(SystemExit):

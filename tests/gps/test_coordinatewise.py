@@ -291,3 +291,84 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
         train(ENV, tmp_path / "other", make_config("badmm", **TINY), quiet=True,
               env_kwargs={"no_such_argument": 1})
     assert family_of(ENV).d == 4
+
+
+# ------------------------------------------------------------------ the policy's feature sets
+@pytest.mark.parametrize("features", ["li-malik-2016", "li-malik-2017-psi"])
+def test_the_policy_reads_the_env_rows_of_its_feature_set(features: str) -> None:
+    """policy_rows of the sampled 2016 rows at iteration t equal the rows an env in the
+    coordinatewise mode emits for that feature set at t."""
+    agent = _agent(features=features)
+    lay, fs = agent.core.layout, agent.features
+    data = {k: v.repeat_interleave(agent.cfg.samples, 0) for k, v in agent.data.items()}
+    step = agent.core.start(data, agent.x0.repeat_interleave(agent.cfg.samples, 0))
+    g = torch.Generator().manual_seed(0)
+    rows16, want = [], []
+    for t in range(agent.cfg.horizon):
+        rows16.append(agent._sample_inputs(step.state)[1])
+        want.append(agent._by_problem(fs.rows(lay, lay.observation(step.state), t)))
+        u = 0.1 * torch.randn(step.state.shape[0], lay.d, generator=g, dtype=step.state.dtype)
+        step = agent.core.step(data, step.state, step.f, u)
+    got = agent.policy_rows(torch.stack(rows16, 2))
+    torch.testing.assert_close(got, torch.stack(want, 2).to(got.dtype), rtol=1e-5, atol=1e-6)
+    assert got.shape[-1] == fs.width(lay.history) == agent.policy.width
+
+
+def test_the_linearisation_is_the_policys_jacobian_through_the_features() -> None:
+    """With Ψ (a nonlinear map of the row), K is d policy(Ψ(row)) / d z by central
+    differences on the LQR state's columns, 0 on x_j, and K z̄ + k is the mean step."""
+    agent = _agent(features="li-malik-2017-psi")
+    batch = agent.sample(agent.ctrl)
+    ctrl = agent._linearise(batch, agent._policy_means(batch))
+    z_cols, row_cols = policy_state_columns(agent.core.layout.history, agent.h)
+    kinds = agent._problem_kinds()
+    rows_bar = batch.obs.mean(1).double()  # [P,T,k16]
+    pol = agent.policy.double()
+
+    def mean_step(row: torch.Tensor, p: int, t: int) -> float:
+        feats = agent.features.rows(agent.row_layout, row, t)  # [1, 3]
+        with torch.no_grad():
+            return float(pol(feats[None].to(torch.float64), kinds[p:p + 1])[0])
+
+    for p, t in ((0, 2), (agent.family.d + 1, 4)):
+        assert float(ctrl.K[p, t, 0, 0]) == 0.0  # the policy does not see x_j
+        for zc, rc in zip(z_cols.tolist(), row_cols.tolist(), strict=True):
+            hi, lo = rows_bar[p, t].clone(), rows_bar[p, t].clone()
+            eps = 1e-6 * max(1.0, abs(float(hi[rc])))
+            hi[rc] += eps
+            lo[rc] -= eps
+            fd = (mean_step(hi, p, t) - mean_step(lo, p, t)) / (2 * eps)
+            assert abs(float(ctrl.K[p, t, 0, zc]) - fd) <= 1e-4 * max(1.0, abs(fd)), (p, t, zc)
+        zbar = batch.Z.mean(1)[p, t].double()
+        at_mean = float(ctrl.K[p, t, 0].double() @ zbar + ctrl.k[p, t, 0])
+        assert abs(at_mean - mean_step(rows_bar[p, t], p, t)) < 1e-4
+    agent.policy.float()
+
+
+def test_a_policy_trained_on_psi_features_transfers_and_says_what_it_reads(tmp_path: Path
+                                                                         ) -> None:
+    train(ENV, tmp_path / "run", make_config("badmm", **{**TINY, "iterations": 1,
+                                                          "features": "li-malik-2017-psi"}),
+          quiet=True)
+    saved = torch.load(tmp_path / "run" / "policy.pt", weights_only=True)
+    assert saved["extra"]["features"] == "li-malik-2017-psi"
+    for env_id, kw in ((ENV, {"dim": 20}), ("optenv/NeuralNet-v0", {}),
+                       (ENV, {"observation": "coordinatewise", "features": "li-malik-2017-psi"})):
+        ctx, env = _context(env_id, **kw)
+        pol = load_for_compare(str(tmp_path / "run"), ctx)
+        res = evaluate(pol, env, n_test=2, horizon=4, seed=0)
+        assert bool(torch.isfinite(torch.as_tensor(res.f)).all())
+    ctx, _env = _context(ENV, observation="coordinatewise")  # emits the 2016 rows
+    with pytest.raises(ValueError, match="features 'li-malik-2017-psi'"):
+        load_for_compare(str(tmp_path / "run"), ctx)
+
+
+def test_feature_sets_are_refused_where_they_cannot_apply(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^features: got 'li-malik-2017-psi' with policy 'flat'"):
+        make_config("badmm", **{**TINY, "policy": "flat", "features": "li-malik-2017-psi"})
+    with pytest.raises(ValueError, match=r"^features: got 'adam'"):
+        make_config("badmm", **{**TINY, "features": "adam"})
+    with pytest.raises(ValueError, match=r"history=25 is too short for --features li-malik-2017"):
+        train(ENV, tmp_path / "x", make_config("badmm", **{**TINY, "features": "li-malik-2017"}),
+              quiet=True, env_kwargs={"history": 25})
+    assert not (tmp_path / "x").exists()
