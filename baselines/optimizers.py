@@ -49,7 +49,9 @@ __all__ = [
     "OPTIMIZERS",
     "Adagrad",
     "Adam",
+    "CGFixed",
     "HandOptimizer",
+    "LBFGSFixed",
     "Momentum",
     "Nesterov",
     "OptimizerPolicy",
@@ -498,6 +500,142 @@ def _check_oracle(oracle: Oracle | None, name: str) -> Oracle:
     return oracle
 
 
+# ---------------------------------------------------------------------- search directions
+def _polak_ribiere_direction(g: torch.Tensor, st: dict[str, torch.Tensor], restart: int
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nonlinear CG's direction d = −g + β d_prev, β = max(0, gᵀ(g − g_prev) / ‖g_prev‖²)
+    (Polak–Ribière+), and where it restarts with −g: at a row's first iteration (``k`` = 0),
+    every ``restart`` iterations (0: every d) and where d is not a descent direction. Reads
+    ``g_prev``, ``d_prev``, ``k`` of the state ``st``."""
+    restart_every = restart or g.shape[-1]
+    have = st["k"] > 0
+    gp = st["g_prev"]
+    beta = ((g * (g - gp)).sum(-1) / (gp * gp).sum(-1).clamp_min(1e-300)).clamp_min(0)
+    d = -g + torch.where(have, beta, torch.zeros_like(beta)).unsqueeze(-1) * st["d_prev"]
+    gd = (g * d).sum(-1)
+    again = ~have | (st["k"] >= restart_every) | ~(gd < 0) | ~torch.isfinite(gd)
+    return torch.where(again.unsqueeze(-1), -g, d), again
+
+
+class _LBFGSMemory:
+    """L-BFGS's memory of (s, y) pairs per row and its two-loop direction, shared by the
+    line-search and the fixed-step variant. State: ``S``, ``Y`` [B, m, d], ``rho`` [B, m]
+    (0 marks an empty slot), ``s_last``, ``g_prev`` [B, d], ``have`` [B] (a last step exists)."""
+
+    _state: dict[str, torch.Tensor]
+    hyper: dict[str, Hyper]
+
+    def _memory_state(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, d = g.shape
+        m = int(self.hyper["history_size"])
+        return {"S": g.new_zeros(b, m, d), "Y": g.new_zeros(b, m, d), "rho": g.new_zeros(b, m),
+                "s_last": torch.zeros_like(g), "g_prev": torch.zeros_like(g),
+                "have": torch.zeros(b, dtype=torch.bool, device=g.device)}
+
+    def _remember(self, g: torch.Tensor, ok: torch.Tensor) -> None:
+        """Store the last step's pair (s = the step taken, y = the change of gradient) where
+        it satisfies the curvature condition sᵀy > 1e-10·yᵀy (keeps H positive definite)."""
+        st = self._state
+        s, y = st["s_last"], g - st["g_prev"]
+        sy, yy = (s * y).sum(-1), (y * y).sum(-1)
+        store = st["have"] & ok & (sy > 1e-10 * yy) & torch.isfinite(sy)
+        sel = store.view(-1, 1, 1)
+        st["S"] = torch.where(sel, torch.cat([st["S"][:, 1:], s.unsqueeze(1)], 1), st["S"])
+        st["Y"] = torch.where(sel, torch.cat([st["Y"][:, 1:], y.unsqueeze(1)], 1), st["Y"])
+        new_rho = torch.cat([st["rho"][:, 1:], (1.0 / sy.where(store, torch.ones_like(sy)))
+                             .unsqueeze(1)], 1)
+        st["rho"] = torch.where(store.unsqueeze(-1), new_rho, st["rho"])
+
+    def direction(self, g: torch.Tensor) -> torch.Tensor:
+        """−H g by the two-loop recursion over each row's stored pairs (invalid pairs: ρ = 0)."""
+        st = self._state
+        S, Y, rho = st["S"], st["Y"], st["rho"]
+        m = S.shape[1]
+        q = g
+        alphas = []
+        for j in range(m - 1, -1, -1):
+            a = rho[:, j] * (S[:, j] * q).sum(-1)
+            q = q - a.unsqueeze(-1) * Y[:, j]
+            alphas.append(a)
+        alphas.reverse()
+        yy = (Y[:, -1] * Y[:, -1]).sum(-1)
+        gamma = torch.where(rho[:, -1] > 0, 1.0 / (rho[:, -1] * yy).clamp_min(1e-300),
+                            torch.ones_like(yy))
+        r = gamma.unsqueeze(-1) * q
+        for j in range(m):
+            b = rho[:, j] * (Y[:, j] * r).sum(-1)
+            r = r + (alphas[j] - b).unsqueeze(-1) * S[:, j]
+        return -r
+
+    def _descent_direction(self, g: torch.Tensor) -> torch.Tensor:
+        """:meth:`direction`, or −g (with the row's memory forgotten) where that is not a
+        descent direction."""
+        st = self._state
+        d = self.direction(g)
+        gd = (g * d).sum(-1)
+        bad = ~(gd < 0) | ~torch.isfinite(gd)
+        st["rho"] = torch.where(bad.unsqueeze(-1), torch.zeros_like(st["rho"]), st["rho"])
+        return torch.where(bad.unsqueeze(-1), -g, d)
+
+
+# ---------------------------------------------------------------------- fixed-step CG, L-BFGS
+class CGFixed(HandOptimizer):
+    """Nonlinear CG (Polak–Ribière+, as :class:`CG`) taking a fixed, tuned step: Δx = lr·d.
+
+    Why: Li & Malik (2016) compare against CG and L-BFGS tuned on the training objectives and
+    report that they "diverge quickly" on the non-convex families, which a Wolfe line search
+    cannot do; their baselines took fixed steps. One f/∇f evaluation per iteration, so this is
+    a first-order rule that also acts as a policy in the env. ``restart``: as :class:`CG`.
+
+    Without a line search, β is no longer Polak–Ribière's conjugacy factor: on a quadratic with
+    a step below 1/L successive gradients stay positively aligned, gᵀ(g − g_prev) < 0, so β
+    clips to 0 and the method IS gradient descent; it departs from GD only where steps are
+    long (large ``lr`` or sharp turns) — the regime in which Li & Malik saw it diverge.
+    """
+
+    name = "cg-fixed"
+    defaults = {"lr": 0.1, "restart": 0.0}
+    default_grid = {"lr": tuple(2.0**k for k in range(-10, 5))}
+
+    def _init_state(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
+        return {"g_prev": torch.zeros_like(g), "d_prev": torch.zeros_like(g), "k": z}
+
+    def update(self, g: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        d, restart = _polak_ribiere_direction(g, st, int(self.hyper["restart"]))
+        st["k"] = torch.where(restart, torch.ones_like(st["k"]), st["k"] + 1)
+        st["g_prev"], st["d_prev"] = g, d
+        return _col(self.hyper["lr"], g) * d
+
+
+class LBFGSFixed(_LBFGSMemory, HandOptimizer):
+    """L-BFGS (the two-loop direction of :class:`LBFGS`, same memory rule) taking a fixed,
+    tuned step: Δx = lr·d. Li & Malik's fixed-step baseline (see :class:`CGFixed`); the pair
+    stored is the step this rule proposed (in the env, a clipped action makes it differ from
+    the step taken, as for every policy)."""
+
+    name = "lbfgs-fixed"
+    defaults = {"lr": 1.0, "history_size": 10.0}
+    default_grid = {"lr": tuple(2.0**k for k in range(-10, 3))}
+    positive = ("lr", "history_size")
+
+    def _check(self, key: str, value: Hyper) -> None:
+        if key == "history_size" and isinstance(value, torch.Tensor):
+            raise ValueError(f"{self.name}.history_size: got a tensor, allowed: a number")
+        super()._check(key, value)
+
+    def _init_state(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._memory_state(g)
+
+    def update(self, g: torch.Tensor) -> torch.Tensor:
+        st = self._state
+        self._remember(g, torch.ones_like(st["have"]))
+        step = _col(self.hyper["lr"], g) * self._descent_direction(g)
+        st["s_last"], st["g_prev"], st["have"] = step, g, torch.ones_like(st["have"])
+        return step
+
+
 # ---------------------------------------------------------------------- line-search methods
 class CG(_LineSearchMethod):
     """Nonlinear conjugate gradient (Polak–Ribière+, Nocedal & Wright §5.2) with a Wolfe search.
@@ -525,14 +663,7 @@ class CG(_LineSearchMethod):
         oracle = _check_oracle(oracle, self.name)
         g, ok = self._active(f, g)
         st = self._state
-        restart_every = int(self.hyper["restart"]) or g.shape[-1]
-        have = st["k"] > 0
-        gp = st["g_prev"]
-        beta = ((g * (g - gp)).sum(-1) / (gp * gp).sum(-1).clamp_min(1e-300)).clamp_min(0)
-        d = -g + torch.where(have, beta, torch.zeros_like(beta)).unsqueeze(-1) * st["d_prev"]
-        gd = (g * d).sum(-1)
-        restart = ~have | (st["k"] >= restart_every) | ~(gd < 0) | ~torch.isfinite(gd)
-        d = torch.where(restart.unsqueeze(-1), -g, d)
+        d, restart = _polak_ribiere_direction(g, st, int(self.hyper["restart"]))
         gd = (g * d).sum(-1)
         gnorm = g.norm(dim=-1).clamp_min(1e-300)
         a0 = torch.where(restart, 1.0 / gnorm, st["a_prev"] * st["dg_prev"] / gd)
@@ -549,7 +680,7 @@ class CG(_LineSearchMethod):
         return torch.where(found.unsqueeze(-1), alpha.unsqueeze(-1) * d, torch.zeros_like(d))
 
 
-class LBFGS(_LineSearchMethod):
+class LBFGS(_LBFGSMemory, _LineSearchMethod):
     """Limited-memory BFGS (Nocedal & Wright Alg. 7.4/7.5) with a strong-Wolfe line search.
 
     Memory of ``history_size`` pairs (s, y) per row; a pair is stored only when sᵀy > 1e-10·yᵀy
@@ -564,33 +695,7 @@ class LBFGS(_LineSearchMethod):
     positive = ("history_size", "c1", "c2", "max_evals")
 
     def _init_state(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
-        b, d = g.shape
-        m = int(self.hyper["history_size"])
-        return {"S": g.new_zeros(b, m, d), "Y": g.new_zeros(b, m, d), "rho": g.new_zeros(b, m),
-                "s_last": torch.zeros_like(g), "g_prev": torch.zeros_like(g),
-                "have": torch.zeros(b, dtype=torch.bool, device=g.device),
-                "fails": g.new_zeros(b)}
-
-    def direction(self, g: torch.Tensor) -> torch.Tensor:
-        """−H g by the two-loop recursion over each row's stored pairs (invalid pairs: ρ = 0)."""
-        st = self._state
-        S, Y, rho = st["S"], st["Y"], st["rho"]
-        m = S.shape[1]
-        q = g
-        alphas = []
-        for j in range(m - 1, -1, -1):
-            a = rho[:, j] * (S[:, j] * q).sum(-1)
-            q = q - a.unsqueeze(-1) * Y[:, j]
-            alphas.append(a)
-        alphas.reverse()
-        yy = (Y[:, -1] * Y[:, -1]).sum(-1)
-        gamma = torch.where(rho[:, -1] > 0, 1.0 / (rho[:, -1] * yy).clamp_min(1e-300),
-                            torch.ones_like(yy))
-        r = gamma.unsqueeze(-1) * q
-        for j in range(m):
-            b = rho[:, j] * (Y[:, j] * r).sum(-1)
-            r = r + (alphas[j] - b).unsqueeze(-1) * S[:, j]
-        return -r
+        return {**self._memory_state(g), "fails": g.new_zeros(g.shape[0])}
 
     def propose(
         self, x: torch.Tensor, f: torch.Tensor, g: torch.Tensor, oracle: Oracle | None = None
@@ -598,22 +703,8 @@ class LBFGS(_LineSearchMethod):
         oracle = _check_oracle(oracle, self.name)
         g, ok = self._active(f, g)
         st = self._state
-        # Store the pair from the last step (s = the step taken, y = change of gradient).
-        s, y = st["s_last"], g - st["g_prev"]
-        sy, yy = (s * y).sum(-1), (y * y).sum(-1)
-        store = st["have"] & ok & (sy > 1e-10 * yy) & torch.isfinite(sy)
-        sel = store.view(-1, 1, 1)
-        st["S"] = torch.where(sel, torch.cat([st["S"][:, 1:], s.unsqueeze(1)], 1), st["S"])
-        st["Y"] = torch.where(sel, torch.cat([st["Y"][:, 1:], y.unsqueeze(1)], 1), st["Y"])
-        new_rho = torch.cat([st["rho"][:, 1:], (1.0 / sy.where(store, torch.ones_like(sy)))
-                             .unsqueeze(1)], 1)
-        st["rho"] = torch.where(store.unsqueeze(-1), new_rho, st["rho"])
-        d = self.direction(g)
-        gd = (g * d).sum(-1)
-        bad = ~(gd < 0) | ~torch.isfinite(gd)
-        # Not a descent direction: forget the memory of that row and use steepest descent.
-        st["rho"] = torch.where(bad.unsqueeze(-1), torch.zeros_like(st["rho"]), st["rho"])
-        d = torch.where(bad.unsqueeze(-1), -g, d)
+        self._remember(g, ok)
+        d = self._descent_direction(g)
         empty = ~(st["rho"] > 0).any(-1)
         a0 = torch.where(empty, (1.0 / g.norm(dim=-1).clamp_min(1e-300)).clamp_max(1.0),
                          torch.ones_like(f))
@@ -631,7 +722,8 @@ class LBFGS(_LineSearchMethod):
 
 
 OPTIMIZERS: dict[str, type[HandOptimizer]] = {
-    cls.name: cls for cls in (GD, Momentum, Nesterov, Adam, Adagrad, RMSprop, CG, LBFGS)
+    cls.name: cls for cls in (GD, Momentum, Nesterov, Adam, Adagrad, RMSprop, CG, LBFGS,
+                              CGFixed, LBFGSFixed)
 }
 
 

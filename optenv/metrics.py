@@ -24,7 +24,9 @@ from scipy import stats
 __all__ = [
     "Summary",
     "f_at_evaluation_budget",
+    "first_upturn",
     "fraction_diverged",
+    "fraction_late_divergence",
     "margin_of_victory",
     "margin_of_victory_per_objective",
     "mean_ci",
@@ -95,6 +97,50 @@ def fraction_diverged(f: np.ndarray) -> float:
     """Share of runs that end non-finite or above where they started (final f > f(x0))."""
     a = _as_curves(f)
     return float(np.mean(~(a[:, -1] <= a[:, 0]) | ~np.isfinite(a[:, -1])))
+
+
+def fraction_late_divergence(f: np.ndarray, rise: float = 0.1) -> float:
+    """Share of runs that climb back after their best point: f rises, after the iteration of
+    its minimum, by more than ``rise`` × (f(x0) − min f) — or turns non-finite after it.
+
+    Why beside :func:`fraction_diverged`: the supervised learned optimisers Li & Malik (2017)
+    study first descend well and then drift up late; a run that ends below f(x0) but far above
+    its own minimum is not "diverged" yet is exactly that failure. A run whose minimum is f(x0)
+    (no progress) does not count, nor one that is non-finite from the start."""
+    if not (isinstance(rise, int | float) and math.isfinite(rise) and rise >= 0):
+        raise ValueError(f"rise: got {rise!r}, allowed: a finite number >= 0")
+    a = _as_curves(f)
+    finite = np.isfinite(a)
+    best = np.where(finite, a, np.inf).min(axis=1)
+    at = np.where(finite, a, np.inf).argmin(axis=1)
+    t = a.shape[1]
+    after = np.arange(t)[None, :] > at[:, None]
+    drop = a[:, 0] - best
+    worse = np.where(after & finite, a - best[:, None], -np.inf).max(axis=1)
+    blew_up = (after & ~finite).any(axis=1)
+    late = (worse > rise * drop) | blew_up
+    counts = np.isfinite(a[:, 0]) & np.isfinite(best) & (drop > 0)
+    return float(np.mean(late & counts))
+
+
+def first_upturn(curve: np.ndarray, tolerance: float = 0.01) -> int | None:
+    """The first iteration at which a (mean) curve turns upward: curve[t] exceeds the lowest
+    value before it by more than ``tolerance`` × the decrease achieved so far, or is
+    non-finite; None if it never does. ``tolerance`` keeps rounding-level wiggles of a
+    converged curve from counting."""
+    if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance: got {tolerance!r}, allowed: a finite number >= 0")
+    c = np.asarray(curve, dtype=np.float64)
+    if c.ndim != 1 or c.shape[0] < 1:
+        raise ValueError(f"curve: got shape {c.shape}, allowed: [iterations >= 1]")
+    if not np.isfinite(c[0]):
+        return None
+    low = c[0]
+    for t in range(1, c.shape[0]):
+        if not np.isfinite(c[t]) or c[t] > low + tolerance * (c[0] - low):
+            return t
+        low = min(low, c[t])
+    return None
 
 
 def margin_of_victory_per_objective(
