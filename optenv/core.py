@@ -27,8 +27,14 @@ from optenv.families.base import ObjectiveFamily
 __all__ = ["CoreStep", "OptimizationCore", "StateLayout"]
 
 #: Largest magnitude kept in the state. A diverging run (f or x overflowing) is clamped here, so
-#: observations stay finite (and representable in float32) whatever the policy does.
-STATE_LIMIT = 1e30
+#: observations stay finite whatever the policy does; and a run whose f or x gets here counts as
+#: diverged (f 1e12 is at least ten orders of magnitude above where the built-in families start).
+#: Why 1e12 and not more: clients keep statistics of the float32 observations in float32, and
+#: Gymnasium's NormalizeObservation (RunningMeanStd) multiplies the variance, up to the limit
+#: squared, by the number of observations seen. With 1e30 (this limit before) or even 1e18 the
+#: variance was inf after the first batch of diverged observations, and stayed inf; at 1e12 the
+#: product stays finite for 3e14 observations.
+STATE_LIMIT = 1e12
 #: Floor on |f_{i-1}| in the relative objective change (f_i − f_{i−1}) / f_{i−1}.
 DELTA_EPS = 1e-8
 

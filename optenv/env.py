@@ -20,7 +20,8 @@ from optenv.features import (
     make_observer,
     resolve_history,
 )
-from optenv.render import render_ansi, render_rgb
+from optenv.memory import check_fits, estimate_env_bytes
+from optenv.render import FrameRenderer, render_ansi
 from optenv.rng import instance_keys, split_index
 from optenv.validation import (
     check_number,
@@ -30,9 +31,12 @@ from optenv.validation import (
     x0_from_user,
 )
 
-__all__ = ["DEFAULT_DIVERGENCE_PENALTY", "OptimizationEnv"]
+__all__ = ["DEFAULT_DIVERGENCE_PENALTY", "DEFAULT_REWARD_DTYPE", "OptimizationEnv"]
 
 DEFAULT_DIVERGENCE_PENALTY = 1e3
+#: Rewards are float32 unless asked otherwise: the observations' dtype, and what clients that
+#: build typed buffers from the spaces assume (TorchRL's default reward spec, SB3's buffers).
+DEFAULT_REWARD_DTYPE = "float32"
 _RESET_OPTIONS = ("problem", "x0")
 
 
@@ -72,8 +76,13 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Rewards
     −f(x) after the step (the papers' cost is f summed over the horizon). On divergence (f or x
-    non-finite, or beyond 1e30 in magnitude) the reward is −``divergence_penalty`` instead, a
-    finite number.
+    non-finite, or beyond ``STATE_LIMIT`` = 1e12 in magnitude) the reward is
+    −``divergence_penalty`` instead, a finite number. The reward is a Python float (what
+    Gymnasium's and SB3's checkers ask for) holding a value of ``reward_dtype``: rounded to
+    float32 by default, the dtype of the observations and of TorchRL's default reward spec, so
+    a client that stores it in float32 loses nothing and the vector env's float32 rewards are
+    the same numbers; ``reward_dtype="float64"`` keeps the full precision of the arithmetic.
+    ``terminated``/``truncated`` are Python bools.
 
     ## Starting State
     A problem instance and x(0) drawn from the family's ``split`` ("train" or "test", disjoint
@@ -84,6 +93,11 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
     ``truncated`` at the horizon (``max_episode_steps``, 40 for the registered ids, through
     Gymnasium's TimeLimit). ``terminated`` only on divergence.
 
+    A ``reset`` that raises (a bad seed or option) changes nothing in the env, but the env then
+    refuses to ``step`` until a ``reset`` succeeds: wrappers outside it may have started a new
+    episode already (Gymnasium's TimeLimit zeroes its step count before it calls the env's
+    reset), and continuing the old episode would run it past its horizon.
+
     ## Arguments
     ``family``: a registered family name (``"LogisticRegression"``, ...) or an
     :class:`~optenv.families.ObjectiveFamily`; ``observation`` ("flat" default, or
@@ -91,8 +105,17 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
     "li-malik-2017-psi"; the 2017 sets only coordinatewise); ``history`` (H, default 25, or
     132 for "li-malik-2017"; a history too short for the feature set is a ValueError);
     ``max_step`` (default the family's); ``split``; ``dtype`` of the arithmetic ("float64"
-    default; the observation is always float32); ``divergence_penalty``; ``render_mode``
-    ("rgb_array", "ansi"); any further keyword goes to the family (e.g. ``dim=2``).
+    default; the observation is always float32); ``reward_dtype`` ("float32" default, or
+    "float64"); ``divergence_penalty``; ``render_mode`` ("rgb_array", "ansi"); any further
+    keyword goes to the family (e.g. ``dim=2``); a keyword neither takes raises
+    :class:`~optenv.validation.UnknownArgumentError`, a TypeError in Python's words (clients
+    such as TorchRL probe with keywords and drop those refused that way). A configuration
+    whose state would not fit in memory raises ValueError saying how much it needs.
+
+    ## Info
+    numpy scalars, so their dtypes are fixed: ``f``, ``f0`` (objective now and at x(0)) and
+    ``grad_norm`` in the arithmetic ``dtype``; ``t``, ``seed``, ``episode_index`` int64;
+    ``diverged``, ``action_clipped`` bool; ``x`` and ``grad`` arrays [d] in ``dtype``.
 
     ## Seeding
     ``reset(seed=s)`` draws instance (s, episode 0); each later ``reset()`` moves to the next
@@ -102,7 +125,10 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Version History
     * v0: initial release. The ``observation`` and ``features`` arguments came later without a
-      version bump: their defaults give the original observation, bit for bit.
+      version bump: their defaults give the original observation, bit for bit. Rewards became
+      float32-rounded by default (``reward_dtype``), info values numpy scalars, and the
+      state clamp and divergence threshold 1e12 (was 1e30), also without a bump: runs that
+      stay below 1e12 are unchanged.
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 10}
@@ -117,6 +143,7 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         max_step: float | None = None,
         split: str = "train",
         dtype: str | torch.dtype = "float64",
+        reward_dtype: str | torch.dtype = DEFAULT_REWARD_DTYPE,
         divergence_penalty: float = DEFAULT_DIVERGENCE_PENALTY,
         render_mode: str | None = None,
         **family_kwargs: Any,
@@ -131,15 +158,20 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: got {render_mode!r}, allowed: None, "
                              + ", ".join(map(repr, self.metadata["render_modes"])))
+        self.dtype = parse_dtype(dtype)
+        self.reward_dtype = parse_dtype(reward_dtype, "reward_dtype")
+        self._round_reward = torch.empty(0, dtype=self.reward_dtype).numpy().dtype.type
         self.core = OptimizationCore(self.family, history)
         self.layout: StateLayout = self.core.layout
         self._observer: Observer = make_observer(self.observation_mode, self.features,
                                                  self.layout)
+        check_fits(estimate_env_bytes(self.family, self.layout, 1, self.dtype,
+                                      self._observer.shape), torch.device("cpu"),
+                   f"one {self.family.name} env (d = {self.family.d}, history {history})")
         self.max_step = check_number(
             "max_step", self.family.default_max_step if max_step is None else max_step
         )
         self.split = split
-        self.dtype = parse_dtype(dtype)
         self.divergence_penalty = check_number("divergence_penalty", divergence_penalty,
                                                strict=False)
         self.render_mode = render_mode
@@ -155,16 +187,39 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         self._f = torch.zeros(1, dtype=self.dtype)
         self._f_history: list[float] = []
         self._t = 0
+        self._failed_reset: str | None = None  # why the last reset raised (step refuses then)
+        self._renderer = FrameRenderer(self.family)  # builds its figure on the first frame
 
     # ------------------------------------------------------------------ API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        try:
+            out = self._reset(seed, options)
+        except Exception as err:
+            self._failed_reset = f"{type(err).__name__}: {err}"
+            raise
+        self._failed_reset = None
+        return out
+
+    def _reset(
+        self, seed: int | None, options: dict[str, Any] | None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """:meth:`reset`'s work: every argument is checked before anything changes."""
         options = dict(options or {})
         unknown = sorted(set(options) - set(_RESET_OPTIONS))
         if unknown:
             raise ValueError(f"options: unknown key(s) {unknown}, allowed: {list(_RESET_OPTIONS)}")
         check_seed(seed)
+        # np_random is state too: a bad option must not consume a draw, so the options are
+        # parsed before super().reset and the unseeded first draw below.
+        problem = x0_user = None
+        if "problem" in options:
+            problem = problem_from_user(options["problem"], self.family, 1, self.dtype,
+                                        torch.device("cpu"))
+        if "x0" in options:
+            x0_user = x0_from_user(options["x0"], 1, self.family.d, self.dtype,
+                                   torch.device("cpu"))
         super().reset(seed=seed)
         if seed is not None:
             seed_, episode = int(seed), 0
@@ -174,12 +229,8 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
             seed_, episode = self._seed, self._episode + 1
         keys = instance_keys([seed_], [episode], self.split)
         data, x0 = self.family.sample_keys(keys, dtype=self.dtype)
-        # Parse user options before touching any state, so a bad option loses nothing.
-        if "problem" in options:
-            data = problem_from_user(options["problem"], self.family, 1, self.dtype,
-                                     torch.device("cpu"))
-        if "x0" in options:
-            x0 = x0_from_user(options["x0"], 1, self.family.d, self.dtype, torch.device("cpu"))
+        data = data if problem is None else problem
+        x0 = x0 if x0_user is None else x0_user
         start = self.core.start(data, x0)
         self._seed, self._episode = seed_, episode
         self._data, self._state, self._f = data, start.state, start.f
@@ -192,6 +243,11 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
     ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._data is None:
             raise RuntimeError("step: call reset() before the first step")
+        if self._failed_reset is not None:
+            raise RuntimeError(
+                f"step: the last reset() raised ({self._failed_reset}); the env is as it was "
+                "before that call, but wrappers may have started a new episode (Gymnasium's "
+                "TimeLimit zeroes its step count first): call reset() again before stepping")
         a = self._check_action(action)
         clipped = np.clip(a, -1.0, 1.0)
         delta = torch.as_tensor(self.max_step * clipped, dtype=self.dtype).unsqueeze(0)
@@ -201,7 +257,7 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         diverged = bool(res.diverged[0])
         f = float(res.f[0])
         self._f_history.append(f)
-        reward = -self.divergence_penalty if diverged else -f
+        reward = float(self._round_reward(-self.divergence_penalty if diverged else -f))
         info = self._info(diverged=diverged, clipped=bool((clipped != a).any()))
         return self._observation(), reward, diverged, False, info
 
@@ -214,7 +270,7 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.render_mode == "ansi":
             return render_ansi(self._t, float(self._f[0]), self._f_history[0],
                                float(self.core.grad_norm(self._state)[0]))
-        return render_rgb(self.family, self._data, self.x, self._f_history)
+        return self._renderer.frame(self._data, self.x, self._f_history)
 
     # ------------------------------------------------------------------ views
     @property
@@ -237,6 +293,8 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------------ helpers
     def _check_action(self, action: Any) -> np.ndarray:
         d = self.family.d
+        if isinstance(action, torch.Tensor):
+            action = action.detach().cpu()  # a step is never part of the caller's graph
         try:
             a = np.asarray(action, dtype=np.float64)
         except (TypeError, ValueError) as err:
@@ -254,16 +312,20 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         return obs[0].to(torch.float32).numpy().copy()
 
     def _info(self, *, diverged: bool, clipped: bool) -> dict[str, Any]:
+        """The step's info as numpy scalars and arrays (see the class docs): a client that reads
+        infos into typed buffers (TorchRL's info reader asks every value for its ``dtype``)
+        gets the same dtypes on every step."""
         g = self._state[0, self.layout.state_slices["CUR_GRAD"]]
+        real = self._f.numpy().dtype.type
         return {
-            "f": float(self._f[0]),
-            "f0": self._f_history[0],
+            "f": real(self._f[0]),
+            "f0": real(self._f_history[0]),
             "x": self.x.numpy().copy(),
             "grad": g.numpy().copy(),
-            "grad_norm": float(g.norm()),
-            "t": self._t,
-            "diverged": diverged,
-            "action_clipped": clipped,
-            "seed": self._seed,
-            "episode_index": self._episode,
+            "grad_norm": real(g.norm()),
+            "t": np.int64(self._t),
+            "diverged": np.bool_(diverged),
+            "action_clipped": np.bool_(clipped),
+            "seed": np.int64(self._seed),
+            "episode_index": np.int64(self._episode),
         }

@@ -231,7 +231,7 @@ def li_malik_2017_rows(layout: StateLayout, obs: torch.Tensor, t: torch.Tensor) 
     the farthest look-back is x̄(t − 130), hence ``history`` >= 132. Limits: r is the 2016
     guarded change (|f(j−1)| floored at 1e-8), so the objective block is exact while
     |f| >= 1e-8 over the window; non-finite results (a zero average objective, overflow on
-    divergence) are mapped as the state maps them (NaN → 0, ±inf → ±1e30).
+    divergence) are mapped as the state maps them (NaN → 0, ±inf → ±1e12).
     """
     lead = obs.shape[:-1]
     h, d = layout.history, layout.d

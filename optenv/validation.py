@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "UnknownArgumentError",
     "check_choice",
     "check_int",
     "check_number",
@@ -21,19 +22,40 @@ __all__ = [
     "parse_device",
     "parse_dtype",
     "problem_from_user",
+    "unknown_arguments_error",
     "x0_from_user",
 ]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """'float32' / 'float64' (or the torch dtypes) → torch dtype; ValueError otherwise."""
+class UnknownArgumentError(TypeError, ValueError):
+    """A keyword argument a constructor does not take.
+
+    A TypeError worded as Python's own ("got an unexpected keyword argument 'x'"), because
+    clients probe constructors with keywords and drop the ones refused that way (TorchRL's
+    ``GymEnv`` passes ``frameskip``); also a ValueError, the package's error for a bad argument.
+    """
+
+
+def unknown_arguments_error(owner: str, unknown: Iterable[str],
+                            allowed: Iterable[str]) -> UnknownArgumentError:
+    """The error for keywords ``unknown`` given to ``owner``, which takes ``allowed``."""
+    names = sorted(unknown)
+    more = f" (and {', '.join(map(repr, names[1:]))})" if len(names) > 1 else ""
+    return UnknownArgumentError(
+        f"{owner} got an unexpected keyword argument {names[0]!r}{more}; allowed: "
+        f"{', '.join(allowed) or 'none'}")
+
+
+def parse_dtype(dtype: str | torch.dtype, name: str = "dtype") -> torch.dtype:
+    """'float32' / 'float64' (or the torch dtypes) → torch dtype; ValueError naming ``name``
+    otherwise."""
     if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
-    raise ValueError(f"dtype: got {dtype!r}, allowed: 'float32', 'float64'")
+    raise ValueError(f"{name}: got {dtype!r}, allowed: 'float32', 'float64'")
 
 
 def parse_device(device: str | torch.device, name: str = "device") -> torch.device:
@@ -125,9 +147,10 @@ def check_seed(seed: Any) -> None:
 def x0_from_user(
     value: Any, batch: int, d: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """A user-given starting point as [batch, d]; accepts [d] when batch == 1."""
+    """A user-given starting point as [batch, d] (detached: an env's buffers never join the
+    caller's autograd graph); accepts [d] when batch == 1."""
     x0 = torch.as_tensor(np.asarray(value, dtype=np.float64) if not isinstance(
-        value, torch.Tensor) else value, dtype=dtype, device=device)
+        value, torch.Tensor) else value.detach(), dtype=dtype, device=device)
     if batch == 1 and x0.shape == (d,):
         x0 = x0.unsqueeze(0)
     if tuple(x0.shape) != (batch, d):
@@ -145,7 +168,8 @@ def problem_from_user(
     dtype: torch.dtype,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """A user-given problem instance (dict of arrays) as batched tensors, checked field by field.
+    """A user-given problem instance (dict of arrays) as batched tensors, checked field by field
+    (detached, like :func:`x0_from_user`).
 
     For ``batch == 1`` the fields may come without the batch dimension (as ``env.problem``
     gives them); otherwise each needs a leading dimension of ``batch``.
@@ -158,7 +182,7 @@ def problem_from_user(
     out = {}
     for key, shape in shapes.items():
         v = value[key]
-        t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+        t = v.detach() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
         t = t.to(dtype=dtype, device=device)
         if batch == 1 and tuple(t.shape) == shape:
             t = t.unsqueeze(0)

@@ -13,7 +13,7 @@ from gymnasium.vector.utils import batch_space
 
 from optenv.core import CoreStep, OptimizationCore, StateLayout
 from optenv.cuda_graphs import capture, warm_up
-from optenv.env import DEFAULT_DIVERGENCE_PENALTY
+from optenv.env import DEFAULT_DIVERGENCE_PENALTY, DEFAULT_REWARD_DTYPE
 from optenv.families import ObjectiveFamily, make_family
 from optenv.features import (
     DEFAULT_FEATURES,
@@ -24,7 +24,8 @@ from optenv.features import (
     make_observer,
     resolve_history,
 )
-from optenv.render import render_ansi, render_rgb
+from optenv.memory import check_fits, estimate_env_bytes
+from optenv.render import FrameRenderer, render_ansi
 from optenv.rng import instance_keys, split_index
 from optenv.validation import (
     check_int,
@@ -39,6 +40,8 @@ from optenv.validation import (
 __all__ = ["OptimizationVectorEnv", "numpy_vector_env"]
 
 _RESET_OPTIONS = ("reset_mask", "problem", "x0")
+#: How many envs ``render`` draws (the first ones).
+RENDERED_ENVS = 4
 
 
 def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -63,6 +66,31 @@ def _check_render_mode(value: str | None, allowed: Sequence[str]) -> str | None:
     return value
 
 
+def _parse_seeds(seed: Any, n: int) -> list[int] | None:
+    """``reset``'s ``seed`` as N per-env seeds: None; an int s (env i gets s + i); or N ints.
+    ValueError naming the seed and saying what a seed may be otherwise."""
+    allowed = f"None, an int in [0, 2**63) or a sequence of {n} such ints"
+    if seed is None:
+        return None
+    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+        check_seed(seed)
+        if int(seed) + n - 1 >= 2**63:
+            raise ValueError(f"seed: got {seed!r}, allowed: {allowed} (env i gets seed + i, "
+                             "which must stay below 2**63)")
+        return [int(seed) + i for i in range(n)]
+    if isinstance(seed, str | bytes) or not isinstance(seed, Sequence | np.ndarray
+                                                       | torch.Tensor):
+        raise ValueError(f"seed: got {seed!r}, allowed: {allowed}")
+    seeds = seed.tolist() if isinstance(seed, np.ndarray | torch.Tensor) else list(seed)
+    if len(seeds) != n:
+        raise ValueError(f"seed: got {len(seeds)} seeds, allowed: {allowed}")
+    for i, s in enumerate(seeds):
+        ok = isinstance(s, int | np.integer) and not isinstance(s, bool) and 0 <= s < 2**63
+        if not ok:
+            raise ValueError(f"seed[{i}]: got {s!r}, allowed: {allowed}")
+    return [int(s) for s in seeds]
+
+
 def _check_cuda_graph(flag: bool, device: torch.device) -> bool:
     """``cuda_graph``: a CUDA graph exists only on a CUDA device, so asking for one elsewhere is
     an error rather than a silent eager run."""
@@ -84,6 +112,11 @@ class OptimizationVectorEnv(VectorEnv):
     (``observation="coordinatewise"``, rows as the single env documents, for any ``features``),
     computed by the single env's observation map from the same state, in every autoreset mode.
 
+    Rewards are [N] tensors of ``reward_dtype`` (float32 unless asked for "float64", as in the
+    single env), ``terminated``/``truncated`` bool, the infos below in the arithmetic
+    ``dtype`` (``t`` int64, flags bool). Actions are detached: the step is not differentiable
+    (differentiate through :class:`~optenv.core.OptimizationCore`, as BPTT does).
+
     Arguments beyond the single env's: ``num_envs``; ``device`` ("cpu", "cuda", ...);
     ``max_episode_steps`` (the horizon; truncation is computed here, batched); ``autoreset_mode``
     (NEXT_STEP default, SAME_STEP with ``infos["final_obs"]``/``infos["_final_obs"]``, or DISABLED
@@ -92,7 +125,9 @@ class OptimizationVectorEnv(VectorEnv):
     step, as Gymnasium's ``copy=False``); ``cuda_graph`` (CUDA only: the first step runs eagerly,
     the second captures the step's tensor work — core step, clipping, flags, observation — as a
     CUDA graph, and later steps replay it; the autoresets stay outside the graph; a failed
-    capture warns and steps eagerly; ``graph_captured`` says which).
+    capture warns and steps eagerly; ``graph_captured`` says which). ``reset(seed=...)`` takes
+    None, an int s (env i gets s + i) or one int per env. ``render`` draws the first four envs'
+    current episodes from a history of fixed size (``max_episode_steps`` + 1 values each).
 
     ``step`` has no per-env Python loop, and buffers are updated in place. On accelerators
     resets are masked selects over freshly drawn instances (the draw is counter-based, see
@@ -123,6 +158,7 @@ class OptimizationVectorEnv(VectorEnv):
         split: str = "train",
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float64",
+        reward_dtype: str | torch.dtype = DEFAULT_REWARD_DTYPE,
         max_episode_steps: int = 40,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         divergence_penalty: float = DEFAULT_DIVERGENCE_PENALTY,
@@ -148,6 +184,7 @@ class OptimizationVectorEnv(VectorEnv):
         self.device = parse_device(device)
         self.cuda_graph = _check_cuda_graph(cuda_graph, self.device)
         self.dtype = parse_dtype(dtype)
+        self.reward_dtype = parse_dtype(reward_dtype, "reward_dtype")
         self.max_step = check_number(
             "max_step", self.family.default_max_step if max_step is None else max_step
         )
@@ -163,7 +200,6 @@ class OptimizationVectorEnv(VectorEnv):
         self._graph: Any = None  # torch.cuda.CUDAGraph once captured
         self._graph_state = "warm-up"  # then "capture", then "replay" (or "eager" on failure)
         self._was_reset = False
-        self._f_history: list[torch.Tensor] = []
 
         self.core = OptimizationCore(self.family, history)
         self.layout: StateLayout = self.core.layout
@@ -172,6 +208,10 @@ class OptimizationVectorEnv(VectorEnv):
                                                  self.layout)
         self.observation_layout = self._observer.observation_layout
         self.coordinate_layout = self._observer.coordinate_layout
+        check_fits(estimate_env_bytes(self.family, self.layout, self.num_envs, self.dtype,
+                                      self._observer.shape), self.device,
+                   f"{self.num_envs} {self.family.name} envs (d = {self.family.d}, history "
+                   f"{history}) on {self.device}")
         self._allocate_buffers()
         self._build_spaces()
 
@@ -192,7 +232,7 @@ class OptimizationVectorEnv(VectorEnv):
         self._f0 = torch.zeros(n, dtype=dt, device=dev)
         self._t = torch.zeros(n, dtype=torch.int64, device=dev)
         self._obs = torch.zeros(n, *self._observer.shape, dtype=torch.float32, device=dev)
-        self._reward = torch.zeros(n, dtype=dt, device=dev)
+        self._reward = torch.zeros(n, dtype=self.reward_dtype, device=dev)
         self._terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self._truncated = torch.zeros(n, dtype=torch.bool, device=dev)
         self._needs_reset = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -208,6 +248,12 @@ class OptimizationVectorEnv(VectorEnv):
         # the graph's input: actions as float64 (exact for every float the caller may pass)
         self._graph_actions = (torch.zeros(n, d, dtype=torch.float64, device=dev)
                                if self.cuda_graph else None)
+        # rgb_array: the objective values of the drawn envs' current episodes, f at t in slot
+        # t % width (a fixed size however long the run; an episode is max_episode_steps + 1
+        # values long unless DISABLED mode steps on past the horizon), and one figure each
+        shown = min(n, RENDERED_ENVS) if self.render_mode == "rgb_array" else 0
+        self._render_f = torch.zeros(shown, self.max_episode_steps + 1, dtype=dt, device=dev)
+        self._renderers = [FrameRenderer(self.family) for _ in range(shown)]
 
     def _build_spaces(self) -> None:
         """The single env's spaces (float32 Box observations without bounds, Box actions in
@@ -231,26 +277,15 @@ class OptimizationVectorEnv(VectorEnv):
         if unknown:
             raise ValueError(f"options: unknown key(s) {unknown}, allowed: {list(_RESET_OPTIONS)}")
         n, dev = self.num_envs, self.device
+        # Parse every argument first: a bad one raises before anything changes (np_random too).
         mask = self._parse_reset_mask(options.get("reset_mask"))
-        if seed is not None and not isinstance(seed, int | np.integer):
-            seeds = list(seed)
-            for s in seeds:
-                check_seed(s)
-            if len(seeds) != n:
-                raise ValueError(f"seed: got {len(seeds)} seeds, allowed: an int or {n} ints")
-            super().reset(seed=seeds[0])
-        else:
-            check_seed(seed)
-            super().reset(seed=None if seed is None else int(seed))
-            seeds = None if seed is None else [int(seed) + i for i in range(n)]
-        for s in seeds or ():
-            check_seed(s)
-        # Parse every option first: a bad one raises before any buffer changes.
+        seeds = _parse_seeds(seed, n)
         problem = x0 = None
         if "problem" in options:
             problem = problem_from_user(options["problem"], self.family, n, self.dtype, dev)
         if "x0" in options:
             x0 = x0_from_user(options["x0"], n, self.family.d, self.dtype, dev)
+        super().reset(seed=None if seeds is None else seeds[0])
 
         if seeds is not None:
             new_seeds = torch.tensor(seeds, dtype=torch.int64, device=dev)
@@ -267,7 +302,7 @@ class OptimizationVectorEnv(VectorEnv):
         self._episodes.copy_(torch.where(mask, new_episodes, self._episodes))
         self._restart(mask, problem=problem, x0=x0)
         self._was_reset = True
-        self._f_history = [self._f.clone()]
+        self._record_render_f()
         return self._out(self._obs), self._step_infos(torch.zeros_like(mask),
                                                       torch.zeros_like(mask))
 
@@ -335,7 +370,8 @@ class OptimizationVectorEnv(VectorEnv):
             (self._needs_reset, zeros_b),
         ]
         if not keep_outcome:
-            fields += [(self._reward, torch.zeros_like(start.f)), (self._terminated, zeros_b),
+            fields += [(self._reward, torch.zeros_like(start.f, dtype=self.reward_dtype)),
+                       (self._terminated, zeros_b),
                        (self._truncated, zeros_b)]
         for buf, new in fields:
             if idx is not None:
@@ -357,8 +393,7 @@ class OptimizationVectorEnv(VectorEnv):
             self._graph_step(self._graph_actions)
         else:
             self._advance(a)
-        if self.render_mode is not None:
-            self._f_history.append(self._f.clone())
+        self._record_render_f()
         infos = self._step_infos(self._clipped.clone(), self._invalid.clone())
         if self.autoreset_mode is AutoresetMode.SAME_STEP:
             done = self._final_done.clone()
@@ -458,9 +493,23 @@ class OptimizationVectorEnv(VectorEnv):
         self._episodes.add_(mask.to(torch.int64))
         self._restart(mask, keep_outcome=keep_outcome)
 
+    def _record_render_f(self) -> None:
+        """Write the drawn envs' f into their slot t % width of the render history."""
+        shown = self._render_f.shape[0]
+        if shown:
+            rows = torch.arange(shown, device=self.device)
+            cols = self._t[:shown] % self._render_f.shape[1]
+            self._render_f[rows, cols] = self._f[:shown]
+
     def _check_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The actions as a tensor on the env's device, checked, and detached: the step is not
+        differentiable (its buffers are updated in place; differentiate through
+        :class:`~optenv.core.OptimizationCore` instead, as BPTT does), and an action that
+        carried its graph into the buffers would keep every past step's graph alive."""
         shape = (self.num_envs, self.family.d)
-        if not isinstance(actions, torch.Tensor):
+        if isinstance(actions, torch.Tensor):
+            actions = actions.detach()
+        else:
             try:
                 actions = torch.as_tensor(np.asarray(actions, dtype=np.float64))
             except (TypeError, ValueError) as err:
@@ -505,18 +554,21 @@ class OptimizationVectorEnv(VectorEnv):
         """Frames of the first (at most 4) envs, in the single env's format."""
         if self.render_mode is None or not self._was_reset:
             return None
-        shown = min(self.num_envs, 4)
-        hist = torch.stack(self._f_history, dim=-1).cpu()  # [N, steps since reset()]
-        t = self._t.cpu()
+        shown = min(self.num_envs, RENDERED_ENVS)
         if self.render_mode == "ansi":
             gn = self.core.grad_norm(self._state).cpu()
             return tuple(render_ansi(int(self._t[i]), float(self._f[i]), float(self._f0[i]),
                                      float(gn[i])) for i in range(shown))
-        return tuple(
-            render_rgb(self.family, {k: v[i : i + 1].cpu() for k, v in self._data.items()},
-                       self.x[i].cpu(), hist[i, hist.shape[1] - 1 - int(t[i]):].tolist())
-            for i in range(shown)
-        )
+        hist = self._render_f.cpu()
+        width = hist.shape[1]
+        frames = []
+        for i, renderer in enumerate(self._renderers):
+            t = int(self._t[i])
+            steps = range(max(t + 1 - width, 0), t + 1)  # the last `width` values, in order
+            fs = hist[i, [s % width for s in steps]].tolist()
+            data = {k: v[i : i + 1].cpu() for k, v in self._data.items()}
+            frames.append(renderer.frame(data, self.x[i].cpu(), fs))
+        return tuple(frames)
 
 
 def numpy_vector_env(env: VectorEnv) -> VectorEnv:

@@ -18,6 +18,7 @@ from optenv.families.logistic_regression import LogisticRegression
 from optenv.families.neural_net import NeuralNet
 from optenv.families.quadratic import Quadratic
 from optenv.families.robust_regression import RobustRegression
+from optenv.validation import unknown_arguments_error
 
 __all__ = [
     "FAMILIES",
@@ -57,12 +58,13 @@ def register_family(
 def make_family(family: str | ObjectiveFamily, **kwargs: Any) -> ObjectiveFamily:
     """A family instance from a registered name and its arguments, or a ready instance.
 
-    Raises ValueError naming an unknown family or argument and listing the allowed ones.
+    Raises ValueError naming an unknown family, and UnknownArgumentError (a TypeError and a
+    ValueError, in Python's words) naming an unknown argument; both list the allowed ones.
     """
     if isinstance(family, ObjectiveFamily):
         if kwargs:
-            raise ValueError(f"family arguments {sorted(kwargs)} given with a ready "
-                             f"{type(family).__name__} instance; allowed: none")
+            raise unknown_arguments_error(f"a ready {type(family).__name__} instance", kwargs,
+                                          ())
         return family
     if not isinstance(family, str) or family not in FAMILIES:
         raise ValueError(f"family: got {family!r}, allowed: {', '.join(sorted(FAMILIES))} "
@@ -72,8 +74,7 @@ def make_family(family: str | ObjectiveFamily, **kwargs: Any) -> ObjectiveFamily
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
-            raise ValueError(f"unknown argument(s) {', '.join(unknown)} for family {family}; "
-                             f"allowed: {', '.join(params) or 'none'}")
+            raise unknown_arguments_error(f"family {family}", unknown, params)
     made = factory(**kwargs)
     if not isinstance(made, ObjectiveFamily):
         raise TypeError(f"family {family!r}: factory returned {type(made).__name__}, "

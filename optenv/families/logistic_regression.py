@@ -43,6 +43,13 @@ class LogisticRegression(ObjectiveFamily):
     def d(self) -> int:
         return self.dim + 1
 
+    def problem_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"X": (self.n_points, self.dim), "y": (self.n_points,)}
+
+    def draw_numel(self) -> int:
+        # the draw gathers each point's class Cholesky factor: n_points dim x dim matrices
+        return super().draw_numel() + self.n_points * self.dim * self.dim
+
     def generate(self, rng: KeyedRNG) -> ProblemData:
         n0 = self.n_points // 2
         means = rng.normal(2, self.dim)

@@ -67,6 +67,10 @@ class NeuralNet(ObjectiveFamily):
             x[:, u_end:],
         )
 
+    def problem_shapes(self) -> dict[str, tuple[int, ...]]:
+        n = self.n_clusters * self.points_per_cluster
+        return {"X": (n, self.inputs), "y": (n,)}
+
     def generate(self, rng: KeyedRNG) -> ProblemData:
         k, m, i = self.n_clusters, self.points_per_cluster, self.inputs
         means = rng.normal(k, i)

@@ -39,6 +39,9 @@ class Quadratic(ObjectiveFamily):
     def d(self) -> int:
         return self.dim
 
+    def problem_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"A": (self.dim, self.dim), "x_star": (self.dim,)}
+
     def generate(self, rng: KeyedRNG) -> ProblemData:
         d = self.dim
         g = rng.normal(d, d)

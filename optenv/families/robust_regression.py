@@ -46,6 +46,10 @@ class RobustRegression(ObjectiveFamily):
     def d(self) -> int:
         return self.dim + 1
 
+    def problem_shapes(self) -> dict[str, tuple[int, ...]]:
+        n = self.n_clusters * self.points_per_cluster
+        return {"X": (n, self.dim), "y": (n,)}
+
     def generate(self, rng: KeyedRNG) -> ProblemData:
         k, m = self.n_clusters, self.points_per_cluster
         means = rng.normal(k, self.dim)

@@ -1,4 +1,5 @@
-"""Throughput benchmarks, one JSON object per line: ``optenv bench env``.
+"""Throughput benchmarks, one JSON object per line: ``optenv bench env`` and ``optenv bench
+render``.
 
 Measures env-steps per second of: the single env (``gym.make``), Gymnasium's SyncVectorEnv of N
 single envs, and the batched :class:`~optenv.vector.OptimizationVectorEnv` at the same N, on the
@@ -6,6 +7,11 @@ CPU, and on CUDA where present (float32, ``check_actions=False``: no read of the
 Random actions are drawn before the clock starts; every line names the device it ran on.
 ``--profile`` prints instead where a batched step's time goes: the ops with the most self time
 per step (device time on CUDA, eager and graphed), from ``torch.profiler``.
+
+``optenv bench render`` times ``render()`` of the single env in ``rgb_array`` mode (the frame a
+``RecordVideo`` wrapper takes every step): the first frame (which builds the figure) and the
+median and slowest of the frames after it, for ``--env`` and for NeuralNet (whose frames add the
+data panel). The target is at most 20 ms a frame.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 import optenv
 from optenv.validation import check_int
 
-__all__ = ["add_parser", "bench_env", "device_name", "profile_env", "run"]
+__all__ = ["add_parser", "bench_env", "bench_render", "device_name", "profile_env", "run"]
 
 
 def device_name(device: torch.device) -> str:
@@ -154,10 +160,32 @@ def profile_env(env_id: str, num_envs: int, steps: int, *, device: str, top: int
     return rows
 
 
+def bench_render(env_id: str, frames: int, *, seed: int = 0) -> dict[str, Any]:
+    """A row of milliseconds per ``rgb_array`` frame of the single env, a step between frames
+    (as RecordVideo renders): the first frame apart, then the median and slowest."""
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    times = []
+    for _ in range(frames + 1):
+        _, _, term, trunc, _ = env.step(rng.uniform(-0.1, 0.1, env.action_space.shape))
+        if term or trunc:
+            env.reset()
+        t0 = time.perf_counter()
+        frame = env.render()
+        times.append(1e3 * (time.perf_counter() - t0))
+    env.close()
+    return {"bench": "render", "env_id": env_id, "device": "cpu",
+            "device_name": device_name(torch.device("cpu")), "frames": frames,
+            "frame_shape": list(frame.shape), "first_frame_ms": times[0],
+            "ms_per_frame": float(np.median(times[1:])), "max_ms": max(times[1:])}
+
+
 def add_parser(subparsers: Any) -> None:
     """The ``optenv bench`` sub-command."""
     p = subparsers.add_parser("bench", help="throughput benchmarks (JSON lines)")
-    p.add_argument("what", choices=["env"], help="what to measure")
+    p.add_argument("what", choices=["env", "render"],
+                   help="what to measure: env steps per second, or ms per rgb_array frame")
     p.add_argument("--env", default="optenv/LogisticRegression-v0", help="env id")
     p.add_argument("--num-envs", type=int, default=256, help="N for the vector envs")
     p.add_argument("--steps", type=int, default=400, help="timed steps per measurement")
@@ -178,7 +206,10 @@ def run(args: argparse.Namespace) -> int:
     for d in devices:
         if d.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device: got {d!r}, but CUDA is not available here")
-    if args.profile:
+    if args.what == "render":
+        ids = list(dict.fromkeys([args.env, "optenv/NeuralNet-v0"]))
+        rows = [bench_render(env_id, args.steps) for env_id in ids]
+    elif args.profile:
         rows = [r for d in devices for r in profile_env(args.env, args.num_envs, args.steps,
                                                           device=d)]
     else:

@@ -203,7 +203,7 @@ def test_per_row_tensor_hyperparameters_equal_separate_runs():
 def test_divergent_runs_are_flagged_and_stay_infinite():
     fam = Quadratic(dim=3)
     data, x0 = fam.sample([0, 1], split="test")
-    # The core clamps the state at ±1e30, so only a step that overflows f at once is non-finite.
+    # The core clamps the state at ±1e12, so only a step that overflows f at once is non-finite.
     lr = torch.tensor([1e200, 0.5], dtype=torch.float64)
     res = run_optimizer(GD(lr=lr), fam, data, x0, horizon=40)
     assert res.nonfinite.tolist() == [True, False]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from optenv.lab.bench import bench_env, profile_env
+from optenv.lab.bench import bench_env, bench_render, profile_env
 from optenv.lab.cli import main
 
 
@@ -39,3 +39,13 @@ def test_bench_profile_names_the_ops_that_take_a_steps_time(capsys):
                  "2", "--device", "cpu", "--profile"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines and all(json.loads(line)["bench"] == "env-profile" for line in lines)
+
+
+def test_bench_render_times_rgb_array_frames_of_the_single_env(capsys):
+    row = bench_render("optenv/Quadratic-v0", frames=2)
+    assert row["bench"] == "render" and row["frame_shape"] == [320, 640, 3]
+    assert row["first_frame_ms"] > 0 and 0 < row["ms_per_frame"] <= row["max_ms"]
+    assert main(["bench", "render", "--env", "optenv/Quadratic-v0", "--steps", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line)["env_id"] for line in lines] == ["optenv/Quadratic-v0",
+                                                              "optenv/NeuralNet-v0"]

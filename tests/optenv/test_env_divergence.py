@@ -86,3 +86,25 @@ def test_huge_max_step_never_yields_nan(eid, seed, scale):
     for _ in range(4):
         obs, reward, _, _, _ = env.step(rng.choice([-1.0, 1.0], env.action_space.shape))
         assert np.isfinite(obs).all() and np.isfinite(reward)
+
+
+def test_diverged_observations_keep_normalize_observation_statistics_finite():
+    """Gymnasium's NormalizeObservation keeps running statistics of the observations in their
+    own dtype, float32, and scales the variance by the count (var · count, then / count): the
+    clamp on a diverged run's state must keep that finite for any realistic count, or the
+    variance becomes inf and every later normalised observation 0 for good. With the old clamp
+    (1e30), and with 1e18, it was inf after the first batch of diverged observations."""
+    venv = gym.wrappers.vector.NormalizeObservation(optenv.numpy_vector_env(
+        gym.make_vec("optenv/Quadratic-v0", num_envs=64, max_step=1e300)))
+    venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    diverged = 0
+    for _ in range(40):
+        obs, _, terminated, _, _ = venv.step(rng.choice([-1.0, 1.0], (64, 10)))
+        diverged += int(terminated.sum())
+    stats = venv.obs_rms
+    assert stats.var.dtype == np.float32 and diverged > 500
+    assert np.isfinite(stats.var).all() and np.isfinite(stats.mean).all()
+    assert np.isfinite(obs).all() and obs.std() > 0
+    # the margin: a variance at the clamp squared stays finite for 1e14 observations
+    assert np.finfo(np.float32).max > optenv.core.STATE_LIMIT ** 2 * 1e14

@@ -34,8 +34,6 @@ def _bad_reset_options(env):
 
 
 def test_bad_reset_option_raises_and_leaves_the_env_unchanged(env_id):
-    # On the unwrapped env: Gymnasium's TimeLimit zeroes its own step counter before it calls
-    # the env's reset, whatever the env then does; that wrapper is not optenv's to pin down.
     env, twin = gym.make(env_id).unwrapped, gym.make(env_id).unwrapped
     for e in (env, twin):
         e.reset(seed=8)
@@ -44,16 +42,34 @@ def test_bad_reset_option_raises_and_leaves_the_env_unchanged(env_id):
         with pytest.raises(ValueError, match="options"):
             env.reset(options=options)
         np.testing.assert_array_equal(env.state, twin.state)
-    a = np.full(env.action_space.shape, -0.2, np.float32)
-    for _ in range(3):
-        ra, rb = env.step(a), twin.step(a)
-        np.testing.assert_array_equal(ra[0], rb[0])
-        assert ra[1:4] == rb[1:4]
-        assert ra[4]["t"] == rb[4]["t"] and ra[4]["f0"] == rb[4]["f0"]
-    assert ra[4]["t"] == 4, "the step counter was not disturbed"
+        assert env.problem.keys() == twin.problem.keys()
+        for key, value in env.problem.items():
+            np.testing.assert_array_equal(value, twin.problem[key])
+    # nothing moved, np_random included: the next reset draws what the twin's draws
     (oa, ia), (ob, ib) = env.reset(), twin.reset()
     np.testing.assert_array_equal(oa, ob)
     np.testing.assert_array_equal(ia["x"], ib["x"])
+    assert ia["episode_index"] == ib["episode_index"] == 1
+
+
+def test_a_failed_reset_under_time_limit_cannot_stretch_the_episode(env_id):
+    """Gymnasium's TimeLimit zeroes its step count before it calls the env's reset; were the
+    env to go on with the old episode after a failed reset, that episode would run past its
+    horizon (40 steps became 70). The env refuses to step until a reset succeeds, and the
+    episode after it ends at the horizon."""
+    env = gym.make(env_id, max_episode_steps=5)
+    env.reset(seed=1)
+    a = np.zeros(env.action_space.shape, np.float32)
+    for _ in range(3):
+        env.step(a)
+    with pytest.raises(ValueError, match="x0"):
+        env.reset(options={"x0": np.full(env.action_space.shape, np.nan)})
+    with pytest.raises(RuntimeError, match=r"reset\(\) raised \(ValueError: options\['x0'\]"):
+        env.step(a)
+    env.reset()
+    steps = [env.step(a) for _ in range(5)]
+    assert [out[3] for out in steps] == [False] * 4 + [True]
+    assert int(steps[-1][4]["t"]) == 5
 
 
 def _bad_actions(d):
@@ -123,3 +139,19 @@ def test_step_before_reset_is_an_error():
     env = OptimizationEnv("Quadratic")
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(10, np.float32))
+
+
+@pytest.mark.parametrize("make", [gym.make, gym.make_vec])
+def test_unknown_keyword_is_a_type_error_in_pythons_words(make):
+    # Clients probe constructors with keywords and drop the ones refused this way (TorchRL's
+    # GymEnv passes frameskip and retries without it on such a TypeError)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'frameskip'") as err:
+        make("optenv/Quadratic-v0", frameskip=4)
+    assert isinstance(err.value, ValueError), "still the package's error for a bad argument"
+    assert "allowed: dim, condition_number" in str(err.value)
+
+
+def test_unknown_keywords_with_a_ready_family_instance_are_a_type_error_too():
+    family = OptimizationEnv("Quadratic").family
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dim'"):
+        OptimizationEnv(family, dim=3)

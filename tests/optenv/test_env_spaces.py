@@ -66,7 +66,7 @@ def test_observation_content_follows_the_documented_layout(env_id):
         steps.append(0.3 * np.clip(a.astype(np.float64), -1, 1))
         fs.append(info["f"])
         grads.append(info["grad"])
-        assert reward == -info["f"]
+        assert reward == np.float32(-info["f"])  # the float32 reward (reward_dtype default)
         assert info["action_clipped"] == bool((np.abs(a) > 1).any())
         xs.append(info["x"])
         np.testing.assert_allclose(xs[-1] - xs[-2], steps[-1], rtol=1e-9, atol=1e-12)

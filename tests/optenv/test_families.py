@@ -348,7 +348,7 @@ def test_function_family_rosenbrock_runs_through_the_env_and_passes_the_checkers
     np.testing.assert_allclose(info["grad"], expected_g, rtol=1e-10)
     obs, reward, terminated, truncated, info = env.step(np.array([1.0, -1.0], np.float32))
     np.testing.assert_allclose(info["x"], x + np.array([0.1, -0.1]), rtol=1e-12)
-    assert reward == -info["f"]
+    assert reward == np.float32(-info["f"])
     assert not terminated and not truncated
     frame = env.render()
     assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
@@ -373,3 +373,11 @@ def test_registered_user_family_works_through_gym_make():
         optenv.register_objective("optenv_tests/TestRosenbrock-v0", "TestRosenbrock",
                                   max_episode_steps=6)
     env.close()
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_stated_problem_shapes_are_the_shapes_a_draw_makes(case):
+    fam = _family(case)
+    data, _ = fam.sample([3])
+    assert fam.problem_shapes() == {k: tuple(v.shape[1:]) for k, v in data.items()}
+    assert fam.draw_numel() >= sum(v.numel() for v in data.values())

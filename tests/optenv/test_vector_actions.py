@@ -76,3 +76,29 @@ def test_huge_finite_actions_are_clipped_not_rejected(dtype, check_actions):
     torch.testing.assert_close(venv.x - x0, torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]],
                                                          dtype=venv.x.dtype))
     assert torch.isfinite(rew).all()
+
+
+def test_actions_that_require_grad_never_join_the_env_to_the_autograd_graph():
+    """The step is not differentiable: actions are detached, so an action carrying a graph
+    (a policy's output, say) neither fails nor keeps every past step's graph alive through
+    the env's buffers (memory grew without bound, 253 MB to 3.1 GB in 3 000 steps)."""
+    venv = OptimizationVectorEnv("LogisticRegression", 4, max_episode_steps=3)
+    policy = torch.nn.Linear(venv.single_observation_space.shape[0], 4).double()
+    obs, _ = venv.reset(seed=0)
+    for _ in range(5):  # across an autoreset
+        actions = policy(obs.double())
+        assert actions.requires_grad
+        obs, reward, _, _, infos = venv.step(actions)
+        for t in (obs, reward, infos["f"], venv.state, venv.x, *venv.problem.values()):
+            assert not t.requires_grad and t.grad_fn is None
+    x0 = torch.zeros(4, 4, dtype=torch.float64, requires_grad=True)
+    venv.reset(options={"x0": x0 * 2})
+    assert venv.state.grad_fn is None
+
+
+def test_single_env_takes_an_action_tensor_that_requires_grad():
+    env = gym.make("optenv/Quadratic-v0")
+    env.reset(seed=0)
+    action = torch.full((10,), 0.1, requires_grad=True)
+    obs, _, _, _, info = env.step(action * 1.0)
+    assert np.isfinite(obs).all() and int(info["t"]) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import optenv
 from optenv import OptimizationVectorEnv
@@ -29,3 +30,43 @@ def test_vector_render_shows_each_env_as_the_single_env_would_across_an_autorese
     else:
         assert all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames)
         np.testing.assert_array_equal(frames[1], single.render())
+
+
+def _tensor_bytes(obj, seen=None) -> int:
+    """Bytes of every tensor an object holds (attributes, lists, dicts), each counted once."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    if isinstance(obj, OptimizationVectorEnv):
+        return _tensor_bytes(vars(obj), seen)
+    return 0
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "Disabled"])
+def test_render_history_stays_the_same_size_however_long_the_run(mode):
+    venv = OptimizationVectorEnv("Quadratic", 64, dim=2, render_mode="rgb_array",
+                                 max_episode_steps=5, autoreset_mode=mode)
+    venv.reset(seed=0)
+    a = torch.full((64, 2), 0.01)
+    venv.step(a)
+    held = _tensor_bytes(venv)
+    for _ in range(120):  # DISABLED: stepped on past the horizon, never reset
+        infos = venv.step(a)[4]
+    assert _tensor_bytes(venv) == held
+    frame = venv.render()[0]
+    assert frame.dtype == np.uint8 and frame.ndim == 3
+    if mode == "NextStep":  # the current episode's curve, as the single env draws it
+        single = optenv.OptimizationEnv("Quadratic", dim=2, render_mode="rgb_array")
+        single.reset(seed=0)
+        for _ in range(121 // 6):  # NEXT_STEP: 5 steps and the reset step per episode
+            single.reset()
+        for _ in range(int(infos["t"][0])):
+            single.step(a[0].numpy())
+        np.testing.assert_array_equal(frame, single.render())

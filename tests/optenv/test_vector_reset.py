@@ -39,6 +39,27 @@ def test_reset_seed_list_must_have_one_seed_per_env():
         venv.reset(seed=[1, -2, 3])
 
 
+@pytest.mark.parametrize(
+    "seed,pattern",
+    [
+        (1.5, r"seed: got 1.5, allowed: None, an int in \[0, 2\*\*63\) or a sequence of 3"),
+        (True, "seed: got True"),
+        ("7", "seed: got '7'"),
+        ([1, 2.0, 3], r"seed\[1\]: got 2.0"),
+        (2**63 - 2, r"seed: got .* must stay below 2\*\*63"),
+    ],
+)
+def test_bad_seed_says_what_a_seed_may_be_and_changes_nothing(seed, pattern):
+    venv = OptimizationVectorEnv("Quadratic", 3, dim=2)
+    venv.reset(seed=4)
+    venv.step(torch.full((3, 2), 0.5))
+    state, rng_state = venv.state.clone(), venv.np_random.bit_generator.state
+    with pytest.raises(ValueError, match=pattern):
+        venv.reset(seed=seed)
+    torch.testing.assert_close(venv.state, state, rtol=0, atol=0)
+    assert venv.np_random.bit_generator.state == rng_state
+
+
 def test_reset_mask_resets_only_the_masked_envs():
     venv = OptimizationVectorEnv("LogisticRegression", 4, autoreset_mode="Disabled")
     assert venv.autoreset_mode is AutoresetMode.DISABLED
