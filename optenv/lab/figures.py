@@ -47,7 +47,7 @@ import numpy as np
 
 from optenv.checkpoint import atomic_write
 
-__all__ = ["DPI", "FORMATS", "HAND_COLOURS", "LEARNED_COLOURS", "Style", "figures",
+__all__ = ["DPI", "FORMATS", "HAND_COLOURS", "LEARNED_COLOURS", "Style", "figure_size", "figures",
            "margin_figure", "mean_f_figure", "method_styles", "short_labels", "split_method",
            "suboptimality_figure", "write_figures"]
 
@@ -174,11 +174,17 @@ def _env_name(doc: Mapping[str, Any]) -> str:
     return str(doc["env_id"]).split("/")[-1]
 
 
+def figure_size(panels: int) -> tuple[float, float]:
+    """(width, height) in inches of a figure of ``panels`` side-by-side panels and the legend
+    column: the PNG is DPI times that in pixels, the SVG 72 times that in points."""
+    return (_PANEL[0] * panels + _LEGEND, _PANEL[1])
+
+
 def _new_figure(panels: int) -> tuple[Any, list[Any]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(_PANEL[0] * panels + _LEGEND, _PANEL[1]), dpi=DPI)
+    fig = Figure(figsize=figure_size(panels), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
 
