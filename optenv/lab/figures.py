@@ -282,21 +282,23 @@ def _symlog_threshold(values: np.ndarray) -> float:
 
 
 def _symlog_axis(ax: Any, values: np.ndarray) -> None:
-    """A symmetric-log y axis with ticks at 0 and at whole decades beyond the linear band only
-    (matplotlib's default also labels ±linthresh, which collide with the 0 label)."""
+    """A symmetric-log y axis with ticks at 0 and at the whole decades inside the data's range
+    on each side, at most five a side; the decade next to the linear band is left out when
+    there are more than four (matplotlib's default labels ±linthresh, which then collide with
+    the 0 label)."""
     thresh = _symlog_threshold(values)
     ax.set_yscale("symlog", linthresh=thresh)
     finite = values[np.isfinite(values)]
-    top = float(np.abs(finite).max()) if finite.size else thresh
-    first = int(np.ceil(np.log10(thresh))) + 1
-    last = int(np.ceil(np.log10(max(top, thresh))))
-    decades = list(range(first, last + 1))
-    decades = decades[::-(-len(decades) // 5)] if decades else []  # at most 5 per side
     ticks = [0.0]
-    if finite.size and finite.max() > 0:
-        ticks += [10.0 ** k for k in decades]
-    if finite.size and finite.min() < 0:
-        ticks += [-(10.0 ** k) for k in decades]
+    for sign, side in ((1.0, finite[finite > 0]), (-1.0, -finite[finite < 0])):
+        if not side.size or side.max() < thresh:
+            continue
+        decades = list(range(int(np.ceil(np.log10(thresh))),
+                             int(np.floor(np.log10(side.max()))) + 1))
+        if len(decades) > 4:
+            decades = decades[1:]
+        step = max(1, -(-len(decades) // 5))
+        ticks += [sign * 10.0**k for k in decades[::step]]
     ax.set_yticks(sorted(ticks))
 
 
