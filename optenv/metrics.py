@@ -32,6 +32,7 @@ __all__ = [
     "mean_ci",
     "median_ci",
     "pairwise_win_fraction",
+    "suboptimality",
     "summarize",
 ]
 
@@ -257,3 +258,25 @@ def summarize(f: np.ndarray, confidence: float = 0.95) -> Summary:
         fraction_diverged=fraction_diverged(a),
         fraction_nonfinite=float(np.mean(~np.isfinite(final))),
     )
+
+
+def suboptimality(f: np.ndarray, f_star: np.ndarray, floor: float = 1e-12) -> np.ndarray:
+    """f − f* per objective and iteration [N, T+1], clipped below at ``floor``·max(1, |f*|);
+    NaN where f (or f*) is non-finite.
+
+    Why the floor: a run that reaches f* (f − f* = 0, or a rounding-level negative value) has
+    no logarithm; below ``floor`` relative to f*'s scale, float64 differences are rounding
+    noise, so such values are shown at the floor rather than dropped. Non-finite runs become
+    NaN, which :func:`mean_ci` leaves out (and :func:`median_ci` counts as the worst value).
+    """
+    a = _as_curves(f)
+    fs = np.asarray(f_star, dtype=np.float64).reshape(-1)
+    if fs.shape[0] != a.shape[0]:
+        raise ValueError(f"f_star: got {fs.shape[0]} values, allowed: one per objective "
+                         f"({a.shape[0]})")
+    if not (isinstance(floor, float | int) and math.isfinite(floor) and floor > 0):
+        raise ValueError(f"floor: got {floor!r}, allowed: a finite number > 0")
+    low = floor * np.maximum(1.0, np.abs(fs))[:, None]
+    with np.errstate(invalid="ignore"):
+        gap = np.maximum(a - fs[:, None], low)
+    return np.where(np.isfinite(a) & np.isfinite(fs)[:, None], gap, np.nan)

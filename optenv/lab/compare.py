@@ -2,9 +2,11 @@
 
 The package's main job. For one env id it grid-searches each hand-designed optimiser's
 hyper-parameters on ``--n-train`` training objectives (Li & Malik's protocol), runs every method
-on the same ``--n-test`` held-out objectives for ``--horizon`` iterations, prints a table, and
-writes ``results.json`` (schema in :mod:`optenv.lab.results`) plus ``mean_f.png`` and
-``margin_of_victory.png`` into ``--out``.
+on the same ``--n-test`` held-out objectives for ``--horizon`` iterations, computes a reference
+optimum f* of each objective (:mod:`optenv.lab.reference`; reused from an earlier results.json
+in ``--out`` when it is of the same objectives), prints a table, and writes ``results.json``
+(schema in :mod:`optenv.lab.results`) and the figures of :mod:`optenv.lab.figures` (PNG and
+SVG: suboptimality f − f* on a log axis, mean f, margin of victory) into ``--out``.
 
 Methods (``--methods``, comma-separated): the hand-designed optimisers and ``PREFIX:DIR`` specs
 for saved learned optimisers, resolved by :mod:`optenv.lab.methods`.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 import tempfile
 import time
@@ -33,12 +36,14 @@ import numpy as np
 from baselines.tuning import grid_search
 from optenv.evaluate import evaluate, resolve_env
 from optenv.families import FAMILIES
+from optenv.lab.figures import write_figures
 from optenv.lab.methods import HAND_OPTIMIZERS, load_method, parse_methods
-from optenv.lab.results import make_results, plot_results, write_results
+from optenv.lab.reference import reference_optimum
+from optenv.lab.results import make_results, write_results
 from optenv.validation import parse_device
 
-__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "ENV_ARGUMENTS", "add_parser", "format_table",
-           "parse_env_kwargs", "run"]
+__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "ENV_ARGUMENTS", "add_parser", "format_reference",
+           "format_table", "parse_env_kwargs", "run"]
 
 DEFAULT_ENV = "optenv/LogisticRegression-v0"
 DEFAULT_METHODS = "gd,momentum,nesterov,cg,lbfgs,adam,adagrad,rmsprop"
@@ -55,7 +60,9 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Grid-search each hand-designed optimiser's hyper-parameters on TRAIN objectives, "
             "evaluate every method on the same held-out TEST objectives, print a table and "
-            "write results.json, mean_f.png and margin_of_victory.png. With no arguments: "
+            "write results.json and figures (PNG and SVG): suboptimality f - f* on a log "
+            "axis (f* in closed form or from long L-BFGS runs), mean f and margin of "
+            "victory. With no arguments: "
             f"{DEFAULT_ENV}, all hand-designed methods, 100 test objectives, horizon 40 "
             "(well under two minutes on a CPU)."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -87,7 +94,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", default=None,
                    help="output directory (default: runs/compare/<env name>, with "
                         "-<env kwargs> appended for a variant)")
-    p.add_argument("--no-plots", action="store_true", help="write the JSON only")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write the JSON only (f* is still computed: it is in the JSON)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
@@ -255,19 +263,33 @@ class _Runs:
     tuned: dict[str, Any] = field(default_factory=dict)
     hyper: dict[str, Any] = field(default_factory=dict)
     walls: dict[str, float] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)  # learned: absolute run folder
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison ``args`` describe; returns the exit status (0).
 
-    Three steps: resolve and check every argument, tune (hand-designed methods, on TRAIN) and
-    evaluate (every method, on the same held-out objectives), then report (results.json, the
-    plots, the table).
+    Four steps: resolve and check every argument, tune (hand-designed methods, on TRAIN) and
+    evaluate (every method, on the same held-out objectives), the reference optimum f* of those
+    objectives, then report (results.json, the figures, the table).
     """
     plan = _plan(args)
     runs = _tune_and_evaluate(args, plan)
-    _report(args, plan, runs)
+    reference = reference_optimum(plan.family, n_test=args.n_test, seed=args.seed,
+                                  split=args.split, device=plan.device,
+                                  previous=_previous_results(plan.out / "results.json"))
+    _report(args, plan, runs, reference)
     return 0
+
+
+def _previous_results(path: Path) -> Any:
+    """The results document already in ``--out`` (its reference f* may be reused), or None
+    when there is none or it does not parse: it is only a cache, and is overwritten."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -317,6 +339,7 @@ def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan) -> _Runs:
         else:
             method = load_method(name, path, context)
             runs.hyper[label_m] = None
+            runs.paths[label_m] = str(Path(path).resolve())
         bar.set_postfix_str(f"{label_m}: evaluating")
         t0 = time.perf_counter()
         runs.evaluations[label_m] = evaluate(method, plan.env, n_test=args.n_test,
@@ -347,19 +370,34 @@ def _hand_method(
     return cls(**hp)
 
 
-def _report(args: argparse.Namespace, plan: _Plan, runs: _Runs) -> None:
-    """Write results.json (and the plots unless ``--no-plots``), then print the set-up line,
-    the table and the files written."""
+def _report(args: argparse.Namespace, plan: _Plan, runs: _Runs,
+            reference: dict[str, Any]) -> None:
+    """Write results.json (and the figures unless ``--no-plots``), then print the set-up line,
+    the table, how f* was obtained and the files written."""
     doc = make_results(
         runs.evaluations, family=plan.family, seed=args.seed, device=str(plan.device),
         tuning=runs.tuned, hyperparameters=runs.hyper, wall_s=runs.walls,
         tuning_setup={"split": "train", "n_train": args.n_train, "criterion": args.criterion}
-        if plan.tune else None)
+        if plan.tune else None, reference=reference, paths=runs.paths)
     written = [write_results(doc, plan.out / "results.json")]
     if not args.no_plots:
-        written += plot_results(doc, plan.out)
+        written += write_figures(doc, plan.out)
     print(f"{plan.label}: {args.n_test} {args.split} objectives, horizon {plan.horizon}"
           + (f", tuned on {args.n_train} train objectives" if plan.tune
              else ", default settings"))
     print(format_table(doc))
+    print(format_reference(doc["reference"]))
     print("wrote " + ", ".join(str(p) for p in written))
+
+
+def format_reference(ref: dict[str, Any]) -> str:
+    """One line: how f* was obtained, what it cost, and where a method went below it."""
+    cost = "reused from the previous results.json" if ref["cached"] else \
+        f"{ref['wall_s']:.1f} s"
+    below = ref["below_reference"]
+    line = f"f*: {ref['how']} ({cost})"
+    if below["objectives"]:
+        by = ", ".join(f"{k} {v}" for k, v in below["by"].items())
+        line += (f"; methods reached lower f on {len(below['objectives'])} objective(s) "
+                 f"(by up to {below['largest']:.2g}: {by}), taken as f* there")
+    return line

@@ -1,4 +1,4 @@
-"""Comparison results: a JSON document (schema below) and PNG plots, both written atomically.
+"""Comparison results: a JSON document (schema below), written atomically; figures of it.
 
 JSON schema ``"optenv-compare/1"`` (one object; non-finite numbers are written as ``null``,
 since JSON has no inf/NaN; T = horizon, N = number of test objectives)::
@@ -31,13 +31,36 @@ since JSON has no inf/NaN; T = horizon, N = number of test objectives)::
           "fraction_diverged": 0.0,      # final f > f(x0), or non-finite
           "fraction_nonfinite": 0.0,
           "extra_evals_mean": 0.0,       # line-search f/∇f evaluations beyond 1 per iteration
-          "wall_s": 1.2                  # seconds spent evaluating (tuning excluded)
+          "wall_s": 1.2,                 # seconds spent evaluating (tuning excluded)
+          "label": "gps (gps-quick)",    # short label for figures (optional key)
+          "path": "/home/me/runs/gps-quick" | null,  # a learned optimiser's run folder,
+                                         # absolute (optional key)
+          "suboptimality": {             # f − f* (optional key: with "reference")
+            "mean": [T+1], "n_finite": [T+1],          # over the finite runs
+            "median": [T+1], "median_low": [T+1], "median_high": [T+1],
+            "mean_by_evals": [T+1], "median_by_evals": [T+1],   # after b = 0..T f/∇f
+            "median_low_by_evals": [T+1], "median_high_by_evals": [T+1]   # evaluations
+          } | null
         }, ...
-      }
+      },
+      "reference": {                     # f* per test objective (optional key)
+        "f_star": [N],                   # min(f_reference, best f any method reached)
+        "f_reference": [N], "f_x0": [N], "max_grad": [N], "iterations": [N],
+        "source": "closed form" | "numerical", "how": "L-BFGS (...) ...",
+        "convex": true, "starts": 1, "key": {...}, "cached": false, "wall_s": 0.4,
+        "floor": 1e-12,                  # f − f* is clipped at floor·max(1, |f*|)
+        "below_reference": {             # where a method reached lower f than f_reference
+          "objectives": [...],           # by more than the floor (indices)
+          "within_rounding": 0,          # objectives where by less (taken as f* all the same)
+          "largest": 0.0, "by": {"<name>": 0}}   # largest difference; who reached lowest
+      } | null
     }
 
+``suboptimality`` and ``reference`` come from :mod:`optenv.lab.reference` (how f* is obtained);
+:mod:`optenv.lab.figures` draws the figures from this document alone.
+
 Why atomic writes: a comparison can take minutes and is often interrupted; a half-written JSON
-or PNG would look like a result. Each file goes to a temporary file in the target directory and
+or figure would look like a result. Each file goes to a temporary file in the target directory and
 is renamed into place with ``os.replace`` (atomic on POSIX and Windows).
 """
 
@@ -59,7 +82,9 @@ from optenv.metrics import (
     f_at_evaluation_budget,
     margin_of_victory,
     mean_ci,
+    median_ci,
     pairwise_win_fraction,
+    suboptimality,
     summarize,
 )
 
@@ -80,6 +105,10 @@ _PER_ITER = ("mean_f", "mean_f_low", "mean_f_high", "n_finite", "median_f", "med
 _METHOD_KEYS = (*_PER_ITER, "kind", "hyperparameters", "tuning", "final_f",
                 "margin_of_victory", "fraction_diverged", "fraction_nonfinite",
                 "extra_evals_mean", "wall_s")
+_SUBOPT_KEYS = ("mean", "n_finite", "median", "median_low", "median_high", "mean_by_evals",
+                "median_by_evals", "median_low_by_evals", "median_high_by_evals")
+#: f − f* below FLOOR·max(1, |f*|) is drawn at that value (rounding noise in float64).
+FLOOR = 1e-12
 _TOP_KEYS = ("schema", "env_id", "family", "horizon", "history", "max_step", "split", "n_test",
              "seed", "device", "dtype", "optenv_version", "torch_version", "created", "tuning",
              "methods")
@@ -116,16 +145,85 @@ def make_results(
     hyperparameters: Mapping[str, Mapping[str, float] | None] | None = None,
     wall_s: Mapping[str, float] | None = None,
     tuning_setup: Mapping[str, Any] | None = None,
+    reference: Mapping[str, Any] | None = None,
+    paths: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The results document (see the module docstring) for evaluations of the same objectives."""
+    """The results document (see the module docstring) for evaluations of the same objectives.
+
+    ``reference``: the f* record of :func:`optenv.lab.reference.reference_optimum` for these
+    objectives (None: no ``suboptimality``); f* becomes min(its ``f_reference``, the best f any
+    method reached), recorded under ``below_reference``. ``paths``: method → the absolute run
+    folder of a learned optimiser (its ``path`` field).
+    """
+    from optenv.lab.figures import short_labels
+
     if not evaluations:
         raise ValueError("evaluations: got none, allowed: at least one method's Evaluation")
     first = _check_same_objectives(list(evaluations.values()))
     methods = _method_entries(evaluations, tuning=tuning or {},
                               hyperparameters=hyperparameters or {}, wall_s=wall_s or {})
+    labels = short_labels(list(evaluations))
+    for name, entry in methods.items():
+        entry["label"] = labels[name]
+        entry["path"] = (paths or {}).get(name)
+    ref = None
+    if reference is not None:
+        ref = _with_best_seen(reference, evaluations)
+        for name, ev in evaluations.items():
+            methods[name]["suboptimality"] = _suboptimality_entry(ev, ref["f_star"])
     return jsonable({**_header(first, family, seed=seed, device=device, dtype=dtype),
                      "tuning": dict(tuning_setup) if tuning_setup is not None else None,
-                     "methods": methods})
+                     "methods": methods, "reference": ref})
+
+
+def _with_best_seen(
+    reference: Mapping[str, Any], evaluations: Mapping[str, Evaluation]
+) -> dict[str, Any]:
+    """The reference with ``f_star`` = min(f_reference, best f any method reached) per objective
+    and ``below_reference`` saying where a method went lower (another basin of a non-convex
+    objective, or a numerical reference that stopped early): f − f* is then never negative,
+    and that it happened is on record. ValueError if the reference is of other objectives."""
+    f_ref = _arr(jsonable(reference["f_reference"]))
+    f0_ref = _arr(jsonable(reference["f_x0"]))
+    ev0 = next(iter(evaluations.values())).f[:, 0]
+    both = np.isfinite(f0_ref) & np.isfinite(ev0) if f0_ref.shape == ev0.shape else None
+    if both is None or not np.allclose(f0_ref[both], ev0[both], rtol=1e-9, atol=1e-12):
+        raise ValueError("reference: got f(x0) values that are not the evaluations' (another "
+                         "family, split, seed or number of objectives); allowed: the reference "
+                         "of the evaluated objectives")
+    names = list(evaluations)
+    stack = np.stack([np.where(np.isfinite(ev.f), ev.f, np.inf) for ev in evaluations.values()])
+    per_method = stack.min(axis=2)  # [M, N]
+    best = per_method.min(axis=0)
+    ref_or_inf = np.where(np.isnan(f_ref), np.inf, f_ref)
+    below = best < ref_or_inf
+    # beyond rounding: by more than the floor at which f − f* is drawn
+    beyond = best < ref_or_inf - FLOOR * np.maximum(1.0, np.abs(best))
+    idx = np.flatnonzero(beyond)
+    by = {names[m]: int((per_method[m, idx] == best[idx]).sum()) for m in range(len(names))}
+    return {**reference,
+            "f_star": np.where(below, best, f_ref),
+            "floor": FLOOR,
+            "below_reference": {
+                "objectives": idx.tolist(),
+                "within_rounding": int((below & ~beyond).sum()),
+                "largest": float(np.max(ref_or_inf[idx] - best[idx])) if idx.size else 0.0,
+                "by": {k: v for k, v in by.items() if v}}}
+
+
+def _suboptimality_entry(ev: Evaluation, f_star: np.ndarray) -> dict[str, Any]:
+    """A method's ``suboptimality`` field: mean (over finite runs) and median (non-finite runs
+    counted as the worst) of f − f* per iteration and per f/∇f evaluation budget."""
+    out: dict[str, Any] = {}
+    for suffix, curves in (("", ev.f), ("_by_evals", f_at_evaluation_budget(ev.f, ev.evals))):
+        gap = suboptimality(curves, f_star, FLOOR)
+        mean, _, _, n = mean_ci(gap)
+        med, lo, hi = median_ci(gap)
+        out.update({f"mean{suffix}": mean, f"median{suffix}": med,
+                    f"median_low{suffix}": lo, f"median_high{suffix}": hi})
+        if not suffix:
+            out["n_finite"] = n
+    return out
 
 
 def _check_same_objectives(evs: list[Evaluation]) -> Evaluation:
@@ -233,6 +331,17 @@ def validate_results(doc: Mapping[str, Any]) -> None:
         if mov is not None and len(mov) != t + 1:
             raise ValueError(f"results.methods[{name!r}].margin_of_victory: got {len(mov)} "
                              f"values, allowed: horizon + 1 = {t + 1}")
+        sub = m.get("suboptimality")
+        if sub is not None:
+            for k in _SUBOPT_KEYS:
+                if len(sub.get(k) or ()) != t + 1:
+                    raise ValueError(f"results.methods[{name!r}].suboptimality.{k}: got "
+                                     f"{len(sub.get(k) or ())} values, allowed: horizon + 1 "
+                                     f"= {t + 1}")
+    ref = doc.get("reference")
+    if ref is not None and (not isinstance(ref, Mapping) or len(ref.get("f_star") or ()) != n):
+        raise ValueError("results.reference: allowed: null or an object whose f_star has "
+                         f"n_test = {n} values")
 
 
 def write_results(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -255,56 +364,10 @@ def _arr(values: Any) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=120),
-                        binary=True)
-
-
 def plot_results(doc: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``mean_f.png`` (mean f per iteration with 95% intervals, log scale when every mean
-    is positive and they span more than a decade) and, with two or more methods,
-    ``margin_of_victory.png``. Uses matplotlib's Agg canvas directly (no pyplot, no global
-    backend switch). Returns the paths written."""
-    from matplotlib.figure import Figure
+    """Write the comparison's figures (PNG and SVG) into ``out_dir``; returns the paths
+    written. Kept for callers of the first version: :func:`optenv.lab.figures.write_figures`
+    does the work."""
+    from optenv.lab.figures import write_figures
 
-    out = Path(out_dir)
-    title = f"{doc['env_id']} — {doc['n_test']} test objectives"
-    paths = []
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    lows = []
-    for name, m in doc["methods"].items():
-        mean, lo, hi = _arr(m["mean_f"]), _arr(m["mean_f_low"]), _arr(m["mean_f_high"])
-        it = np.arange(mean.size)
-        (line,) = ax.plot(it, mean, label=name)
-        ax.fill_between(it, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-        lows.append(mean[np.isfinite(mean)])
-    allv = np.concatenate(lows) if lows else np.array([])
-    if allv.size and (allv > 0).all() and allv.max() / allv.min() > 10:
-        ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("mean objective value f")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    paths.append(_save_figure(fig, out / "mean_f.png"))
-    movs = {k: m["margin_of_victory"] for k, m in doc["methods"].items()
-            if m.get("margin_of_victory") is not None}
-    if movs:
-        fig = Figure(figsize=(7, 4.5))
-        ax = fig.add_subplot()
-        for name, mov in movs.items():
-            ax.plot(np.arange(len(mov)), _arr(mov), label=name)
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("mean margin of victory (best other f − own f)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        paths.append(_save_figure(fig, out / "margin_of_victory.png"))
-    return paths
+    return write_figures(doc, out_dir)

@@ -49,8 +49,12 @@ def test_compare_tunes_evaluates_prints_a_table_and_writes_results(tmp_path, cap
     assert len(gd["tuning"]["table"]) == len(gd["tuning"]["grid"]["lr"])
     assert doc["methods"]["lbfgs"]["tuning"] is None  # no grid: the line search sets steps
     assert doc["methods"]["lbfgs"]["extra_evals_mean"] > 0
-    for png in ("mean_f.png", "margin_of_victory.png"):
-        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for stem in ("suboptimality", "suboptimality_by_evals", "mean_f", "margin_of_victory"):
+        assert (tmp_path / "out" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in (tmp_path / "out" / f"{stem}.svg").read_bytes()[:1000]
+    assert doc["reference"]["source"] == "closed form" and "f*: closed form" in out
+    assert doc["methods"]["gd"]["suboptimality"]["mean"][0] == pytest.approx(
+        doc["methods"]["gd"]["mean_f"][0])  # f* = 0 on the quadratics
     beats = doc["methods"]["lbfgs"]["beats"]
     assert set(beats) == {"gd", "momentum"} and all(0.0 <= v <= 1.0 for v in beats.values())
     assert "equal f/grad evaluation budgets" in out  # L-BFGS's line search costs extra
@@ -128,7 +132,22 @@ def test_registered_loader_prefix_is_evaluated_like_any_policy(tmp_path, monkeyp
     assert compare.run(args) == 0
     assert calls == [("some/dir", "optenv/Quadratic-v0")]
     doc = read_results(tmp_path / "results.json")
-    assert doc["methods"]["fake:some/dir"]["kind"] == "callable"
+    fake = doc["methods"]["fake:some/dir"]
+    assert fake["kind"] == "callable" and fake["label"] == "fake (dir)"
+    assert fake["path"] == str(Path("some/dir").resolve())
+
+
+def test_a_second_run_into_the_same_folder_reuses_f_star_and_says_so(tmp_path, capsys):
+    argv = ("--env", "optenv/LogisticRegression-v0", "--methods", "gd,lbfgs", "--n-test", "3",
+            "--horizon", "3", "--no-tune", "--no-plots", "--quiet", "--out", str(tmp_path))
+    assert compare.run(_args(*argv)) == 0
+    first = read_results(tmp_path / "results.json")["reference"]
+    assert first["source"] == "numerical" and not first["cached"]
+    assert "f*: L-BFGS" in capsys.readouterr().out
+    assert compare.run(_args(*argv)) == 0
+    again = read_results(tmp_path / "results.json")["reference"]
+    assert again["cached"] and again["f_reference"] == first["f_reference"]
+    assert "reused from the previous results.json" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------- results files
