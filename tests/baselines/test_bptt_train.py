@@ -38,11 +38,12 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, arch) -> None:
     assert main([*base, "--iterations", "4", "--out", str(whole)]) == 0
     assert main([*base, "--iterations", "2", "--out", str(part)]) == 0
     assert main([*base, "--iterations", "4", "--out", str(part), "--resume"]) == 0
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)
-    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
     for k, v in a["state"]["net"].items():
         torch.testing.assert_close(v, b["state"]["net"][k], rtol=0, atol=0)
-    assert [r["meta_loss"] for r in a["log"]] == [r["meta_loss"] for r in b["log"]]
+    log_a, log_b = json.loads(a["log_json"]), json.loads(b["log_json"])
+    assert [r["meta_loss"] for r in log_a] == [r["meta_loss"] for r in log_b]
 
 
 def test_existing_run_is_not_overwritten_and_mismatched_resume_is_refused(tmp_path, capsys):
