@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from baselines.bptt import (
     meta_train,
     save_lstm,
 )
+from optenv.checkpoint import read_json_object
 from optenv.core import OptimizationCore, StateLayout
 from optenv.features import FEATURE_SETS, check_features, observer_for
 from optenv.flags import add_flags, config_from_flags, quick_preset
@@ -307,11 +307,14 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
     """
     folder = Path(path)
     try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--methods: bptt:{path} is not a finished `optenv train bptt` run "
-                         f"folder ({err})") from err
+        cfg = read_json_object(folder / "config.json", f"--methods: bptt:{path}")
+    except ValueError as err:
+        raise ValueError(f"{err}; allowed: the folder of a finished `optenv train bptt` "
+                         "run") from err
     artifact = str(folder / ARTIFACT)
+    if not Path(artifact).is_file():
+        raise ValueError(f"--methods: bptt:{path} holds no {ARTIFACT}; allowed: the folder "
+                         "of a finished `optenv train bptt` run")
     family = context["family"]
     if cfg.get("history") != context["history"]:
         raise ValueError(f"--methods: bptt:{path} was trained with history {cfg.get('history')},"

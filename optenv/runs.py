@@ -30,6 +30,7 @@ time: :class:`RunDir` holds the folder's lock (:class:`optenv.locks.FolderLock`)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -137,12 +138,16 @@ class RunDir:
                       if self.checkpoint_path.exists() else "")
             raise ValueError(f"--resume: {str(self.path)!r} holds no run to resume{detail}; "
                              "allowed: the --out folder of an optenv train run")
+        created = not self.path.exists()
         self._check_writable()
         self._lock = FolderLock(self.path)
         try:
             self._open(resume, tuple(resumable_keys), prepare)
         except BaseException:
             self._lock.release()
+            if created:  # a folder made for a run that could not start goes again
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
             raise
 
     def _open(self, resume: bool, resumable_keys: tuple[str, ...],
