@@ -204,13 +204,13 @@ class RunDir:
         try:
             payload = read_payload(path, what)
         except UnsafeFileError as err:
-            raise ValueError(f"--resume: {err}. It is probably a checkpoint of optenv 0.1 (SAC "
-                             "and TD3 kept their replay buffer as numpy arrays); to go on, "
-                             "resume it with the optenv that wrote it, or start a new run in "
-                             "another folder") from err
+            raise ValueError(f"--resume: {str(err).removeprefix('path: ')}. It is probably a "
+                             "checkpoint of optenv 0.1 (SAC and TD3 kept their replay buffer "
+                             "as numpy arrays); to go on, resume it with the optenv that wrote "
+                             "it, or start a new run in another folder") from err
         except ValueError as err:
-            raise ValueError(f"--resume: {err}; to go on, restore an intact copy of it, or "
-                             "start a new run in another folder") from err
+            raise ValueError(f"--resume: {str(err).removeprefix('path: ')}; to go on, restore an "
+                             "intact copy of it, or start a new run in another folder") from err
         fmt = payload.get("format")
         try:
             if fmt == CHECKPOINT_FORMAT and CHECKSUM_KEY in payload:
