@@ -3,6 +3,7 @@ stderr, exit status 2, no traceback, and nothing written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,16 +74,21 @@ def test_a_bptt_folder_whose_config_json_is_not_an_object_is_exit_2(tmp_path, ca
            *words)
 
 
-def _gps_run(out: Path) -> None:
-    assert main(["train", "gps", "--env", ENV, "--out", str(out), *GPS_TINY]) == 0
+@pytest.fixture
+def gps_run(tmp_path: Path) -> Path:
+    """A run folder as far as these checks look: they all come before its checkpoint is read
+    (a real run would cost a GPS iteration and its plot, ~10 s on a busy 2-core machine)."""
+    out = tmp_path / "gps"
+    out.mkdir()
+    (out / "config.json").write_text('{"trainer": "gps"}')
+    (out / "checkpoint.pt").write_bytes(b"a checkpoint")
+    return out
 
 
-def test_gps_resume_without_or_with_a_malformed_config_json_is_exit_2(tmp_path,
+def test_gps_resume_without_or_with_a_malformed_config_json_is_exit_2(gps_run, tmp_path,
                                                                        capsys) -> None:
-    out = tmp_path / "run"
-    _gps_run(out)
+    out = gps_run
     config = out / "config.json"
-    saved = config.read_text()
     checkpoint = (out / "checkpoint.pt").read_bytes()
     resume = ["train", "gps", "--env", ENV, "--out", str(out), *GPS_TINY, "--resume"]
     config.unlink()
@@ -92,7 +98,6 @@ def test_gps_resume_without_or_with_a_malformed_config_json_is_exit_2(tmp_path,
     config.write_text("[]")
     _fails(resume, capsys, "--resume", str(config), "holds a JSON list")
     assert (out / "checkpoint.pt").read_bytes() == checkpoint
-    config.write_text(saved)
     for trainer in (["train", "bptt", "--iterations", "1", "--quiet"],
                     ["train", "ppo", "--env", ENV, "--steps", "10", "--quiet"]):
         other = tmp_path / trainer[1]
@@ -101,11 +106,29 @@ def test_gps_resume_without_or_with_a_malformed_config_json_is_exit_2(tmp_path,
         _fails([*trainer, "--out", str(other), "--resume"], capsys, str(other / "config.json"))
 
 
-def test_a_second_run_in_a_folder_in_use_is_exit_2(tmp_path, capsys) -> None:
+def test_a_second_run_in_a_folder_in_use_is_exit_2(gps_run, capsys) -> None:
     from optenv.locks import FolderLock
 
-    out = tmp_path / "run"
-    _gps_run(out)
-    with FolderLock(out):  # another run holds the folder
-        _fails(["train", "gps", "--env", ENV, "--out", str(out), *GPS_TINY, "--resume",
+    files = {p.name: p.read_bytes() for p in gps_run.iterdir()}
+    with FolderLock(gps_run):  # another run holds the folder
+        _fails(["train", "gps", "--env", ENV, "--out", str(gps_run), *GPS_TINY, "--resume",
                 "--iterations", "2"], capsys, "in use by another optenv run")
+    assert {p.name: p.read_bytes() for p in gps_run.iterdir()} == files
+
+
+@pytest.mark.parametrize(("prefix", "artifact", "config"), [
+    ("gps", "policy.pt", None),
+    ("bptt", "optimizer.pt", {"history": 25, "arch": "mlp"}),
+])
+def test_a_crafted_policy_file_is_exit_2_and_never_unpickled(tmp_path, capsys, armed, prefix,
+                                                             artifact, config) -> None:
+    marker, bomb = armed
+    folder = tmp_path / prefix
+    folder.mkdir()
+    torch.save({"format": "optenv.policy/1", "config": {}, "state_dict": bomb, "extra": {}},
+               folder / artifact)
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    _fails(["compare", "--methods", f"{prefix}:{folder}", "--n-test", "2", "--horizon", "3",
+            "--out", str(tmp_path / "cmp"), "--quiet"], capsys, "only unpickling")
+    assert not marker.exists()

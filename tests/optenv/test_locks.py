@@ -9,10 +9,15 @@ import sys
 
 import pytest
 
+from optenv import locks
 from optenv.locks import LOCK_FILE, FolderLock
 
-HOLD = ("import sys, time; from optenv.locks import FolderLock; "
-        "lock = FolderLock(sys.argv[1]); print('locked', flush=True); time.sleep(60)")
+#: A process that takes the lock and waits; it loads optenv/locks.py alone (standard library
+#: only), not the optenv package, so it starts in a fraction of a second.
+HOLD = ("import importlib.util, sys, time; "
+        "spec = importlib.util.spec_from_file_location('locks', sys.argv[2]); "
+        "locks = importlib.util.module_from_spec(spec); spec.loader.exec_module(locks); "
+        "lock = locks.FolderLock(sys.argv[1]); print('locked', flush=True); time.sleep(60)")
 
 
 def test_a_second_lock_is_refused_until_the_first_is_released(tmp_path) -> None:
@@ -31,8 +36,7 @@ def test_a_second_lock_is_refused_until_the_first_is_released(tmp_path) -> None:
 def test_a_lock_whose_holder_was_killed_does_not_block(tmp_path) -> None:
     """The rule: the OS drops the lock with the process, so kill -9 leaves a lock file that
     blocks no one."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], env=env,
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), locks.__file__],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
