@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from baselines.bptt import (
     meta_train,
     save_lstm,
 )
+from optenv.checkpoint import read_json_object
 from optenv.core import OptimizationCore, StateLayout
 from optenv.features import FEATURE_SETS, check_features, observer_for
 from optenv.flags import add_flags, config_from_flags, quick_preset
@@ -221,27 +221,38 @@ def _coordinatewise_env_policy(cw: Any, path: str, family: Any,
 def run(args: argparse.Namespace) -> int:
     """``optenv train bptt`` (module docstring); returns the exit status."""
     mt, cfg = _config(args)
-    run_dir = RunDir(args.out, cfg, resume=args.resume,
-                     resumable_keys=("iterations", "device"))
     family = family_of(cfg["env_id"])
     device = torch.device(cfg["device"])
     torch.manual_seed(mt.seed)
     net = _build(cfg["arch"], family, mt.history, mt.horizon, cfg["features"]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=mt.lr)
-    log: list[dict[str, Any]] = []
-    start = 0
-    if args.resume:
+    # The checkpoint is read, verified and loaded before anything in the folder is written.
+    with RunDir(args.out, cfg, resume=args.resume, resumable_keys=("iterations", "device"),
+                prepare=lambda state: _restore(net, opt, state, args.out)) as run_dir:
         state, log = run_dir.load()
+        start = int(state["iteration"]) + 1 if run_dir.resuming else 0
+        _meta_train(net, opt, family, mt, run_dir, log, start, quiet=args.quiet)
+        path = _save(net, run_dir, cfg)
+        if log:
+            run_dir.plot(log, ["meta_loss", "grad_norm"])
+    print(f"wrote {path}")
+    return 0
+
+
+def _restore(net: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any] | None,
+             out: str) -> None:
+    """A checkpoint's net, optimiser and torch RNG state (None: a fresh start, nothing to
+    restore); ValueError naming the checkpoint if it does not fit the run."""
+    if state is None:
+        return
+    try:
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        start = int(state["iteration"]) + 1
-    _meta_train(net, opt, family, mt, run_dir, log, start, quiet=args.quiet)
-    path = _save(net, run_dir, cfg)
-    if log:
-        run_dir.plot(log, ["meta_loss", "grad_norm"])
-    print(f"wrote {path}")
-    return 0
+        int(state["iteration"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"--resume: {str(Path(out) / 'checkpoint.pt')!r} does not fit this "
+                         f"run ({err})") from err
 
 
 def _meta_train(net: torch.nn.Module, opt: torch.optim.Optimizer, family: Any,
@@ -296,11 +307,14 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
     """
     folder = Path(path)
     try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--methods: bptt:{path} is not a finished `optenv train bptt` run "
-                         f"folder ({err})") from err
+        cfg = read_json_object(folder / "config.json", f"--methods: bptt:{path}")
+    except ValueError as err:
+        raise ValueError(f"{err}; allowed: the folder of a finished `optenv train bptt` "
+                         "run") from err
     artifact = str(folder / ARTIFACT)
+    if not Path(artifact).is_file():
+        raise ValueError(f"--methods: bptt:{path} holds no {ARTIFACT}; allowed: the folder "
+                         "of a finished `optenv train bptt` run")
     family = context["family"]
     if cfg.get("history") != context["history"]:
         raise ValueError(f"--methods: bptt:{path} was trained with history {cfg.get('history')},"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from baselines.sb3_policy import normalization_state, save_artifacts
@@ -39,12 +40,14 @@ def replay_buffer_state(rb: Any) -> dict[str, Any] | None:
 
     ``save_replay_buffer`` pickles the whole preallocated arrays: 550 MB for SAC's 300k-entry
     buffer on LogisticRegression however little is filled, rewritten at every checkpoint. Only
-    rows ``[:pos]`` (all rows once the ring has wrapped) are data, so only those are kept.
+    rows ``[:pos]`` (all rows once the ring has wrapped) are data, so only those are kept, as
+    tensors (a checkpoint holds nothing but tensors and plain data: it loads with
+    ``weights_only=True``).
     """
     if rb is None:
         return None
     n = rb.buffer_size if rb.full else rb.pos
-    arrays = {k: v[:n].copy() for k, v in vars(rb).items()
+    arrays = {k: torch.from_numpy(v[:n].copy()) for k, v in vars(rb).items()
               if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == rb.buffer_size}
     return {"pos": int(rb.pos), "full": bool(rb.full), "buffer_size": int(rb.buffer_size),
             "arrays": arrays}
@@ -56,7 +59,7 @@ def restore_replay_buffer(rb: Any, state: Mapping[str, Any]) -> None:
         raise ValueError(f"--resume: the checkpoint's replay buffer holds "
                          f"{state['buffer_size']} rows per env, the model's {rb.buffer_size}")
     for key, rows in state["arrays"].items():
-        getattr(rb, key)[:len(rows)] = rows
+        getattr(rb, key)[:len(rows)] = rows.numpy() if isinstance(rows, torch.Tensor) else rows
     rb.pos, rb.full = int(state["pos"]), bool(state["full"])
 
 

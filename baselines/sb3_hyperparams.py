@@ -155,6 +155,31 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """``value`` checked against the type of the constructor's default (an int where the
+    default is an int — ``1e6`` read as a float is taken when whole —, a number where it is a
+    float, or a schedule for the schedule keys, a bool where it is a bool), so that
+    ``n_steps=abc`` is a ValueError naming the key rather than a TypeError inside SB3.
+    Arguments whose default is None or a string (``ent_coef="auto"``) are left to SB3."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        ok, allowed = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        if number and float(value).is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok or (key == "train_freq" and isinstance(value, tuple))
+        allowed = "an integer" + (" or [n, 'step'|'episode']" if key == "train_freq" else "")
+    elif isinstance(default, float):
+        ok = (number and math.isfinite(value)) or (key in _SCHEDULE_KEYS and callable(value))
+        allowed = "a number" + (" or 'lin_<number>'" if key in _SCHEDULE_KEYS else "")
+    else:
+        return value
+    if not ok:
+        raise ValueError(f"hyperparams: {key}: got {value!r}, allowed: {allowed}")
+    return value
+
+
 def _looks_float(s: str) -> bool:
     try:
         float(s)
@@ -243,8 +268,8 @@ class Hyperparams:
             raise ValueError(f"hyperparams: policy: got {self.policy!r}, allowed: a policy "
                              "name such as 'MlpPolicy'")
         self.normalize = self._normalize(self.raw.get("normalize", False))
-        allowed = [p for p in inspect.signature(cls.__init__).parameters
-                   if p not in _NOT_KWARGS]
+        params = inspect.signature(cls.__init__).parameters
+        allowed = [p for p in params if p not in _NOT_KWARGS]
         kwargs: dict[str, Any] = {}
         for key, value in self.raw.items():
             if key in SPECIAL_KEYS:
@@ -252,7 +277,7 @@ class Hyperparams:
             if key not in allowed:
                 raise ValueError(f"hyperparams: unknown key {key!r} for {cls.__name__}; "
                                  f"allowed: {', '.join(list(SPECIAL_KEYS) + allowed)}")
-            kwargs[key] = self._convert(key, value)
+            kwargs[key] = _typed(key, self._convert(key, value), params[key].default)
         noise = self._action_noise(action_dim)
         if noise is not None:
             if "action_noise" not in allowed:

@@ -16,7 +16,6 @@ through untouched, as SB3's own ``predict`` does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from baselines.sb3_hyperparams import ALGORITHMS, algorithm_class
-from optenv.checkpoint import atomic_write, load_tagged, save_tagged
+from baselines.sb3_hyperparams import ALGORITHMS, Hyperparams
+from baselines.sb3_zip import load_sb3_model, spaces_for_shapes
+from optenv.checkpoint import atomic_write, load_tagged, read_json_object, save_tagged
 from optenv.features import observer_for
 from optenv.validation import check_choice
 
@@ -165,62 +165,48 @@ def load_run(path: str | Path, algorithm: str, context: Mapping[str, Any] | None
     """The trained agent in run folder ``path`` as an :class:`SB3Optimizer`.
 
     ``algorithm`` must be the one the run trained (from its ``config.json``); ``context``
-    (``optenv compare``'s: env_id, family, history, device, ...) is checked against the model's
-    spaces, so a model for another observation size is a clear ValueError, not a shape error
-    mid-evaluation. Another env id of the same sizes is allowed (transfer to unseen families is
-    a question the study asks).
+    (``optenv compare``'s: env_id, family, history, device, ...) gives the spaces of the env
+    the agent will act in, so a model for another observation size is a clear ValueError, not
+    a shape error mid-evaluation. Another env id of the same sizes is allowed (transfer to
+    unseen families is a question the study asks). Nothing in the folder is unpickled: the
+    model loads through :func:`baselines.sb3_zip.load_sb3_model` with the run's
+    hyper-parameters from its ``config.json``, the statistics with ``weights_only``.
     """
     check_choice("algorithm", algorithm, ALGORITHMS)
     folder = _run_folder(path)
     config_path = folder / "config.json"
-    if config_path.is_file():
-        try:
-            trained = json.loads(config_path.read_text(encoding="utf-8")).get("algorithm")
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"path: cannot read {str(config_path)!r} ({err})") from err
-        if trained is not None and trained != algorithm:
-            raise ValueError(f"path: {str(path)!r} holds a {trained!r} run, not {algorithm!r}; "
-                             f"allowed: {trained}:{path}")
+    config = read_json_object(config_path, "path") if config_path.is_file() else {}
+    trained = config.get("algorithm")
+    if trained is not None and trained != algorithm:
+        raise ValueError(f"path: {str(path)!r} holds a {trained!r} run, not {algorithm!r}; "
+                         f"allowed: {trained}:{path}")
     ctx = dict(context or {})
-    device = ctx.get("device", "cpu")
-    cls = algorithm_class(algorithm)
-    # Schedules are stored cloudpickled; evaluation never needs them, so they are replaced
-    # rather than unpickled (also robust to SB3 version changes in those objects); a 1-entry
-    # replay buffer spares allocating the training one.
-    constant = _Constant(0.0)
-    custom = {"learning_rate": 0.0, "lr_schedule": constant, "clip_range": constant,
-              "clip_range_vf": None, "buffer_size": 1}
-    try:
-        model = cls.load(folder / MODEL_FILE, device=device, custom_objects=custom)
-    except (OSError, KeyError, RuntimeError, ValueError, EOFError) as err:
-        raise ValueError(f"path: cannot load a {algorithm} model from "
-                         f"{str(folder / MODEL_FILE)!r} ({err})") from err
+    family = ctx.get("family")
+    obs_space = action_space = None
+    if family is not None:
+        shape = observer_for({"history": 25, **ctx}, f"{algorithm}:{path}").shape
+        obs_space, action_space = spaces_for_shapes(shape, int(family.d))
+    model_kwargs: dict[str, Any] = {}
+    policy = None
+    if isinstance(config.get("hyperparams"), dict):
+        try:
+            # action_dim only sizes the exploration noise, which evaluation never adds
+            hp = Hyperparams(algorithm, config["hyperparams"],
+                             action_dim=int(family.d) if family is not None else 1)
+        except ValueError as err:
+            raise ValueError(f"path: {str(config_path)!r}: {err}") from err
+        model_kwargs = {k: v for k, v in hp.model_kwargs.items() if k != "action_noise"}
+        policy = hp.policy
+    # A 1-entry replay buffer spares allocating the training one (hundreds of MB for SAC).
+    model = load_sb3_model(algorithm, folder / MODEL_FILE,
+                           what=f"path: {str(folder / MODEL_FILE)!r}", obs_space=obs_space,
+                           action_space=action_space, model_kwargs=model_kwargs, policy=policy,
+                           replace={"buffer_size": 1}, device=ctx.get("device", "cpu"))
     normalization = None
     if (folder / VECNORM_FILE).is_file():
         normalization = load_tagged(folder / VECNORM_FILE, VECNORM_FORMAT,
                                     "VecNormalize statistics")
-    family = ctx.get("family")
-    if family is not None:
-        want_obs = observer_for({"history": 25, **ctx}, f"{algorithm}:{path}").shape
-        want_act = (int(family.d),)
-        got_obs = tuple(model.observation_space.shape)
-        got_act = tuple(model.action_space.shape)
-        if got_obs != want_obs or got_act != want_act:
-            raise ValueError(f"path: the model in {str(path)!r} has observation shape "
-                             f"{got_obs} and action shape {got_act}; "
-                             f"{ctx.get('env_id', 'the env')} needs {want_obs} and "
-                             f"{want_act}")
     return SB3Optimizer(model, normalization, name=algorithm)
-
-
-class _Constant:
-    """A picklable constant schedule (SB3 calls schedules with the progress remaining)."""
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-    def __call__(self, progress_remaining: float) -> float:
-        return self.value
 
 
 def load_ppo(path: str, context: dict[str, Any]) -> SB3Optimizer:

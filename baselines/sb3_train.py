@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
-import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -70,6 +68,7 @@ from baselines.sb3_policy import (
     load_td3,
     restore_normalization,
 )
+from optenv.checkpoint import read_json_object
 from optenv.flags import add_flags, flag_fields, flag_name, option
 from optenv.validation import check_choice, check_int, parse_device
 
@@ -261,13 +260,22 @@ def train(algorithm: str, env_id: str, out: str | Path, *, resume: bool = False,
               "num_envs": opts.num_envs, "seed": opts.seed, "steps": opts.steps,
               "device": opts.device, "hyperparams": raw,
               "checkpoint_every": opts.checkpoint_every, "log_every": opts.log_every}
-    run_dir = RunDir(out, config, resume=resume, resumable_keys=RESUMABLE_KEYS)
-    state, log = run_dir.load() if resume else ({}, [])
     venv = make_venv(env_id, opts.vec, opts.num_envs, opts.seed, hp.normalize,
                      float(hp.model_kwargs.get("gamma", 0.99)))
-    with _flush_denormals(), torch_threads(opts.threads):
-        model = _model(algorithm, hp, venv, opts, state if resume else None)
-        _learn(algorithm, model, run_dir, log, opts, state, resume=resume, progress=progress)
+    # The model (new, or the checkpoint's) is built once the folder is checked and before
+    # anything in it is written: SB3 checks the hyper-parameters then.
+    models: list[Any] = []
+    try:
+        with RunDir(out, config, resume=resume, resumable_keys=RESUMABLE_KEYS,
+                    prepare=lambda st: models.append(_model(algorithm, hp, venv, opts, st))
+                    ) as run_dir, _flush_denormals(), torch_threads(opts.threads):
+            state, log = run_dir.load()
+            model = models[0]
+            _learn(algorithm, model, run_dir, log, opts, state, resume=run_dir.resuming,
+                   progress=progress)
+    except BaseException:
+        venv.close()
+        raise
     return TrainResult(model=model, venv=venv, log=log, out=out)
 
 
@@ -287,13 +295,11 @@ def _family(algorithm: str, env_id: Any) -> Any:
 
 
 def _saved_config(out: Path) -> dict[str, Any]:
-    """The config.json of the run to resume ({} if there is none: RunDir reports that)."""
+    """The config.json of the run to resume ({} if there is none: RunDir reports that);
+    ValueError naming the file if it is not a JSON object."""
     if not (out / "config.json").is_file():
         return {}
-    try:
-        return json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"--resume: cannot read {str(out / 'config.json')!r} ({err})") from err
+    return read_json_object(out / "config.json", "--resume")
 
 
 def _model(algorithm: str, hp: Hyperparams, venv: Any, opts: SB3Options,
@@ -301,20 +307,33 @@ def _model(algorithm: str, hp: Hyperparams, venv: Any, opts: SB3Options,
     """A new model, or (``state``: the checkpoint) the resumed one with its normalisation
     statistics and replay buffer, reseeded with ``seed + timesteps`` (new objectives, not a
     replay of the first ones)."""
-    cls = algorithm_class(algorithm)
     if state is None:
-        model = cls(hp.policy, venv, seed=opts.seed, device=opts.device, verbose=0,
-                    **hp.model_kwargs)
+        cls = algorithm_class(algorithm)
+        try:
+            model = cls(hp.policy, venv, seed=opts.seed, device=opts.device, verbose=0,
+                        **hp.model_kwargs)
+        except (AssertionError, TypeError, ValueError) as err:
+            raise ValueError(f"hyperparams: {cls.__name__} refuses them ({err})") from err
     else:
         from baselines.sb3_callback import restore_replay_buffer
+        from baselines.sb3_zip import load_sb3_model
 
-        model = cls.load(io.BytesIO(state["model"]), env=venv, device=opts.device)
+        if not isinstance(state.get("model"), bytes):
+            raise ValueError("--resume: the checkpoint holds no SB3 model")
+        replay = state.get("replay_buffer")
+        if isinstance(replay, bytes):
+            raise ValueError("--resume: the checkpoint holds a replay buffer in SB3's pickle "
+                             "(written by an early optenv), which optenv never unpickles; to "
+                             "go on, resume it with the optenv that wrote it, or start a new "
+                             "run in another folder")
+        model = load_sb3_model(algorithm, state["model"],
+                               what="--resume: the model in the checkpoint",
+                               obs_space=venv.observation_space,
+                               action_space=venv.action_space, model_kwargs=hp.model_kwargs,
+                               policy=hp.policy, env=venv, device=opts.device)
         if state.get("vecnormalize") is not None:
             restore_normalization(venv, state["vecnormalize"])
-        replay = state.get("replay_buffer")
-        if isinstance(replay, bytes):  # SB3's own pickle (early checkpoints wrote it)
-            model.load_replay_buffer(io.BytesIO(replay))
-        elif replay is not None:
+        if replay is not None:
             restore_replay_buffer(model.replay_buffer, replay)
         model.set_random_seed(opts.seed + int(model.num_timesteps))
     model.set_logger(_silent_logger())

@@ -129,19 +129,19 @@ def _train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *, devic
     from optenv.runs import RunDir
 
     family, run_config = _run_config(env_id, config, device, quiet, env_kwargs)
-    saved_state = _checkpoint_state(out) if resume else None
     agent_class = CoordinatewiseGPSAgent if config.policy == "coordinatewise" else GPSAgent
     agent = agent_class(family, config, history=run_config["history"],
                         max_step=run_config["max_step"], device=run_config["device"])
-    if saved_state is not None:
-        agent.load_state_dict(saved_state)  # ValueError on a mismatch, before any write
-    rundir = RunDir(out, run_config, resume=resume, resumable_keys=RESUMABLE)
-    if resume:
-        _state, log = rundir.load()
-    else:
-        log = []
-        _initialise(agent, quiet)
-    _iterate(agent, rundir, log, env_id, run_config, quiet)
+    # The checkpoint is read, verified and loaded into the agent (ValueError on a mismatch)
+    # before anything in the folder is written.
+    with RunDir(out, run_config, resume=resume, resumable_keys=RESUMABLE,
+                prepare=lambda state: _load_checkpoint_state(agent, state, out)) as rundir:
+        if rundir.resuming:
+            _state, log = rundir.load()
+        else:
+            log = []
+            _initialise(agent, quiet)
+        _iterate(agent, rundir, log, env_id, run_config, quiet)
     return log
 
 
@@ -188,20 +188,16 @@ def _history(env_history: int, features: str, given: bool) -> int:
     return fs.default_history
 
 
-def _checkpoint_state(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """The agent state in ``out``'s checkpoint, read and checked before anything in the folder
-    is touched."""
-    from optenv.checkpoint import load_tagged
-    from optenv.runs import CHECKPOINT_FORMAT
-
-    ckpt = Path(out) / "checkpoint.pt"
-    if not ckpt.exists():
-        raise ValueError(f"--resume: {str(out)!r} holds no checkpoint.pt to resume")
-    payload = load_tagged(ckpt, CHECKPOINT_FORMAT, "an optenv checkpoint", weights_only=False)
-    state = payload.get("state")
-    if not isinstance(state, dict) or "ctrl" not in state:
-        raise ValueError(f"--resume: {str(ckpt)!r} is not a GPS checkpoint")
-    return state
+def _load_checkpoint_state(agent: GPSAgent, state: dict[str, Any] | None,
+                           out: str | os.PathLike[str]) -> None:
+    """The checkpoint's agent state (None: a fresh start) into ``agent``; ValueError if it is
+    not a GPS checkpoint or does not fit the run."""
+    if state is None:
+        return
+    if "ctrl" not in state:
+        raise ValueError(f"--resume: {str(Path(out) / 'checkpoint.pt')!r} is not a GPS "
+                         "checkpoint")
+    agent.load_state_dict(state)
 
 
 def _initialise(agent: GPSAgent, quiet: bool) -> None:

@@ -1,4 +1,5 @@
-"""Run folders: what every ``optenv train ALGO`` run shares — its folder, checkpoints, resume, log.
+"""Run folders: what every ``optenv train ALGO`` run shares — its folder, checkpoints, resume,
+lock, log.
 
 The trainers (``gps.train``, ``baselines.bptt_train``, ``baselines.sb3_train``) build on this;
 the ``optenv train`` dispatcher that offers them lives in the application layer
@@ -6,39 +7,64 @@ the ``optenv train`` dispatcher that offers them lives in the application layer
 
 Layout of a run folder (``--out DIR``), the same for GPS, BPTT and the SB3 agents::
 
-    DIR/config.json      the run's configuration (algorithm, env id, hyper-parameters, seed)
-    DIR/checkpoint.pt    everything needed to continue: model, optimiser, duals, RNG states,
-                         the log so far; rewritten atomically after every iteration
+    DIR/config.json      the run's configuration (algorithm, env id, hyper-parameters, seed),
+                         and under "resumed" what each resume changed (e.g. --iterations)
+    DIR/checkpoint.pt    everything needed to continue: model, optimiser, duals, RNG states (as
+                         tensors), the log so far (as JSON); checksummed, read with
+                         weights_only=True; rewritten atomically after every iteration
     DIR/log.csv          one row per iteration (rewritten atomically with the checkpoint)
     DIR/curves.png       the training curves
     DIR/<artifact>       the trained optimiser, loadable by ``optenv compare --methods ALGO:DIR``
+    DIR/.optenv.lock     present while a run holds the folder (:mod:`optenv.locks`)
 
 ``--resume`` reloads ``checkpoint.pt`` and continues, losing at most the iteration that was
-running. A folder that already holds a run is never overwritten without ``--resume``; resuming
-with a different configuration, or from a corrupt checkpoint, is a ValueError and changes
-nothing.
+running. A folder that already holds a checkpoint is never overwritten without ``--resume``;
+resuming with a different configuration, or from a corrupt checkpoint, is a ValueError and
+changes nothing (the checkpoint is read and checked before ``config.json`` is rewritten). A
+folder with a ``config.json`` but no checkpoint (a run killed or failed before its first one,
+or with nothing to do) holds nothing to lose: ``--resume`` starts it afresh with its saved
+configuration, and a new run may take the folder over. Only one process runs in a folder at a
+time: :class:`RunDir` holds the folder's lock (:class:`optenv.locks.FolderLock`) until
+:meth:`RunDir.close`, and a second process is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from optenv.checkpoint import atomic_write, load_tagged, save_tagged
+from optenv.checkpoint import (
+    CHECKSUM_KEY,
+    UnsafeFileError,
+    atomic_write,
+    read_json_object,
+    read_payload,
+    save_tagged,
+)
+from optenv.locks import FolderLock
 from optenv.validation import check_int
 
-__all__ = ["CHECKPOINT_FORMAT", "RunDir", "run_threads", "torch_threads"]
+__all__ = ["CHECKPOINT_FORMAT", "LEGACY_CHECKPOINT_FORMAT", "RunDir", "run_threads",
+           "torch_threads"]
 
-#: The tag inside every run's checkpoint.pt (its old module name is kept in the tag, so the
-#: checkpoints written before this module was renamed still resume).
-CHECKPOINT_FORMAT = "optenv.training.checkpoint/1"
+#: The tag inside every run's checkpoint.pt (its old module name is kept in the tag). Version 2:
+#: a checksum, and the log as JSON text.
+CHECKPOINT_FORMAT = "optenv.training.checkpoint/2"
+#: Checkpoints of optenv 0.1 (the log as a list of dicts, no checksum): still resumed where they
+#: hold only tensors and plain data (GPS, BPTT, PPO), refused with a way forward otherwise.
+LEGACY_CHECKPOINT_FORMAT = "optenv.training.checkpoint/1"
+#: The config.json key that records what each resume changed.
+RESUMED_KEY = "resumed"
 
 
 @contextmanager
@@ -64,52 +90,143 @@ def run_threads(out: str | os.PathLike[str], threads: int | None, resume: bool) 
     if threads is not None or not resume:
         return threads
     try:
-        saved = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        saved = read_json_object(Path(out) / "config.json", "--resume")
+    except ValueError:
         return None  # RunDir reports a missing or unreadable run in its own words
-    value = saved.get("threads") if isinstance(saved, dict) else None
+    value = saved.get("threads")
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 \
         else None
 
 
 class RunDir:
-    """One training run's folder (see the module docstring for the layout).
+    """One training run's folder (see the module docstring for the layout), locked while open.
+
+    Everything is checked before anything in the folder changes: the saved configuration, the
+    checkpoint (read, checksum verified, then handed to ``prepare``), and only then is
+    ``config.json`` written. Use it as a context manager (or call :meth:`close`) so the
+    folder's lock is released when the run ends.
 
     Args:
         out: the folder.
         config: the run's configuration (JSON-serialisable). A new run writes it; a resumed
-            run must match the saved one, except for keys in ``resumable_keys``.
-        resume: continue the run in ``out`` instead of starting one.
+            run must match the saved one, except for keys in ``resumable_keys``, whose changes
+            are recorded in ``config.json`` under ``"resumed"``.
+        resume: continue the run in ``out`` instead of starting one. Without a checkpoint (the
+            run stopped before its first), it starts afresh with the saved configuration.
         resumable_keys: configuration keys that may change on resume (e.g. ``iterations``,
             ``device``).
+        prepare: called once the folder is checked and before anything in it is written, with
+            the checkpoint's state (e.g. an agent's ``load_state_dict``), or None for a fresh
+            start (e.g. to build the model, which checks its hyper-parameters); a ValueError
+            from it changes nothing.
+
+    Attributes:
+        resuming: True if a checkpoint was read (:meth:`load` gives it), False for a fresh
+            start.
     """
 
     def __init__(self, out: str | os.PathLike[str], config: Mapping[str, Any], *,
-                 resume: bool = False, resumable_keys: Sequence[str] = ()) -> None:
+                 resume: bool = False, resumable_keys: Sequence[str] = (),
+                 prepare: Callable[[dict[str, Any] | None], Any] | None = None) -> None:
         self.path = Path(out)
         self.config = json.loads(json.dumps(dict(config)))
-        has_run = self.checkpoint_path.exists() or self.config_path.exists()
+        self.resuming = False
+        self._state: dict[str, Any] = {}
+        self._log: list[dict[str, Any]] = []
+        if resume and not self.config_path.is_file():
+            detail = (" (its checkpoint.pt has no config.json beside it)"
+                      if self.checkpoint_path.exists() else "")
+            raise ValueError(f"--resume: {str(self.path)!r} holds no run to resume{detail}; "
+                             "allowed: the --out folder of an optenv train run")
+        created = not self.path.exists()
+        self._check_writable()
+        self._lock = FolderLock(self.path)
+        try:
+            self._open(resume, tuple(resumable_keys), prepare)
+        except BaseException:
+            self._lock.release()
+            if created:  # a folder made for a run that could not start goes again
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise
+
+    def _open(self, resume: bool, resumable_keys: tuple[str, ...],
+              prepare: Callable[[dict[str, Any] | None], Any] | None) -> None:
+        """The checks and the config.json write, under the folder's lock."""
+        has_checkpoint = self.checkpoint_path.exists()
         saved: dict[str, Any] | None = None
         if resume:
-            if not self.checkpoint_path.exists():
-                raise ValueError(f"--resume: {str(self.path)!r} holds no checkpoint.pt to resume")
-            saved = json.loads(self.config_path.read_text(encoding="utf-8"))
-            changed = sorted(k for k in set(saved) | set(self.config)
-                             if k not in resumable_keys and saved.get(k) != self.config.get(k))
-            if changed:
-                detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {self.config.get(k)!r}"
-                                   for k in changed)
-                raise ValueError(f"--resume: the configuration differs from the saved run in "
-                                 f"{str(self.path)!r} ({detail}); allowed to change: "
-                                 f"{', '.join(resumable_keys) or 'nothing'}")
-        else:
-            if has_run:
-                raise ValueError(f"--out: {str(self.path)!r} already holds a run; pass --resume "
-                                 "to continue it, or choose another folder")
-            self._check_writable()
-        if not resume or self.config != saved:
+            saved = read_json_object(self.config_path, "--resume")
+            history = self._check_resumable(saved, resumable_keys)
+            if has_checkpoint:
+                self._state, self._log = self._read_checkpoint()
+                self.resuming = True
+                changed = {k: [saved.get(k), self.config.get(k)] for k in resumable_keys
+                           if saved.get(k) != self.config.get(k)}
+                if changed:
+                    history.append({"log_rows": len(self._log), "changed": changed})
+            else:
+                print(f"optenv: {str(self.path)!r} has no checkpoint yet (the run stopped before "
+                      "its first): starting it from the beginning", file=sys.stderr)
+            if history:
+                self.config[RESUMED_KEY] = history
+        elif has_checkpoint:
+            raise ValueError(f"--out: {str(self.path)!r} already holds a run; pass --resume "
+                             "to continue it, or choose another folder")
+        if prepare is not None:
+            prepare(self._state if self.resuming else None)
+        if self.config != saved:
             atomic_write(self.config_path,
                          lambda fh: fh.write(json.dumps(self.config, indent=1) + "\n"))
+
+    def _check_resumable(self, saved: dict[str, Any], resumable_keys: tuple[str, ...]
+                         ) -> list[Any]:
+        """ValueError if ``saved`` (config.json) and this run's config differ outside
+        ``resumable_keys``; returns the saved record of earlier resumes."""
+        history = saved.get(RESUMED_KEY, [])
+        history = list(history) if isinstance(history, list) else []
+        keys = (set(saved) | set(self.config)) - {RESUMED_KEY}
+        changed = sorted(k for k in keys
+                         if k not in resumable_keys and saved.get(k) != self.config.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {self.config.get(k)!r}"
+                               for k in changed)
+            raise ValueError(f"--resume: the configuration differs from the saved run in "
+                             f"{str(self.path)!r} ({detail}); allowed to change: "
+                             f"{', '.join(resumable_keys) or 'nothing'}")
+        return history
+
+    def _read_checkpoint(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(state, log) of checkpoint.pt, read with weights_only and its checksum verified;
+        a ValueError that says how to go on otherwise."""
+        path = self.checkpoint_path
+        what = "an optenv checkpoint"
+        try:
+            payload = read_payload(path, what)
+        except UnsafeFileError as err:
+            raise ValueError(f"--resume: {str(err).removeprefix('path: ')}. It is probably a "
+                             "checkpoint of optenv 0.1 (SAC and TD3 kept their replay buffer "
+                             "as numpy arrays); to go on, resume it with the optenv that wrote "
+                             "it, or start a new run in another folder") from err
+        except ValueError as err:
+            raise ValueError(f"--resume: {str(err).removeprefix('path: ')}; to go on, restore an "
+                             "intact copy of it, or start a new run in another folder") from err
+        fmt = payload.get("format")
+        try:
+            if fmt == CHECKPOINT_FORMAT and CHECKSUM_KEY in payload:
+                log = json.loads(payload["log_json"])
+            elif fmt == LEGACY_CHECKPOINT_FORMAT:
+                log = payload["log"]
+            else:
+                raise ValueError(f"format {fmt!r}, allowed: {CHECKPOINT_FORMAT!r} (with its "
+                                 f"checksum) or {LEGACY_CHECKPOINT_FORMAT!r}")
+            state = payload["state"]
+            if not isinstance(state, dict) or not isinstance(log, list) \
+                    or not all(isinstance(row, dict) for row in log):
+                raise ValueError("its state or log has the wrong type")
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"--resume: {str(path)!r} is not {what} ({err})") from err
+        return state, log
 
     def _check_writable(self) -> None:
         try:
@@ -134,16 +251,28 @@ class RunDir:
         return self.path / "log.csv"
 
     def save(self, state: Mapping[str, Any], log: Sequence[Mapping[str, Any]]) -> None:
-        """Checkpoint ``state`` and the log rows so far, then rewrite log.csv (both atomic)."""
+        """Checkpoint ``state`` (tensors and plain data) and the log rows so far (as JSON
+        text), checksummed, then rewrite log.csv (both atomic)."""
         save_tagged(self.checkpoint_path, CHECKPOINT_FORMAT,
-                    {"config": self.config, "state": dict(state), "log": list(log)})
+                    {"config": self.config, "state": dict(state),
+                     "log_json": json.dumps(list(log), default=_plain)})
         self.write_log(log)
 
     def load(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """(state, log) from the checkpoint; ValueError if it is corrupt or of another run."""
-        payload = load_tagged(self.checkpoint_path, CHECKPOINT_FORMAT, "an optenv checkpoint",
-                              weights_only=False)
-        return payload["state"], list(payload["log"])
+        """(state, log) of the checkpoint read when the folder was opened (``resuming``);
+        ``({}, [])`` for a fresh start."""
+        return self._state, list(self._log)
+
+    def close(self) -> None:
+        """Release the folder's lock (idempotent)."""
+        self._lock.release()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
     def write_log(self, log: Sequence[Mapping[str, Any]]) -> None:
         """log.csv from the rows (columns: the union of keys, first-seen order)."""
@@ -177,3 +306,12 @@ class RunDir:
         fig.tight_layout()
         return atomic_write(self.path / "curves.png",
                             lambda fh: fig.savefig(fh, format="png", dpi=100), binary=True)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the numpy and torch scalars a log row may hold (``json.dumps`` default)."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 1) == 0:
+        return item()
+    raise TypeError(f"log: a {type(value).__name__} is not JSON; allowed: numbers, strings, "
+                    "None and lists of them")

@@ -61,12 +61,14 @@ def parse_dtype(dtype: str | torch.dtype, name: str = "dtype") -> torch.dtype:
 def parse_device(device: str | torch.device, name: str = "device") -> torch.device:
     """A torch device that exists here (a tensor can be made on it); ValueError naming ``name``
     (``"--device"`` for a flag) otherwise."""
+    allowed = "an available torch device such as 'cpu' or 'cuda'"
     try:
         dev = torch.device(device)
         torch.empty(0, device=dev)
     except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise ValueError(f"{name}: got {device!r}, allowed: an available torch device such as "
-                         "'cpu' or 'cuda'") from err
+        raise ValueError(f"{name}: got {device!r}, allowed: {allowed}") from err
+    if dev.type == "meta":  # tensors without data: nothing could be computed on it
+        raise ValueError(f"{name}: got {device!r}, a device without data; allowed: {allowed}")
     return dev
 
 

@@ -6,6 +6,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,22 @@ def sb3_logs_in_the_session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -
     patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3-logs")))
     yield
     patch.undo()
+
+
+class _TouchOnUnpickle:
+    """Unpickling this creates ``marker`` (its pickle calls ``open(marker, "w")``): what a
+    crafted file does to whoever unpickles it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture
+def armed(tmp_path: Path) -> tuple[Path, object]:
+    """``(marker, obj)``: ``obj`` pickled into a file would create ``marker`` when unpickled;
+    a test that reads such a file proves it never was by the marker's absence."""
+    marker = tmp_path / "unpickled-marker"
+    return marker, _TouchOnUnpickle(marker)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from typing import Any
 
 import gymnasium as gym
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 import optenv
+from optenv.checkpoint import atomic_write
 from optenv.validation import check_int, check_number
 
 __all__ = ["add_parser", "run"]
@@ -77,12 +77,9 @@ def run(args: argparse.Namespace) -> int:
         obs, _, term, trunc, _ = env.step(np.clip(-lr * obs[gs] / env.unwrapped.max_step, -1, 1))
         done = term or trunc
     frame = env.render()
-    path = os.path.join(args.out, "gd_run.png")
     from matplotlib.image import imsave
 
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=args.out)
-    os.close(fd)
-    imsave(tmp, frame)
-    os.replace(tmp, path)
+    path = atomic_write(os.path.join(args.out, "gd_run.png"),
+                        lambda fh: imsave(fh, frame, format="png"), binary=True)
     print(f"wrote {path}")
     return 0

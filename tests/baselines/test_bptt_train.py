@@ -38,11 +38,27 @@ def test_resumed_run_reproduces_the_uninterrupted_one(tmp_path, arch) -> None:
     assert main([*base, "--iterations", "4", "--out", str(whole)]) == 0
     assert main([*base, "--iterations", "2", "--out", str(part)]) == 0
     assert main([*base, "--iterations", "4", "--out", str(part), "--resume"]) == 0
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)
-    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
     for k, v in a["state"]["net"].items():
         torch.testing.assert_close(v, b["state"]["net"][k], rtol=0, atol=0)
-    assert [r["meta_loss"] for r in a["log"]] == [r["meta_loss"] for r in b["log"]]
+    log_a, log_b = json.loads(a["log_json"]), json.loads(b["log_json"])
+    assert [r["meta_loss"] for r in log_a] == [r["meta_loss"] for r in log_b]
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path) -> None:
+    """Such a folder holds config.json alone; --resume starts it afresh with that configuration
+    (the same numbers as an uninterrupted run), where it used to be a dead end."""
+    whole, dead = tmp_path / "whole", tmp_path / "dead"
+    assert main(["train", "bptt", "--out", str(whole), *TINY]) == 0
+    dead.mkdir()
+    (dead / "config.json").write_bytes((whole / "config.json").read_bytes())
+    assert main(["train", "bptt", "--out", str(dead), "--resume", *TINY]) == 0
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(dead / "checkpoint.pt", weights_only=True)
+    for k, v in a["state"]["net"].items():
+        torch.testing.assert_close(v, b["state"]["net"][k], rtol=0, atol=0)
+    assert a["log_json"].count("meta_loss") == 3
 
 
 def test_existing_run_is_not_overwritten_and_mismatched_resume_is_refused(tmp_path, capsys):

@@ -299,7 +299,7 @@ def test_overrides_and_rl_zoo_conventions(tmp_path):
     ({"overrides": {"normalize": "dict(norm_obz=True)"}}, "normalize: unknown"),
     ({"overrides": {"learning_rate": "lin_x"}}, "learning_rate: got 'lin_x'"),
     ({"conf_file": "/nonexistent.yml"}, "--conf-file: cannot read"),
-    ({"resume": True}, "--resume: .* holds no checkpoint"),
+    ({"resume": True}, "--resume: .* holds no run to resume"),
 ])
 def test_bad_arguments_raise_value_error_and_write_nothing(tmp_path, kwargs, match):
     out = tmp_path / "run"
