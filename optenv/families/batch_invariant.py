@@ -26,8 +26,11 @@ SOFTPLUS_THRESHOLD = 20.0
 
 
 def sigmoid(z: torch.Tensor) -> torch.Tensor:
-    """1 / (1 + exp(−z)), as exp(−|z|) / (1 + exp(−|z|)) on the negative side (no overflow)."""
-    e = torch.exp(-z.abs())
+    """1 / (1 + exp(−z)), as exp(z) / (1 + exp(z)) on the negative side (no overflow).
+
+    exp(−|z|) is written as exp(where(z >= 0, −z, z)), not through ``abs``: autograd gives |z|
+    a zero slope at 0, which would make σ'(0) = 0 instead of 1/4."""
+    e = torch.exp(torch.where(z >= 0, -z, z))
     return torch.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
