@@ -76,4 +76,5 @@ def test_truncated_segments_add_up_to_the_whole_unroll():
     start = core.start({}, X0)
     first = unroll(net, core, {}, start.state, start.f, [], 3)
     second = unroll(net, core, {}, first.state, first.f, [], 2, t0=3)
-    assert float((first.loss + second.loss).detach()) == pytest.approx(_by_hand([0.3, -0.1], 5), rel=1e-12)
+    total = float((first.loss + second.loss).detach())
+    assert total == pytest.approx(_by_hand([0.3, -0.1], 5), rel=1e-12)

@@ -63,7 +63,7 @@ def test_a_negative_polak_ribiere_beta_is_clamped_to_zero_so_the_step_is_steepes
     v = torch.tensor([1.0, -0.25, 0.0], dtype=torch.float64) * 0.5  # v ⟂ g0 = (1, 4, 9)
     g1_want = 0.5 * g0 + v
     x1 = torch.linalg.solve(A, g1_want).tolist()
-    step0, step1, g0, g1 = _two_steps(x0, x1)
+    _, step1, g0, g1 = _two_steps(x0, x1)
     beta_pr = float(g1 @ (g1 - g0) / (g0 @ g0))
     assert beta_pr < -0.1, "the case makes the unclamped β negative"
     assert _cosine(step1, -g1) > 1 - 1e-12
