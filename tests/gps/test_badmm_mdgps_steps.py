@@ -180,3 +180,19 @@ def test_one_iteration_moves_the_controller_toward_the_optimum_and_the_policy_to
     assert row["bad_conditions"] == 0, row
     assert ctrl_after < 0.9 * ctrl_before, (ctrl_before, ctrl_after)
     assert pol_after < 0.5 * pol_before, (pol_before, pol_after)
+
+
+def test_step_size_rule_is_levine_and_abbeels_from_predicted_and_actual_improvement():
+    """mult = pred / (2·max(1e-4, pred − actual)) clipped to [0.1, 5], times the old multiplier,
+    kept in [min_step_mult, max_step_mult]; pred = prev − predicted cost, actual = prev − the
+    cost now measured (Levine & Abbeel 2014)."""
+    agent = _agent()
+    prev_cost = torch.tensor([10.0, 10.0], dtype=torch.float64)
+    predicted = torch.tensor([8.0, 4.0], dtype=torch.float64)  # pred = 2, 6
+    actual_cost = torch.tensor([8.5, 9.0], dtype=torch.float64)  # actual = 1.5, 1
+    agent.prev = {"anchor_cost": prev_cost, "result_cost": predicted}
+    agent.step_mult = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    agent._estimate = lambda model, ctrl: actual_cost  # type: ignore[method-assign]
+    agent._step_adjust({}, agent.ctrl)
+    # condition 0: 2 / (2·0.5) = 2 → 2·1; condition 1: 6 / (2·5) = 0.6 → 0.6·2
+    torch.testing.assert_close(agent.step_mult, torch.tensor([2.0, 1.2], dtype=torch.float64))

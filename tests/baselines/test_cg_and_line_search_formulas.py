@@ -1,4 +1,6 @@
-"""CG's search directions against the formula it documents: Polak–Ribière+ (Nocedal & Wright
+"""CG's search directions and the Wolfe search's acceptance test against their formulas.
+
+CG's directions against the formula it documents: Polak–Ribière+ (Nocedal & Wright
 §5.2), d₀ = −g₀ and d₁ = −g₁ + β d₀ with β = max(0, g₁ᵀ(g₁ − g₀) / ‖g₀‖²).
 
 The end-to-end CG test (it solves quadratics) cannot tell β formulas apart: any conjugate-
@@ -68,3 +70,24 @@ def test_a_negative_polak_ribiere_beta_is_clamped_to_zero_so_the_step_is_steepes
     assert beta_pr < -0.1, "the case makes the unclamped β negative"
     assert _cosine(step1, -g1) > 1 - 1e-12
     assert _cosine(step1, -g1 + beta_pr * -g0) < 1 - 1e-3
+
+
+def test_the_wolfe_search_returns_only_steps_with_sufficient_decrease():
+    """φ(α) = (α − 1)² along p = 1 from x = 0: a first trial α = 2 has φ'(2) = −φ'(0), which
+    passes the curvature test at c2 = 1, and φ(2) = φ(0): no decrease at all. The accepted α
+    must satisfy Armijo's φ(α) <= φ(0) + c1·α·φ'(0), whatever c1 and the first trial."""
+    from baselines.optimizers import wolfe_line_search
+
+    def oracle(x: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ((x - 1) ** 2).sum(-1), 2 * (x - 1)
+
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    f0, g0 = oracle(x, torch.ones(1, dtype=torch.bool))
+    p = torch.ones(1, 1, dtype=torch.float64)
+    for c1 in (0.1, 0.3, 0.5):
+        for a0 in (0.5, 2.0, 3.0):
+            alpha, f, _, ok = wolfe_line_search(oracle, x, f0, g0, p,
+                                                torch.tensor([a0], dtype=torch.float64),
+                                                torch.ones(1, dtype=torch.bool), c1=c1, c2=1.0)
+            assert bool(ok[0]) and float(alpha[0]) > 0
+            assert float(f[0]) <= float(f0[0]) + c1 * float(alpha[0]) * -2.0, (c1, a0)
