@@ -133,6 +133,11 @@ def summary(rows: Sequence[dict]) -> dict:
             "cpus": os.cpu_count()}
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (a bare | would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def markdown(rows: Sequence[dict], summ: dict) -> str:
     """The table of outcomes, one row per mutant, and the score line."""
     lines = [f"Score: **{summ['killed'] + summ['timeout']} / "
@@ -141,7 +146,7 @@ def markdown(rows: Sequence[dict], summ: dict) -> str:
              f"{summ['seconds']:.0f} s of test runs.", "",
              "| mutant | file | outcome | s | the bug |", "|---|---|---|---|---|"]
     lines += [f"| `{r['id']}` | `{r['path']}` | {r['outcome']} | {r['seconds']:.0f} | "
-              f"{r['why']} |" for r in rows]
+              f"{_cell(r['why'])} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

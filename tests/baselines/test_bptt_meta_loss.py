@@ -78,3 +78,23 @@ def test_truncated_segments_add_up_to_the_whole_unroll():
     second = unroll(net, core, {}, first.state, first.f, [], 2, t0=3)
     total = float((first.loss + second.loss).detach())
     assert total == pytest.approx(_by_hand([0.3, -0.1], 5), rel=1e-12)
+
+
+class NaNGradientStep(FixedStep):
+    """Takes the fixed step, plus sqrt(p − p) = 0: a finite loss whose gradient is NaN."""
+
+    def forward(self, g: torch.Tensor, hidden: list) -> tuple[torch.Tensor, list]:
+        zero = torch.sqrt(self.step - self.step.detach())
+        return self.step.expand_as(g) + zero, hidden
+
+
+def test_an_unroll_with_a_finite_loss_and_a_non_finite_meta_gradient_is_skipped():
+    from baselines.bptt import MetaTrainConfig, meta_train
+
+    net = NaNGradientStep([0.3, -0.1])
+    before = net.step.detach().clone()
+    fam = FunctionFamily(lambda x, data: 0.5 * (x * x).sum(-1), d=2, name="Bowl")
+    log = meta_train(net, fam, MetaTrainConfig(iterations=1, batch_size=2, horizon=2, unroll=2,
+                                               history=3, dtype="float64"))
+    assert log.skipped_unrolls == 1
+    torch.testing.assert_close(net.step.detach(), before, rtol=0, atol=0)
