@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from optenv.families.base import ObjectiveFamily, ProblemData
+from optenv.families.batch_invariant import sigmoid, softplus
 from optenv.families.groups import CoordinateGroup, groups_from_sizes
 from optenv.rng import KeyedRNG
 from optenv.validation import check_int, check_number
@@ -68,7 +68,7 @@ class LogisticRegression(ObjectiveFamily):
     def objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]) -> torch.Tensor:
         w, b = self.split_params(x)
         z = torch.einsum("bnj,bj->bn", data["X"], w) + b.unsqueeze(-1)
-        ce = (F.softplus(z) - data["y"] * z).mean(-1)
+        ce = (softplus(z) - data["y"] * z).mean(-1)
         return ce + 0.5 * self.lam * (w * w).sum(-1)
 
     def value_and_grad(
@@ -77,8 +77,8 @@ class LogisticRegression(ObjectiveFamily):
         w, b = self.split_params(x)
         X, y = data["X"], data["y"]
         z = torch.einsum("bnj,bj->bn", X, w) + b.unsqueeze(-1)
-        f = (F.softplus(z) - y * z).mean(-1) + 0.5 * self.lam * (w * w).sum(-1)
-        r = (torch.sigmoid(z) - y) / z.shape[-1]
+        f = (softplus(z) - y * z).mean(-1) + 0.5 * self.lam * (w * w).sum(-1)
+        r = (sigmoid(z) - y) / z.shape[-1]
         gw = torch.einsum("bnj,bn->bj", X, r) + self.lam * w
         return f, torch.cat([gw, r.sum(-1, keepdim=True)], dim=-1)
 

@@ -132,3 +132,22 @@ def test_a_cpu_checkpoint_resumes_on_cuda_with_a_capturable_adam() -> None:
     assert all(st["step"].device.type == "cuda" for st in cuda.optimizer.state.values())
     cuda.iteration()
     assert torch.isfinite(cuda.policy.mean_net[0].weight).all()
+
+
+def test_the_loss_weighs_each_rows_error_by_its_precision() -> None:
+    """Two rows with the same observation, targets (1, 0) and (0, 1), precisions diag(10, 0.01)
+    and diag(0.01, 10): the precision-weighted optimum of a constant output is ≈ (1, 1) per
+    coordinate ((10·1 + 0.01·0) / 10.01); an unweighted fit would give (0.5, 0.5)."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (8,))
+    opt = torch.optim.Adam(policy.parameters(), lr=2e-2)
+    obs = torch.zeros(2, 3, dtype=torch.float64)
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    prec = torch.stack([torch.diag(torch.tensor(p, dtype=torch.float64))
+                        for p in ([10.0, 0.01], [0.01, 10.0])])
+    train_policy(policy, opt, obs, target, prec, torch.ones(2, dtype=torch.float64), steps=400,
+                 batch_size=2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = policy(obs[:1].float())[0].double()
+    torch.testing.assert_close(out, torch.tensor([0.999, 0.999], dtype=torch.float64),
+                               rtol=0, atol=0.02)

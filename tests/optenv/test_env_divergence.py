@@ -8,6 +8,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -22,6 +23,16 @@ def test_quadratic_divergence_terminates_with_the_finite_penalty():
     assert terminated and not truncated and info["diverged"]
     assert reward == -env.unwrapped.divergence_penalty == -optenv.env.DEFAULT_DIVERGENCE_PENALTY
     assert np.isfinite(obs).all() and obs.dtype == np.float32
+
+
+def test_a_runaway_iterate_is_divergence_even_where_f_stays_finite():
+    """f = Σ cos(x) is bounded, so only the iterate tells that the run ran away (|x| > 1e30):
+    the clamp that keeps the state finite would otherwise hide it."""
+    fam = optenv.FunctionFamily(lambda x, data: torch.cos(x).sum(-1), d=2, name="Waves")
+    env = optenv.OptimizationEnv(fam, max_step=1e31, divergence_penalty=5.0)
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(np.ones(2, np.float32))
+    assert np.isfinite(info["f"]) and terminated and info["diverged"] and reward == -5.0
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

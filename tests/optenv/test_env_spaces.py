@@ -8,7 +8,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from optenv.core import DELTA_EPS
+
 LAYOUT_ORDER = ["PAST_OBJ_VAL_DELTAS", "PAST_GRADS", "CUR_GRAD", "PAST_LOC_DELTAS"]
+
+
+def relative_change(f_prev: float, f: float) -> float:
+    """The documented PAST_OBJ_VAL_DELTAS entry, (f_i − f_{i−1}) / f_{i−1}: divided by f_{i−1}
+    itself (signed), its magnitude floored at DELTA_EPS."""
+    mag = max(abs(f_prev), DELTA_EPS)
+    return (f - f_prev) / (-mag if f_prev < 0 else mag)
 
 
 @pytest.mark.parametrize(
@@ -80,6 +89,6 @@ def test_observation_content_follows_the_documented_layout(env_id):
         np.testing.assert_allclose(past_g[h - n:], np.array(grads[-n - 1:-1]), rtol=1e-6,
                                    atol=1e-7)
         np.testing.assert_allclose(part(obs, "CUR_GRAD"), info["grad"], rtol=1e-6, atol=1e-7)
-        rel = [(fs[i] - fs[i - 1]) / abs(fs[i - 1]) for i in range(len(fs) - n, len(fs))]
+        rel = [relative_change(fs[i - 1], fs[i]) for i in range(len(fs) - n, len(fs))]
         np.testing.assert_allclose(part(obs, "PAST_OBJ_VAL_DELTAS")[h - n:], rel, rtol=1e-5,
                                    atol=1e-7)
