@@ -255,7 +255,9 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _info(self, *, diverged: bool, clipped: bool) -> dict[str, Any]:
         g = self._state[0, self.layout.state_slices["CUR_GRAD"]]
-        return {
+        full = self.family.full_objective(self._state[:, self.layout.state_slices["CUR_LOC"]],
+                                          self._data)  # minibatch families: the full loss
+        return {**({} if full is None else {"f_full": float(full[0])}),
             "f": float(self._f[0]),
             "f0": self._f_history[0],
             "x": self.x.numpy().copy(),
