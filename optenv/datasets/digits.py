@@ -1,9 +1,9 @@
 """scikit-learn's bundled 8×8 handwritten digits: the MNIST stand-in that needs no download.
 
 1797 grey-level images (values 0..16) of the digits 0-9, shipped inside scikit-learn (a
-dependency), read with :func:`sklearn.datasets.load_digits`. Split: every fifth example (indices
-4, 9, 14, ...) is TEST (359), the other 1438 are TRAIN; the examples cycle through the classes,
-so both parts hold every class in about equal numbers.
+dependency), read with :func:`sklearn.datasets.load_digits`. Split, stratified: of each class's
+examples, in file order, every fifth (its 5th, 10th, ...) is TEST (355 in all, 34 to 36 a
+class), the other 1442 are TRAIN.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from optenv.datasets.dataset import Dataset, DatasetSpec
 
 __all__ = ["SPEC", "load_digits"]
 
-N_EXAMPLES, TEST_EVERY = 1797, 5
+TEST_EVERY = 5
+#: TRAIN examples (1797 in all, 355 of them TEST); a test checks it against the data
+N_TRAIN = 1442
 
 
 def load_digits(paths: list[Path] | None = None) -> Dataset:
@@ -26,7 +28,9 @@ def load_digits(paths: list[Path] | None = None) -> Dataset:
     bunch = sk_load()
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
-    test = np.arange(len(y)) % TEST_EVERY == TEST_EVERY - 1
+    test = np.zeros(len(y), dtype=bool)
+    for c in range(10):
+        test[np.flatnonzero(y == c)[TEST_EVERY - 1::TEST_EVERY]] = True
     return Dataset("digits", x[~test], y[~test], x[test], y[test], 10,
                    "scikit-learn's bundled digits (sklearn.datasets.load_digits)")
 
@@ -34,6 +38,6 @@ def load_digits(paths: list[Path] | None = None) -> Dataset:
 SPEC = DatasetSpec(
     name="digits",
     summary="scikit-learn's bundled 8x8 handwritten digits (64 features, 10 classes)",
-    split="every fifth example (indices 4, 9, ...) TEST (359), the rest TRAIN (1438)",
-    n_features=64, n_classes=10, n_train=N_EXAMPLES - N_EXAMPLES // TEST_EVERY,
+    split="stratified: every fifth example of each class TEST (355), the rest TRAIN (1442)",
+    n_features=64, n_classes=10, n_train=N_TRAIN,
     load=load_digits)

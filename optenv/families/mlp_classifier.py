@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from optenv.datasets import check_dataset, dataset_files, load_dataset
 from optenv.families.base import ObjectiveFamily, ProblemData
@@ -255,7 +254,8 @@ class MLPClassifier(ObjectiveFamily):
                 pres.append(z)
                 acts.append(a)
         logp = torch.log_softmax(z, dim=-1)
-        onehot = F.one_hot(y, z.shape[-1]).to(z.dtype)
+        classes = torch.arange(z.shape[-1], device=z.device)
+        onehot = (y.unsqueeze(-1) == classes).to(z.dtype)  # not F.one_hot: vmap-safe
         if onehot.dim() == 2:
             onehot = onehot.unsqueeze(0)
         loss = -(onehot * logp).sum((-1, -2))
