@@ -102,6 +102,24 @@ def minibatch_index(data: Mapping[str, torch.Tensor], batch_size: int, n: int) -
     return (words * n) >> 32  # words < 2**32 and n < 2**31: exact in int64
 
 
+def _linear(a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """a Wᵀ for B nets: a [B, n, in] (one GEMM per net) or shared [n, in] (ONE GEMM against
+    all B matrices side by side, rather than B copies of a); W [B, out, in] → [B, n, out]."""
+    if a.dim() == 3:
+        return torch.matmul(a, W.transpose(1, 2))
+    bsz, out, inp = W.shape
+    return (a @ W.reshape(bsz * out, inp).T).reshape(a.shape[0], bsz, out).transpose(0, 1)
+
+
+def _outer(dz: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Σ over examples of dz ⊗ a: dz [B, n, out], a [B, n, in] or shared [n, in] (one GEMM)
+    → [B, out, in]."""
+    if a.dim() == 3:
+        return torch.matmul(dz.transpose(1, 2), a)
+    bsz, n, out = dz.shape
+    return (dz.permute(0, 2, 1).reshape(bsz * out, n) @ a).reshape(bsz, out, a.shape[1])
+
+
 @dataclass(repr=False)
 class MLPClassifier(ObjectiveFamily):
     """Mean softmax cross-entropy of an MLP on minibatches of a data set's TRAIN part.
@@ -112,8 +130,11 @@ class MLPClassifier(ObjectiveFamily):
     to MNIST; default 48; None: the data set's own features, standardised); ``activation``
     (relu | sigmoid | tanh); ``l2`` (weight decay on the weight matrices, (l2/2)·Σ‖W‖²);
     ``batch_size`` (default 64; None: the whole TRAIN part, f exact); ``data_dir`` (where the
-    file-based data sets are, default ``$OPTENV_DATA``). Module docstring: instances, the
-    minibatch stream, x's layout.
+    file-based data sets are, default ``$OPTENV_DATA``); ``full_loss`` (default True: the
+    envs' ``info["f_full"]`` and evaluation compute the loss on the whole TRAIN part at every
+    iterate, a forward pass over n_train examples per instance and step — cheap on digits
+    (1442), 60 000 on MNIST; False skips it and reports the minibatch f). Module docstring:
+    instances, the minibatch stream, x's layout.
     """
 
     dataset: str = "digits"
@@ -123,6 +144,7 @@ class MLPClassifier(ObjectiveFamily):
     l2: float = 0.0
     batch_size: int | None = 64
     data_dir: str | None = None
+    full_loss: bool = True
 
     name = "MLPClassifier"
     #: an action of ±1 moves a weight by 0.1 (x(0)'s weights are of order 1/√fan_in)
@@ -135,6 +157,8 @@ class MLPClassifier(ObjectiveFamily):
         check_choice("activation", self.activation, ACTIVATIONS)
         check_number("l2", self.l2, strict=False)
         check_int("batch_size", self.batch_size, 1, optional=True)
+        if not isinstance(self.full_loss, bool):
+            raise ValueError(f"full_loss: got {self.full_loss!r}, allowed: True, False")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir: got {self.data_dir!r}, allowed: None or a path string")
         dataset_files(self.dataset, self.data_dir)  # a missing file fails here, not at reset
@@ -248,7 +272,7 @@ class MLPClassifier(ObjectiveFamily):
         acts, pres = [X], []
         a = X
         for index, (W, b) in enumerate(layers):
-            z = torch.matmul(a, W.transpose(1, 2)) + b.unsqueeze(1)
+            z = _linear(a, W) + b.unsqueeze(1)
             if index < len(layers) - 1:
                 a = self._activate(z)
                 pres.append(z)
@@ -265,7 +289,7 @@ class MLPClassifier(ObjectiveFamily):
         pieces: list[torch.Tensor] = []
         for index in range(len(layers) - 1, -1, -1):
             W = layers[index][0]
-            pieces += [dz.sum(1), torch.matmul(dz.transpose(1, 2), acts[index])]
+            pieces += [dz.sum(1), _outer(dz, acts[index])]
             if index > 0:
                 dz = torch.matmul(dz, W) * self._activation_slope(pres[index - 1], acts[index])
         return loss, pieces[::-1]
@@ -319,8 +343,9 @@ class MLPClassifier(ObjectiveFamily):
 
     def full_objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]
                        ) -> torch.Tensor | None:
-        """The loss on the whole TRAIN part [B] (None when batch_size is None: f is that)."""
-        if self.batch_size is None:
+        """The loss on the whole TRAIN part [B] (None when batch_size is None: f is that; or
+        when ``full_loss`` is False)."""
+        if self.batch_size is None or not self.full_loss:
             return None
         X, y = self.train_tensors(x.device, x.dtype)
         return self._loss(x, X, y, grad=False)[0]
