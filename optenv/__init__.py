@@ -1,7 +1,9 @@
 """optenv: optimisation as a reinforcement-learning problem.
 
 ``import optenv`` registers the Gymnasium ids ``optenv/Quadratic-v0``,
-``optenv/LogisticRegression-v0``, ``optenv/RobustRegression-v0`` and ``optenv/NeuralNet-v0``::
+``optenv/LogisticRegression-v0``, ``optenv/RobustRegression-v0`` and ``optenv/NeuralNet-v0``
+(:data:`BUILTIN_IDS`), and the neural-net training ids ``optenv/MLPClassifier-v0`` and its
+variants (:data:`MLP_IDS`)::
 
     import gymnasium as gym
     import optenv  # noqa: F401
@@ -23,6 +25,7 @@ from optenv.families import (
     CoordinateGroup,
     FunctionFamily,
     LogisticRegression,
+    MLPClassifier,
     NeuralNet,
     ObjectiveFamily,
     Quadratic,
@@ -31,7 +34,13 @@ from optenv.families import (
     register_family,
 )
 from optenv.features import FEATURE_SETS, OBSERVATION_MODES
-from optenv.registration import BUILTIN_IDS, family_of, register_envs, register_objective
+from optenv.registration import (
+    BUILTIN_IDS,
+    MLP_IDS,
+    family_of,
+    register_envs,
+    register_objective,
+)
 from optenv.rng import KeyedRNG, instance_keys
 from optenv.vector import OptimizationVectorEnv, numpy_vector_env
 
@@ -41,6 +50,7 @@ __all__ = [
     "BUILTIN_IDS",
     "FAMILIES",
     "FEATURE_SETS",
+    "MLP_IDS",
     "OBSERVATION_MODES",
     "CoordinateGroup",
     "CoreStep",
@@ -48,6 +58,7 @@ __all__ = [
     "FunctionFamily",
     "KeyedRNG",
     "LogisticRegression",
+    "MLPClassifier",
     "NeuralNet",
     "ObjectiveFamily",
     "OptimizationCore",

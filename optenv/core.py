@@ -11,7 +11,11 @@ observation Φ is the state without CUR_LOC (translation invariance): a contiguo
 
 Every function here is pure (no in-place writes to its inputs), so the same code serves the single
 env (B = 1), the vector env (which copies results into preallocated buffers), GPS sampling, BPTT
-(autograd flows through it), and evaluation. Nothing here synchronises with the host.
+(autograd flows through it), and evaluation. Nothing here synchronises with the host. One
+exception: a family whose f is a minibatch estimate keeps its minibatch counter in the problem
+data, which :meth:`OptimizationCore.start` rewinds and :meth:`OptimizationCore.step` advances in
+place (``family.rewind`` / ``family.advance``), so every caller that passes the same problem dict
+at every step gets the instance's minibatch stream without handing anything back.
 """
 
 from __future__ import annotations
@@ -167,7 +171,9 @@ class OptimizationCore:
         self.layout = StateLayout(family.d, history)
 
     def start(self, data: Mapping[str, torch.Tensor], x0: torch.Tensor) -> CoreStep:
-        """The state at x(0): CUR_LOC = x0, CUR_GRAD = ∇f(x0), all histories zero."""
+        """The state at x(0): CUR_LOC = x0, CUR_GRAD = ∇f(x0), all histories zero (and
+        ``data`` rewound to iteration 0)."""
+        self.family.rewind(data)
         f0, g0 = self.family.value_and_grad(x0, data)
         lay = self.layout
         zeros = x0.new_zeros(x0.shape[0], lay.history + lay.history * lay.d)
@@ -191,6 +197,7 @@ class OptimizationCore:
         d = lay.d
         sl = lay.state_slices
         x = state[:, sl["CUR_LOC"]] + delta_x
+        self.family.advance(data)
         f, g = self.family.value_and_grad(x, data)
         mag = f_prev.abs().clamp_min(DELTA_EPS)
         denom = torch.where(f_prev < 0, -mag, mag)

@@ -317,7 +317,9 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         gets the same dtypes on every step."""
         g = self._state[0, self.layout.state_slices["CUR_GRAD"]]
         real = self._f.numpy().dtype.type
-        return {
+        full = self.family.full_objective(self._state[:, self.layout.state_slices["CUR_LOC"]],
+                                          self._data)  # minibatch families: the full loss
+        return {**({} if full is None else {"f_full": real(full[0])}),
             "f": real(self._f[0]),
             "f0": real(self._f_history[0]),
             "x": self.x.numpy().copy(),

@@ -8,7 +8,8 @@ import gymnasium as gym
 
 from optenv.families import FAMILIES, ObjectiveFamily, make_family
 
-__all__ = ["BUILTIN_IDS", "DEFAULT_HORIZON", "register_envs", "register_objective"]
+__all__ = ["BUILTIN_IDS", "DEFAULT_HORIZON", "MLP_IDS", "MLP_VARIANTS", "register_envs",
+           "register_objective"]
 
 DEFAULT_HORIZON = 40
 ENTRY_POINT = "optenv.env:OptimizationEnv"
@@ -17,6 +18,19 @@ BUILTIN_IDS: tuple[str, ...] = tuple(
     f"optenv/{name}-v0" for name in ("Quadratic", "LogisticRegression", "RobustRegression",
                                      "NeuralNet")
 )
+
+#: Neural-net training (Li & Malik 2017, §4): id → (horizon, MLPClassifier arguments). The first
+#: is the meta-training objective (the paper's net, batch and horizon, on the bundled digits);
+#: the others change one axis the paper meta-tests on: a larger net (100 inputs, 200 hidden
+#: units), noisier gradients (minibatches of 10), a longer horizon (800), another data set.
+MLP_VARIANTS: dict[str, tuple[int, dict[str, Any]]] = {
+    "optenv/MLPClassifier-v0": (400, {}),
+    "optenv/MLPClassifierLarge-v0": (400, {"inputs": 100, "hidden": [200]}),
+    "optenv/MLPClassifierNoisy-v0": (400, {"batch_size": 10}),
+    "optenv/MLPClassifierLong-v0": (800, {}),
+    "optenv/MLPClassifierMNIST1D-v0": (400, {"dataset": "mnist1d"}),
+}
+MLP_IDS: tuple[str, ...] = tuple(MLP_VARIANTS)
 
 
 def register_objective(
@@ -58,10 +72,13 @@ _ENV_KWARGS = frozenset({"history", "max_step", "split", "dtype", "divergence_pe
 
 
 def register_envs() -> None:
-    """Register every built-in id (safe to call any number of times)."""
+    """Register every built-in id, the 2016 families' and the neural-net ones (safe to call
+    any number of times)."""
     for env_id in BUILTIN_IDS:
         name = env_id.split("/")[1].rsplit("-", 1)[0]
         register_objective(env_id, name)
+    for env_id, (horizon, kwargs) in MLP_VARIANTS.items():
+        register_objective(env_id, "MLPClassifier", max_episode_steps=horizon, **kwargs)
 
 
 def family_of(env_id: str) -> ObjectiveFamily:

@@ -41,12 +41,15 @@ class DirectOptimizer(Protocol):
 class Rollout:
     """A batch of runs: ``f`` [B, T+1] (f(x0) first; +inf from divergence on), ``nonfinite`` [B],
     final iterate ``x`` [B, d], ``evals`` [B, T+1] (f/∇f evaluations made by the end of each
-    iteration, f(x0)'s not counted: t plus the line searches' extra ones)."""
+    iteration, f(x0)'s not counted: t plus the line searches' extra ones), and ``f_full``
+    [B, T+1] like ``f`` for a family whose f is a minibatch estimate (its
+    ``full_objective``, the full training loss; None otherwise)."""
 
     f: torch.Tensor
     nonfinite: torch.Tensor
     x: torch.Tensor
     evals: torch.Tensor
+    f_full: torch.Tensor | None = None
 
     @property
     def extra_evals(self) -> torch.Tensor:
@@ -90,12 +93,17 @@ def rollout(
     else:
         step_fn = step
 
+    def full(state: torch.Tensor, alive: torch.Tensor) -> torch.Tensor | None:
+        value = family.full_objective(state[:, lay["CUR_LOC"]], data)
+        return None if value is None else torch.where(alive, value, inf)
+
     with torch.no_grad():
         start = core.start(data, x0)
         state, f = start.state, start.f
         alive = ~start.diverged
         inf = torch.full_like(f, math.inf)
         fs = [torch.where(alive, f, inf)]
+        fulls = [full(state, alive)]
         used = [torch.zeros_like(counts)]  # cumulative evaluations after each iteration
         iterator: Any = range(horizon)
         if progress:
@@ -112,5 +120,7 @@ def rollout(
             alive = alive & ~res.diverged
             state, f = res.state, res.f
             fs.append(torch.where(alive, f, inf))
+            fulls.append(full(state, alive))
     return Rollout(torch.stack(fs, dim=1), ~alive, state[:, lay["CUR_LOC"]],
-                   torch.stack(used, dim=1))
+                   torch.stack(used, dim=1),
+                   None if fulls[0] is None else torch.stack(fulls, dim=1))

@@ -35,6 +35,9 @@ from optenv.validation import check_choice, check_int, parse_dtype
 
 __all__ = ["CRITERIA", "TuningResult", "search_grid"]
 
+#: Most state entries one grid rollout holds (its chunk of grid points is cut to fit): 2**26,
+#: 512 MiB of float64 state, 90 objectives of a d = 2842 net at 17 grid points per rollout.
+ROW_ELEMENTS = 2**26
 #: A grid point's hyper-parameters: numbers, or [rows] tensors for a batch of grid points.
 Hyper = dict[str, Any]
 
@@ -102,7 +105,9 @@ def search_grid(
 
     ``make(hyper)`` builds the optimiser for a grid point — or, when ``batchable``, for a chunk of
     grid points at once, each hyper-parameter then a tensor with one entry per row (the points
-    repeated over the ``n_train`` objectives). ``defaults`` and ``fixed`` complete the best
+    repeated over the ``n_train`` objectives; at most ``max_rows`` rows, fewer where the state
+    is large, see :data:`ROW_ELEMENTS`). ``history`` is checked but does not change the
+    scores (the optimisers read x, f, ∇f). ``defaults`` and ``fixed`` complete the best
     point's hyper-parameters in the result; ``method`` names it. Returns the best point, its
     score and the whole table of scores.
     """
@@ -116,8 +121,13 @@ def search_grid(
     dt = parse_dtype(dtype)
     seeds = torch.arange(seed, seed + n_train, dtype=torch.int64)
     data, x0 = family.sample(seeds, split="train", dtype=dt, device=device)
-    core = OptimizationCore(family, history)
-    per_chunk = max(1, max_rows // n_train) if batchable else 1
+    # The optimisers read x, f and ∇f only, never the histories: the core keeps one step of
+    # them (the scores are the same for any ``history``; a row costs 4d + 1 numbers, not
+    # (2 + 2H)·d + H), and a rollout holds at most ROW_ELEMENTS state entries.
+    check_int("history", history, 1)
+    core = OptimizationCore(family, 1)
+    rows = min(max_rows, max(n_train, ROW_ELEMENTS // core.layout.state_dim))
+    per_chunk = max(1, rows // n_train) if batchable else 1
     scores, n_bad = _score_points(make, points, core, data, x0, horizon=horizon, dtype=dt,
                                   criterion=criterion, per_chunk=per_chunk, batchable=batchable)
 

@@ -140,7 +140,8 @@ class OptimizationVectorEnv(VectorEnv):
     become 0 and are flagged in ``infos["invalid_action"]``.
 
     ``infos`` of every step: ``f`` (objective at the new iterate), ``grad_norm``, ``t`` (steps
-    in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor.
+    in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor; and ``f_full``
+    (the full training loss) for families whose f is a minibatch estimate.
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 10,
@@ -526,7 +527,8 @@ class OptimizationVectorEnv(VectorEnv):
         return a
 
     def _step_infos(self, clipped: torch.Tensor, invalid: torch.Tensor) -> dict[str, Any]:
-        return {
+        full = self.family.full_objective(self.x, self._data)  # minibatch families: full loss
+        return {**({} if full is None else {"f_full": full}),
             "f": self._f.clone(),
             "grad_norm": self.core.grad_norm(self._state),
             "t": self._t.clone(),

@@ -15,6 +15,7 @@ from optenv.families.base import ObjectiveFamily, ProblemData, index_problem, pr
 from optenv.families.custom import FunctionFamily
 from optenv.families.groups import CoordinateGroup
 from optenv.families.logistic_regression import LogisticRegression
+from optenv.families.mlp_classifier import MLPClassifier
 from optenv.families.neural_net import NeuralNet
 from optenv.families.quadratic import Quadratic
 from optenv.families.robust_regression import RobustRegression
@@ -25,6 +26,7 @@ __all__ = [
     "CoordinateGroup",
     "FunctionFamily",
     "LogisticRegression",
+    "MLPClassifier",
     "NeuralNet",
     "ObjectiveFamily",
     "ProblemData",
@@ -37,7 +39,8 @@ __all__ = [
 ]
 
 FAMILIES: dict[str, Callable[..., ObjectiveFamily]] = {
-    cls.name: cls for cls in (Quadratic, LogisticRegression, RobustRegression, NeuralNet)
+    cls.name: cls for cls in (Quadratic, LogisticRegression, RobustRegression, NeuralNet,
+                              MLPClassifier)
 }
 
 

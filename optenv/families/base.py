@@ -103,6 +103,32 @@ class ObjectiveFamily(ABC):
 
         return torch.func.vmap(torch.func.hessian(single))(x, dict(data))
 
+    def hessian_vector_product(self, x: torch.Tensor, data: Mapping[str, torch.Tensor],
+                               v: torch.Tensor) -> torch.Tensor:
+        """∇²f(x)·v, [B, d], for any d: forward-mode differentiation of ``value_and_grad``
+        along v (one pass; the exact Hessian needs d of them and B·d² memory)."""
+        return torch.func.jvp(lambda xx: self.value_and_grad(xx, data)[1], (x,), (v,))[1]
+
+    # ------------------------------------------------------------------ noisy objectives
+    def rewind(self, data: Mapping[str, torch.Tensor]) -> None:
+        """Put the instances of ``data`` at iteration 0, in place: the core calls it when runs
+        start. A family whose f is a minibatch estimate keeps its minibatch counter in
+        ``data`` (see :class:`~optenv.families.MLPClassifier`); for the others, f does not
+        depend on the iteration and this does nothing."""
+        return
+
+    def advance(self, data: Mapping[str, torch.Tensor]) -> None:
+        """Move the instances of ``data`` to the next iteration, in place: the core calls it
+        before it evaluates each new iterate (nothing for families whose f is exact)."""
+        return
+
+    def full_objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]
+                       ) -> torch.Tensor | None:
+        """The objective without minibatch noise, [B] (the full training loss), for a family
+        whose f is a minibatch estimate of it; None (the default) where f is exact.
+        Evaluation reports it in place of f (``info["f_full"]`` in the envs)."""
+        return None
+
     def coordinate_groups(self) -> tuple[CoordinateGroup, ...]:
         """The named groups of coordinates, a partition of ``range(d)`` in order (one per
         weight matrix / bias vector for networks; one group ``"x"`` unless a family says
