@@ -30,8 +30,10 @@ CASES = {
     # x0 = (1.5, 0), then −0.25 per step on x₁: f = 1.25·…, exactly 0 at x = (1, 0), then
     # negative down to −1 at the origin and positive again beyond it
     "zero-crossing": (1.0, 1.0, [1.5, 0.0], np.tile([-1.0, 0.0], (T, 1))),
-    "huge-negative": (-1e20, 0.0, [1.0, 2.0], _RNG.uniform(-1.0, 1.0, (T, 2))),
-    "huge-positive": (3e25, 0.5, [-2.0, 1.0], _RNG.uniform(-1.0, 1.0, (T, 2))),
+    # |f| and |∇f| up to ~1e11: huge, yet under the state's clamp (optenv.core.STATE_LIMIT,
+    # 1e12), beyond which a run counts as diverged and its state is clamped
+    "huge-negative": (-1e10, 0.0, [1.0, 2.0], _RNG.uniform(-1.0, 1.0, (T, 2))),
+    "huge-positive": (2e10, 0.5, [-2.0, 1.0], _RNG.uniform(-1.0, 1.0, (T, 2))),
 }
 
 
