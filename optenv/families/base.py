@@ -122,6 +122,12 @@ class ObjectiveFamily(ABC):
         before it evaluates each new iterate (nothing for families whose f is exact)."""
         return
 
+    def full_batch(self) -> ObjectiveFamily:
+        """The same objectives with exact f, without minibatch noise: ``self`` for a family
+        whose f is exact (the default). Reference optima (``optenv compare``'s f*) are computed
+        on it, since the full loss is what evaluation reports for a minibatch family."""
+        return self
+
     def full_objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]
                        ) -> torch.Tensor | None:
         """The objective without minibatch noise, [B] (the full training loss), for a family

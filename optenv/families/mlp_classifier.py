@@ -38,6 +38,7 @@ key.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -340,6 +341,11 @@ class MLPClassifier(ObjectiveFamily):
         f, g = self._loss(x, X, y, grad=True)
         assert g is not None
         return f, g
+
+    def full_batch(self) -> MLPClassifier:
+        """This family with ``batch_size=None``: the same instances (data set split, initial
+        weights), f the full TRAIN loss."""
+        return self if self.batch_size is None else dataclasses.replace(self, batch_size=None)
 
     def full_objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]
                        ) -> torch.Tensor | None:

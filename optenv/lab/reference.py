@@ -128,6 +128,8 @@ def reference_optimum(
     matches (:func:`cached_reference`)."""
     settings = settings or ReferenceSettings()
     t0 = time.perf_counter()
+    family = family.full_batch()  # a minibatch family is evaluated (and so referenced) on its
+    # full loss
     seeds = torch.arange(seed, seed + n_test, dtype=torch.int64)
     data, x0 = family.sample(seeds, split=split, dtype=torch.float64, device=device)
     with torch.no_grad():

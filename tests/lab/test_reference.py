@@ -93,3 +93,21 @@ def test_a_stored_reference_is_reused_only_for_the_same_objectives_and_settings(
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ReferenceSettings(**kwargs)
+
+
+def test_a_minibatch_family_is_referenced_on_its_full_loss():
+    """Evaluation reports a minibatch family's full TRAIN loss, so its f* is the minimum of
+    that loss: the reference of batch_size=64 is the full-batch family's, and it lies below
+    the full loss at x(0)."""
+    from optenv.families import MLPClassifier
+
+    fast = ReferenceSettings(starts=2, explore_iterations=5, max_iterations=5)
+    noisy, exact = MLPClassifier(hidden=(4,), inputs=8), MLPClassifier(hidden=(4,), inputs=8,
+                                                                      batch_size=None)
+    assert exact.full_batch() is exact and LogisticRegression().full_batch() is not None
+    a = reference_optimum(noisy, n_test=2, settings=fast)
+    b = reference_optimum(exact, n_test=2, settings=fast)
+    np.testing.assert_array_equal(a["f_reference"], b["f_reference"])
+    data, x0 = noisy.sample([0, 1], split="test")
+    np.testing.assert_allclose(a["f_x0"], noisy.full_objective(x0, data).numpy(), rtol=1e-12)
+    assert (a["f_reference"] < a["f_x0"]).all()
