@@ -11,10 +11,13 @@
     rows = gym.make("optenv/NeuralNet-v0", observation="coordinatewise")  # obs [d, k]
 
 Feature sets for the coordinatewise observation: :data:`optenv.features.FEATURE_SETS`.
+A trained coordinatewise optimiser trains a torch model as a ``torch.optim.Optimizer``:
+:class:`optenv.LearnedOptimizer`, with the pretrained ones of :mod:`optenv.pretrained`.
 """
 
 from __future__ import annotations
 
+from optenv import pretrained
 from optenv.core import CoreStep, OptimizationCore, StateLayout
 from optenv.env import OptimizationEnv
 from optenv.evaluate import Evaluation, evaluate
@@ -31,6 +34,7 @@ from optenv.families import (
     register_family,
 )
 from optenv.features import FEATURE_SETS, OBSERVATION_MODES
+from optenv.optim import LearnedOptimizer
 from optenv.registration import BUILTIN_IDS, family_of, register_envs, register_objective
 from optenv.rng import KeyedRNG, instance_keys
 from optenv.vector import OptimizationVectorEnv, numpy_vector_env
@@ -47,6 +51,7 @@ __all__ = [
     "Evaluation",
     "FunctionFamily",
     "KeyedRNG",
+    "LearnedOptimizer",
     "LogisticRegression",
     "NeuralNet",
     "ObjectiveFamily",
@@ -62,6 +67,7 @@ __all__ = [
     "instance_keys",
     "make_family",
     "numpy_vector_env",
+    "pretrained",
     "register_envs",
     "register_family",
     "register_objective",
