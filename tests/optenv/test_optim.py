@@ -235,3 +235,18 @@ def test_cuda_steps_equal_the_cpu_steps(cell: str) -> None:
         assert opt.state[next(model.parameters())]["observation"].device.type == device
         results.append(_params(model).cpu())
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["mlp", "lstm"])
+def test_the_policy_in_cpu_blocks_takes_the_steps_of_one_call(
+        cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = []
+    for block in (10**9, 7):  # one call; blocks of 7 rows (the model has 43 coordinates)
+        monkeypatch.setattr(optenv.optim, "CPU_BLOCK", block)
+        model = _model(torch.float64)
+        opt = optenv.LearnedOptimizer(model.parameters(), _policy(cell), scale=0.1)
+        closure = _closure(model, opt)
+        for _ in range(3):
+            opt.step(closure)
+        results.append(_params(model))
+    assert torch.equal(results[0], results[1])
