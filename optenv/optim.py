@@ -189,7 +189,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """The policy on every coordinate's row [n, k]: one call on an accelerator; on the CPU
         in blocks of :data:`CPU_BLOCK` rows, so that the hidden activations stay in cache (the
-        rows are independent: the same numbers, bit for bit, as one call)."""
+        rows are independent: the same numbers as one call up to the GEMM's rounding, which
+        depends on the block's shape)."""
         n = rows.shape[0]
         if rows.device.type != "cpu" or n <= CPU_BLOCK:
             return self.policy(rows.unsqueeze(0), kinds, cell)

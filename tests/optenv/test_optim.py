@@ -249,4 +249,5 @@ def test_the_policy_in_cpu_blocks_takes_the_steps_of_one_call(
         for _ in range(3):
             opt.step(closure)
         results.append(_params(model))
-    assert torch.equal(results[0], results[1])
+    # rows are independent; only the GEMM's blocking can change the last bits
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-9)
