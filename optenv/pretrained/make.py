@@ -82,6 +82,8 @@ def make(name: str, run: str | Path, *, command: str, compare: str | Path,
     save_coordinatewise_policy(str(out / f"{name}.pt"), pol, dict(learned.metadata))
     path = out / f"{name}.json"
     atomic_write(path, lambda fh: fh.write(json.dumps(meta, indent=1) + "\n"))
+    for written in (out / f"{name}.pt", path):  # package data: readable by every user
+        written.chmod(0o644)
     return path
 
 
