@@ -15,7 +15,8 @@ Medians over the timed steps; ``step_over_adam`` and ``iteration_over_adam`` are
 Adam's medians (issue 17's target: ``step_over_adam`` <= 3 on the CPU).
 
 Learned optimisers timed (``--policies``, comma-separated): the shipped pretrained names, and
-``psi-mlp`` (Ψ features, k = 3, MLP with one hidden layer of 50), ``psi-lstm`` (Ψ, LSTM of 20
+``psi-mlp`` (Ψ features, k = 3, MLP with one hidden layer of 50), ``psi-mlp8`` (the same
+with 8 hidden units), ``psi-lstm`` (Ψ, LSTM of 20
 cells), ``2016-mlp`` (the 2016 row, H = 25, k = 76, MLP 50) — fresh policies of the shapes the
 trainers make, since the time depends on the architecture, not the weights.
 
@@ -42,6 +43,7 @@ from optenv.policy import CoordinatewisePolicy
 #: The fresh policies (name → constructor), the shapes the trainers build by default.
 FRESH: dict[str, Callable[[], CoordinatewisePolicy]] = {
     "psi-mlp": lambda: CoordinatewisePolicy(3, features="li-malik-2017-psi", hidden=(50,)),
+    "psi-mlp8": lambda: CoordinatewisePolicy(3, features="li-malik-2017-psi", hidden=(8,)),
     "psi-lstm": lambda: CoordinatewisePolicy(3, features="li-malik-2017-psi", hidden=(20,),
                                              cell="lstm"),
     "2016-mlp": lambda: CoordinatewisePolicy(76, features="li-malik-2016", hidden=(50,)),
@@ -99,7 +101,7 @@ def time_optimizer(make: Callable[[Any], torch.optim.Optimizer], params: int, ba
     return {"params": sum(p.numel() for p in model.parameters()),
             "step_s": statistics.median(step_s), "iteration_s": statistics.median(iter_s),
             "step_min_s": min(step_s), "step_max_s": max(step_s),
-            "final_loss": float(loss), "steps": steps}
+            "final_loss": float(loss.detach()), "steps": steps}
 
 
 def main(argv: list[str] | None = None) -> int:
