@@ -100,3 +100,12 @@ def test_make_refuses_a_file_that_is_not_a_comparison(tmp_path: Path, capsys) ->
                       "--folder", str(tmp_path)])
     assert code == 2 and "not an optenv compare results.json" in capsys.readouterr().err
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_an_env_emitting_another_feature_set_is_refused_by_name() -> None:
+    learned = optenv.pretrained.load(NAMES[0])
+    context = {"history": 25, "max_step": 1.0, "observation": "coordinatewise",
+               "features": "li-malik-2016"}
+    with pytest.raises(ValueError, match=f"pretrained:{NAMES[0]}: it reads feature set "
+                                         "'li-malik-2017-psi', the env emits 'li-malik-2016'"):
+        learned.env_policy(optenv.NeuralNet(), context, f"pretrained:{NAMES[0]}")
