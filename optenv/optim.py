@@ -132,13 +132,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
                              f"a kind this policy distinguishes: {', '.join(self.policy.kinds)}"
                              f" (of {', '.join(GROUP_KINDS)})")
         super().add_param_group(param_group)
-        for i, p in enumerate(self.param_groups[-1]["params"]):
-            if p.is_complex() or not p.is_floating_point():
-                self.param_groups.pop()
-                raise ValueError(f"params: parameter {i} of group {len(self.param_groups)} "
-                                 f"has dtype {p.dtype}, allowed: real floating-point "
-                                 "parameters (complex ones have no coordinatewise steps)")
-            self._kind(self.param_groups[-1], p)  # a kind the policy lacks fails here, not later
+        try:
+            for i, p in enumerate(self.param_groups[-1]["params"]):
+                if p.is_complex() or not p.is_floating_point():
+                    raise ValueError(f"params: parameter {i} of group "
+                                     f"{len(self.param_groups) - 1} has dtype {p.dtype}, "
+                                     "allowed: real floating-point parameters (complex ones "
+                                     "have no coordinatewise steps)")
+                self._kind(self.param_groups[-1], p)  # a kind the policy lacks fails here
+        except ValueError:
+            self.param_groups.pop()  # the optimiser is left as it was
+            raise
 
     def _kind(self, group: dict[str, Any], p: torch.Tensor) -> int:
         kind = group["kind"] or self.learned.default_kind(p.dim())

@@ -169,6 +169,10 @@ def test_a_kind_the_policy_lacks_and_bad_parameters_are_clear_errors() -> None:
         optenv.LearnedOptimizer([nn.Parameter(torch.ones(2, dtype=torch.complex64))], _policy())
     with pytest.raises(ValueError, match="scale: got"):
         optenv.LearnedOptimizer(_model().parameters(), _policy(), scale=0.0)
+    opt = optenv.LearnedOptimizer(_model().parameters(), _policy())
+    with pytest.raises(ValueError, match="params: parameter 0 of group 1"):
+        opt.add_param_group({"params": [nn.Parameter(torch.ones(2, dtype=torch.complex64))]})
+    assert len(opt.param_groups) == 1  # a refused group is not kept
 
 
 def test_sparse_gradients_are_a_clear_error_before_any_state_changes() -> None:
