@@ -114,8 +114,11 @@ def _family_closure(model: nn.Module, family: object, data: dict[str, torch.Tens
     return closure
 
 
-def _run_both(case: Case, features: str, cell: str, exact: bool,
-              max_step: float = 1.0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _run_both(case: Case, features: str, cell: str, exact: bool, max_step: float = 1.0
+              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
+                         list[torch.Tensor]]:
+    """HORIZON iterations side by side: the env's steps and the optimiser's parameter changes,
+    then the env's iterates and the model's parameters after each."""
     history = 4 if features == "li-malik-2016" else None
     env = gym.make(case.env_id, observation="coordinatewise", features=features,
                    history=history, dtype="float64", max_step=max_step)
@@ -136,7 +139,7 @@ def _run_both(case: Case, features: str, cell: str, exact: bool,
             loss = model.loss(problem)
             loss.backward()
             return loss
-    env_steps, opt_steps = [], []
+    env_steps, opt_steps, env_x, opt_x = [], [], [], []
     for _ in range(HORIZON):
         action = act(obs)
         before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -145,40 +148,27 @@ def _run_both(case: Case, features: str, cell: str, exact: bool,
         after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         env_steps.append(max_step * torch.as_tensor(action, dtype=torch.float64).clamp(-1, 1))
         opt_steps.append(after - before)
-    return env_steps, opt_steps
+        env_x.append(torch.as_tensor(info["x"]))
+        opt_x.append(after)
+    return env_steps, opt_steps, env_x, opt_x
 
 
 @pytest.mark.parametrize("features,cell", POLICIES, ids=lambda v: str(v))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.env_id.split("/")[1])
-def test_steps_are_the_envs_bit_for_bit_with_the_familys_gradients(
+def test_iterates_are_the_envs_bit_for_bit_with_the_familys_gradients(
         case: Case, features: str, cell: str) -> None:
-    env_steps, opt_steps = _run_both(case, features, cell, exact=True, max_step=0.5)
-    for t, (e, o) in enumerate(zip(env_steps, opt_steps, strict=True)):
-        # p + Δ − p is Δ only up to rounding; the iterate itself is compared below
-        torch.testing.assert_close(o, e, rtol=1e-12, atol=1e-15, msg=f"iteration {t}")
+    env_steps, opt_steps, env_x, opt_x = _run_both(case, features, cell, exact=True,
+                                                   max_step=0.5)
+    for t in range(HORIZON):
+        assert torch.equal(opt_x[t], env_x[t]), f"iteration {t}"
+        # p + Δ − p is Δ only up to rounding
+        torch.testing.assert_close(opt_steps[t], env_steps[t], rtol=1e-12, atol=1e-15)
     assert any(float(s.abs().max()) > 1e-3 for s in env_steps)  # the policy moves
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.env_id.split("/")[1])
-def test_the_iterates_are_the_envs_with_the_familys_gradients(case: Case) -> None:
-    env = gym.make(case.env_id, observation="coordinatewise", features="li-malik-2017-psi",
-                   dtype="float64")
-    base = env.unwrapped
-    policy = _policy("li-malik-2017-psi", "lstm")
-    act = policy.as_env_policy(base.max_step, base.family.coordinate_groups())
-    obs, info = env.reset(seed=1)
-    model = case.module(torch.as_tensor(info["x"]), base.family)
-    opt = optenv.LearnedOptimizer(model.parameters(), policy)
-    closure = _family_closure(model, base.family, _batched(base.problem), opt)
-    for _ in range(HORIZON):
-        obs, *_rest, info = env.step(act(obs))
-        opt.step(closure)
-        x = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        assert torch.equal(x, torch.as_tensor(info["x"]))
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.env_id.split("/")[1])
 def test_steps_match_the_env_with_autograd_on_a_torch_model(case: Case) -> None:
-    env_steps, opt_steps = _run_both(case, "li-malik-2017-psi", "mlp", exact=False)
+    env_steps, opt_steps, _env_x, _opt_x = _run_both(case, "li-malik-2017-psi", "mlp",
+                                                     exact=False)
     for t, (e, o) in enumerate(zip(env_steps, opt_steps, strict=True)):
         torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-7, msg=f"iteration {t}")
