@@ -13,10 +13,13 @@ variants (:data:`MLP_IDS`)::
     rows = gym.make("optenv/NeuralNet-v0", observation="coordinatewise")  # obs [d, k]
 
 Feature sets for the coordinatewise observation: :data:`optenv.features.FEATURE_SETS`.
+A trained coordinatewise optimiser trains a torch model as a ``torch.optim.Optimizer``:
+:class:`optenv.LearnedOptimizer`, with the pretrained ones of :mod:`optenv.pretrained`.
 """
 
 from __future__ import annotations
 
+from optenv import pretrained
 from optenv.core import CoreStep, OptimizationCore, StateLayout
 from optenv.env import OptimizationEnv
 from optenv.evaluate import Evaluation, evaluate
@@ -34,6 +37,7 @@ from optenv.families import (
     register_family,
 )
 from optenv.features import FEATURE_SETS, OBSERVATION_MODES
+from optenv.optim import LearnedOptimizer
 from optenv.registration import (
     BUILTIN_IDS,
     MLP_IDS,
@@ -57,6 +61,7 @@ __all__ = [
     "Evaluation",
     "FunctionFamily",
     "KeyedRNG",
+    "LearnedOptimizer",
     "LogisticRegression",
     "MLPClassifier",
     "NeuralNet",
@@ -73,6 +78,7 @@ __all__ = [
     "instance_keys",
     "make_family",
     "numpy_vector_env",
+    "pretrained",
     "register_envs",
     "register_family",
     "register_objective",

@@ -28,7 +28,8 @@ import torch
 
 from optenv.families.base import ObjectiveFamily
 
-__all__ = ["CoreStep", "OptimizationCore", "StateLayout"]
+__all__ = ["CoreStep", "OptimizationCore", "StateLayout", "advance_observation",
+           "first_observation"]
 
 #: Largest magnitude kept in the state. A diverging run (f or x overflowing) is clamped here, so
 #: observations stay finite whatever the policy does; and a run whose f or x gets here counts as
@@ -144,6 +145,48 @@ class StateLayout:
                          dim=-1)
 
 
+def _first_blocks(layout: StateLayout, g: torch.Tensor) -> list[torch.Tensor]:
+    """The observation at x(0) as blocks to concatenate: zero histories, CUR_GRAD = g [B, d]."""
+    h, d = layout.history, layout.d
+    return [g.new_zeros(g.shape[0], h + h * d), g, g.new_zeros(g.shape[0], h * d)]
+
+
+def _next_blocks(layout: StateLayout, obs: torch.Tensor, f_prev: torch.Tensor, f: torch.Tensor,
+                 g: torch.Tensor, delta_x: torch.Tensor) -> list[torch.Tensor]:
+    """The observation one step later as blocks to concatenate (so :meth:`OptimizationCore.step`
+    prepends the iterate with one ``cat``): each history shifted left by one entry, with the
+    relative change of f (|f_prev| floored at DELTA_EPS, its sign kept), the gradient at the new
+    iterate and the step that led there written at the end.
+
+    ``obs`` [B, obs_dim] comes from this module's functions, so its histories are finite and in
+    range already: only the new entries are sanitised (whole-state passes dominated the step)."""
+    d = layout.d
+    sl = layout.observation_slices
+    mag = f_prev.abs().clamp_min(DELTA_EPS)
+    denom = torch.where(f_prev < 0, -mag, mag)
+    rel = ((f - f_prev) / denom).unsqueeze(-1)
+    deltas = obs[:, sl["PAST_OBJ_VAL_DELTAS"]]
+    grads = obs[:, sl["PAST_GRADS"].start : sl["CUR_GRAD"].stop]  # PAST_GRADS ++ CUR_GRAD
+    steps = obs[:, sl["PAST_LOC_DELTAS"]]
+    return [deltas[:, 1:], _safe(rel), grads[:, d:], _safe(g), steps[:, d:], _safe(delta_x)]
+
+
+def first_observation(layout: StateLayout, g: torch.Tensor) -> torch.Tensor:
+    """The observation (the state without CUR_LOC) at x(0), [B, obs_dim], from the gradient
+    g [B, d] there: what :meth:`OptimizationCore.start` builds, for a caller that keeps the
+    iterate itself (:class:`optenv.optim.LearnedOptimizer` keeps it in the model)."""
+    return _safe(torch.cat(_first_blocks(layout, g), dim=-1))
+
+
+def advance_observation(layout: StateLayout, obs: torch.Tensor, f_prev: torch.Tensor,
+                        f: torch.Tensor, g: torch.Tensor, delta_x: torch.Tensor) -> torch.Tensor:
+    """The observation [B, obs_dim] after the step ``delta_x`` [B, d] that moved f from
+    ``f_prev`` [B] to ``f`` [B] and the gradient to ``g`` [B, d]: the same arithmetic as
+    :meth:`OptimizationCore.step`, for a caller that keeps the iterate itself. ``obs`` must come
+    from :func:`first_observation` or this function."""
+    return torch.cat(_next_blocks(layout, obs, f_prev, f, g, delta_x), dim=-1)
+
+
 def _safe(t: torch.Tensor) -> torch.Tensor:
     """Non-finite entries replaced (NaN by 0, ±inf by ±STATE_LIMIT), all clamped to the limit."""
     return torch.nan_to_num(t, nan=0.0, posinf=STATE_LIMIT, neginf=-STATE_LIMIT).clamp_(
@@ -175,10 +218,7 @@ class OptimizationCore:
         ``data`` rewound to iteration 0)."""
         self.family.rewind(data)
         f0, g0 = self.family.value_and_grad(x0, data)
-        lay = self.layout
-        zeros = x0.new_zeros(x0.shape[0], lay.history + lay.history * lay.d)
-        tail = x0.new_zeros(x0.shape[0], lay.history * lay.d)
-        state = torch.cat([x0, zeros, g0, tail], dim=-1)
+        state = torch.cat([x0, *_first_blocks(self.layout, g0)], dim=-1)
         return self._finish(state, f0, x0)
 
     def step(
@@ -194,24 +234,11 @@ class OptimizationCore:
         histories are taken as finite and within ±STATE_LIMIT, and only the new entries are
         sanitised."""
         lay = self.layout
-        d = lay.d
-        sl = lay.state_slices
-        x = state[:, sl["CUR_LOC"]] + delta_x
+        x = state[:, lay.state_slices["CUR_LOC"]] + delta_x
         self.family.advance(data)
         f, g = self.family.value_and_grad(x, data)
-        mag = f_prev.abs().clamp_min(DELTA_EPS)
-        denom = torch.where(f_prev < 0, -mag, mag)
-        rel = ((f - f_prev) / denom).unsqueeze(-1)
-        deltas = state[:, sl["PAST_OBJ_VAL_DELTAS"]]
-        grads = state[:, sl["PAST_GRADS"].start : sl["CUR_GRAD"].stop]  # PAST_GRADS ++ CUR_GRAD
-        steps = state[:, sl["PAST_LOC_DELTAS"]]
-        # The histories come from a state this core made, so they are finite and in range
-        # already: only the new entries are sanitised (whole-state passes dominated the step).
-        new_state = torch.cat(
-            [_safe(x), deltas[:, 1:], _safe(rel), grads[:, d:], _safe(g), steps[:, d:],
-             _safe(delta_x)], dim=-1
-        )
-        return CoreStep(new_state, f, _diverged(f, x))
+        blocks = _next_blocks(lay, lay.observation(state), f_prev, f, g, delta_x)
+        return CoreStep(torch.cat([_safe(x), *blocks], dim=-1), f, _diverged(f, x))
 
     @staticmethod
     def _finish(state: torch.Tensor, f: torch.Tensor, x: torch.Tensor) -> CoreStep:

@@ -23,6 +23,7 @@ from typing import Any
 from baselines import bptt_train, sb3_policy
 from baselines.optimizers import OPTIMIZERS, HandOptimizer
 from gps import train as gps_train
+from optenv import pretrained
 
 __all__ = ["HAND_OPTIMIZERS", "METHOD_LOADERS", "Loader", "parse_methods",
            "register_method_loader"]
@@ -41,6 +42,7 @@ METHOD_LOADERS: dict[str, Loader] = {
     "sac": sb3_policy.load_sac,
     "td3": sb3_policy.load_td3,
     "recurrent-ppo": sb3_policy.load_recurrent_ppo,
+    "pretrained": pretrained.load_for_compare,  # pretrained:NAME, a shipped optimiser
 }
 
 
