@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optenv.core import OptimizationCore
+from optenv.core import OptimizationCore, StateLayout
 from optenv.families import ObjectiveFamily
 from optenv.features import (
     DEFAULT_FEATURES,
@@ -200,8 +200,12 @@ def evaluate(
     seeds = torch.arange(seed, seed + n_test, dtype=torch.int64)
     # a hand-designed optimiser reads x, f and ∇f only: its runs keep one step of history (the
     # same numbers, 4d + 1 state entries a row instead of (2 + 2H)·d + H)
-    core = OptimizationCore(family, 1 if kind == "direct" else history)
-    observer = make_observer(observation, features, core.layout)
+    direct = kind == "direct"
+    core = OptimizationCore(family, 1 if direct else history)
+    # (it reads no observation either: the env's feature set is checked against the full
+    # history, as the env would)
+    observer = make_observer(observation, features,
+                             StateLayout(family.d, history) if direct else core.layout)
     data, x0 = family.sample(seeds, split=split, dtype=dt, device=dev)
     if callable(getattr(method, "reset", None)):
         method.reset()

@@ -34,6 +34,8 @@ Loader = Callable[[str, dict[str, Any]], Any]
 #: The hand-designed optimisers by name (class with ``defaults`` and ``default_grid``).
 HAND_OPTIMIZERS: dict[str, type[HandOptimizer]] = OPTIMIZERS
 
+#: What follows the colon of a prefix, where it is not a run folder (error messages).
+_ARGUMENT = {"pretrained": "NAME"}
 #: prefix → loader of ``PREFIX:DIR`` specs.
 METHOD_LOADERS: dict[str, Loader] = {
     "gps": gps_train.load_for_compare,
@@ -62,7 +64,8 @@ def parse_methods(spec: str) -> list[tuple[str, str | None]]:
 
     Raises ValueError for empty or duplicate entries, unknown names and unknown prefixes.
     """
-    allowed = ", ".join(list(HAND_OPTIMIZERS) + [f"{p}:DIR" for p in METHOD_LOADERS])
+    allowed = ", ".join(list(HAND_OPTIMIZERS) + [f"{p}:{_ARGUMENT.get(p, 'DIR')}"
+                                                 for p in METHOD_LOADERS])
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"--methods: got {spec!r}, allowed: a comma-separated list of {allowed}")
     out: list[tuple[str, str | None]] = []

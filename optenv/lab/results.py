@@ -293,6 +293,8 @@ def _header(
         "horizon": first.horizon,
         "history": first.info.get("history"),
         "max_step": first.info.get("max_step"),
+        "observation": first.info.get("observation"),
+        "features": first.info.get("features"),
         "split": first.split,
         "n_test": int(first.f.shape[0]),
         "seed": int(seed),

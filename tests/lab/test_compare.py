@@ -237,3 +237,17 @@ def test_a_flat_gps_policy_on_a_coordinatewise_env_is_refused_by_name(tmp_path) 
                "features": "li-malik-2016"}
     with pytest.raises(ValueError, match=r"gps:.* acts on the flat observation"):
         load_for_compare(str(run), context)
+
+
+def test_results_record_the_observation_and_features_of_an_env_kwargs_variant(tmp_path):
+    from optenv.lab.cli import main
+
+    code = main(["compare", "--methods", "gd", "--no-tune", "--n-test", "2", "--horizon", "3",
+                 "--quiet", "--no-plots", "--out", str(tmp_path / "cmp"), "--env-kwargs",
+                 "observation=coordinatewise,features=li-malik-2017-psi"])
+    assert code == 0
+    doc = read_results(tmp_path / "cmp" / "results.json")
+    assert doc["observation"] == "coordinatewise" and doc["features"] == "li-malik-2017-psi"
+    assert compare.run(_small(tmp_path, "--no-tune", "--no-plots")) == 0
+    plain = read_results(tmp_path / "out" / "results.json")
+    assert plain["observation"] == "flat" and plain["features"] == "li-malik-2016"
