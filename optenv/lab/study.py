@@ -253,7 +253,7 @@ def _train(plan: StudyPlan, method: LearnedMethod, seed: int, out: Path, device:
         config = make_config("badmm", quick=plan.quick,
                              **{**dict(plan.gps), **dict(method.options),
                                 "horizon": plan.horizon, "seed": seed})
-        train(plan.train_env, path, config, device=device, resume=resume, quiet=True)
+        train(plan.train_env, path, config, device=device, resume=resume, quiet=quiet)
         return
     if method.trainer == "bptt":
         from baselines import bptt_train
