@@ -31,6 +31,8 @@ since JSON has no inf/NaN; T = horizon, N = number of test objectives)::
           "fraction_diverged": 0.0,      # final f > f(x0), or non-finite
           "fraction_nonfinite": 0.0,
           "extra_evals_mean": 0.0,       # line-search f/∇f evaluations beyond 1 per iteration
+          "fraction_late_divergence": 0.0,   # f rises > 10% of its decrease after its
+                                         # minimum (optional key: written by optenv study)
           "wall_s": 1.2,                 # seconds spent evaluating (tuning excluded)
           "label": "gps (gps-quick)",    # short label for figures (optional key)
           "path": "/home/me/runs/gps-quick" | null,  # a learned optimiser's run folder,
