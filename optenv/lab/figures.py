@@ -61,10 +61,12 @@ _LEGEND = 2.6  # inches to the right of the panels for the legend
 #: Colours of the hand-designed methods (drawn dashed).
 HAND_COLOURS = {"gd": "#1f77b4", "momentum": "#ff7f0e", "nesterov": "#2ca02c", "cg": "#d62728",
                 "lbfgs": "#9467bd", "adam": "#8c564b", "adagrad": "#e377c2",
-                "rmsprop": "#7f7f7f"}
-#: Colours of the learned optimisers by kind, the ``PREFIX`` of ``PREFIX:DIR`` (drawn solid).
+                "rmsprop": "#7f7f7f", "cg-fixed": "#ff9896", "lbfgs-fixed": "#c5b0d5"}
+#: Colours of the learned optimisers by kind, the ``PREFIX`` of ``PREFIX:DIR``, and by the
+#: study's method names (drawn solid).
 LEARNED_COLOURS = {"gps": "#000000", "bptt": "#bcbd22", "ppo": "#17becf",
-                   "recurrent-ppo": "#0b5d66", "sac": "#4b0082", "td3": "#8b0000"}
+                   "recurrent-ppo": "#0b5d66", "sac": "#4b0082", "td3": "#8b0000",
+                   "bptt-lstm": "#bcbd22", "bptt-same": "#006d2c"}
 _OTHER_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
                   "#e6550d", "#31a354")
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")

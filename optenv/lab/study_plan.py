@@ -161,10 +161,45 @@ def _plan_2016(quick: bool) -> StudyPlan:
                                   "exact"),))
 
 
+_PSI = ("features", "li-malik-2017-psi")
+_LEARNED_2017 = (
+    LearnedMethod("gps", "gps", "coordinate-group GPS (BADMM), CoordinatewisePolicy (MLP cell) "
+                  "on Li & Malik 2017's features", (("policy", "coordinatewise"), _PSI)),
+    LearnedMethod("bptt-lstm", "bptt", "BPTT, Andrychowicz et al.'s coordinatewise LSTM",
+                  (("arch", "lstm"),)),
+    LearnedMethod("bptt-same", "bptt", "BPTT, the same CoordinatewisePolicy (MLP cell) and "
+                  "features as gps", (("arch", "coordinatewise-mlp"), _PSI)),
+)
+
+_CONDITIONS_2017 = (
+    Condition("same", "same", "optenv/MLPClassifier-v0", horizon_x=1),
+    Condition("horizon-10x", "horizon", "optenv/MLPClassifier-v0"),
+    Condition("noisy", "noise", "optenv/MLPClassifierNoisy-v0", horizon_x=2),
+    Condition("large", "architecture", "optenv/MLPClassifierLarge-v0", horizon_x=2),
+    Condition("mnist1d", "datasets", "optenv/MLPClassifierMNIST1D-v0", horizon_x=2),
+)
+
+
+def _plan_2017(quick: bool) -> StudyPlan:
+    """Li & Malik 2017: meta-train on the 48-48-10 net on digits (minibatches of 64), T = 400;
+    meta-test on minibatches of 10, a 100-200 net, MNIST-1D (at 2T, the paper's 800) and on
+    the training net at 10T. ``quick``: T = 20, small GPS and BPTT runs, 10 tuning and 10 test
+    objectives, no f* (the numerical reference of d = 2 842 nets is the costly part)."""
+    plan = StudyPlan(setting="2017", quick=quick, train_env="optenv/MLPClassifier-v0",
+                     horizon=400, learned=_LEARNED_2017, conditions=_CONDITIONS_2017)
+    if not quick:
+        return plan
+    return plan.replace(
+        horizon=20, n_train=10, n_test=10, reference=False,
+        gps=(("conditions", 6), ("samples", 3), ("iterations", 3)),
+        bptt=(("iterations", 30), ("batch_size", 8)))
+
+
 def plan_for(setting: str, quick: bool) -> StudyPlan:
-    """The declared plan of ``setting`` ("2016"; "2017" is not implemented yet), full or
-    ``quick``; ValueError naming ``--setting`` otherwise."""
+    """The declared plan of ``setting`` ("2016" or "2017"), full or ``quick``; ValueError
+    naming ``--setting`` otherwise."""
     if setting == "2016":
         return _plan_2016(quick)
-    raise ValueError(f"--setting: got {setting!r}, allowed: 2016 (the 2017 setting is not "
-                     "implemented yet)")
+    if setting == "2017":
+        return _plan_2017(quick)
+    raise ValueError(f"--setting: got {setting!r}, allowed: {', '.join(SETTINGS)}")
