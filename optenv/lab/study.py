@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optenv.checkpoint import atomic_write
 from optenv.lab.study_plan import (
     AXES,
     CHECKPOINTS,
@@ -202,10 +201,9 @@ def _claim_folder(out: Path, plan: StudyPlan, seeds: int, resume: bool) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> Path:
-    from optenv.lab.results import jsonable
+    from optenv.lab.results import write_json
 
-    text = json.dumps(jsonable(obj), indent=1, allow_nan=False)
-    return atomic_write(path, lambda fh: fh.write(text + "\n"))
+    return write_json(obj, path)
 
 
 def _read_json(path: Path) -> Any:

@@ -66,8 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from optenv.checkpoint import atomic_write
-from optenv.lab.results import jsonable
+from optenv.lab.results import check_header, jsonable, write_json
 from optenv.metrics import first_upturn
 
 __all__ = ["SCHEMA", "condition_entry", "make_study", "read_study", "validate_study",
@@ -164,13 +163,7 @@ def _check_stat(where: str, stat: Any, ci: bool = False) -> None:
 
 def validate_study(doc: Any) -> None:
     """Raise ValueError naming the first field that does not follow the schema."""
-    if not isinstance(doc, Mapping):
-        raise ValueError(f"study: got {type(doc).__name__}, allowed: a JSON object")
-    missing = [k for k in _TOP_KEYS if k not in doc]
-    if missing:
-        raise ValueError(f"study: missing field(s) {missing}")
-    if doc["schema"] != SCHEMA:
-        raise ValueError(f"study.schema: got {doc['schema']!r}, allowed: {SCHEMA!r}")
+    check_header(doc, "study", SCHEMA, _TOP_KEYS)
     seeds = doc["seeds"]
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"study.seeds: got {seeds!r}, allowed: an int >= 1")
@@ -220,8 +213,7 @@ def write_study(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Validate and write ``study.json`` atomically (strict JSON)."""
     doc = jsonable(doc)
     validate_study(doc)
-    text = json.dumps(doc, indent=1, allow_nan=False)
-    return atomic_write(path, lambda fh: fh.write(text + "\n"))
+    return write_json(doc, path)
 
 
 def read_study(path: str | os.PathLike[str]) -> dict[str, Any]:
