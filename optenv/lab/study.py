@@ -109,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
         if not (out / STUDY_FILE).is_file():
             raise ValueError(f"--report-only: {str(out)!r} holds no {STUDY_FILE}; allowed: the "
                              "folder of a finished study")
+        from optenv.locks import FolderLock
+
         doc = read_study(out / STUDY_FILE)
-        written = write_report(doc, out)
+        with FolderLock(out, "--out"):  # not while a study runs there
+            written = write_report(doc, out)
     else:
         plan = plan_for(args.setting, args.quick)
         device = str(parse_device(args.device, "--device"))

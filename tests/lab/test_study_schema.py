@@ -45,3 +45,4 @@ def test_two_seeds_give_means_ranges_envelopes_and_per_seed_upturns() -> None:
     assert entry["gd"]["mean_f_at"]["2"] == {"mean": 2.5, "seed_min": 2.5, "seed_max": 2.5,
                                              "low": 2.4, "high": 2.6}
     assert entry["gd"]["first_upturn"] == [None, None]
+
