@@ -28,10 +28,10 @@ families are full-batch, so it has no noise axis (recorded under ``not_applicabl
 
 Why the quick 2016 sizes are what they are (2 CPU cores shared with other jobs; target: the whole
 study within 20 minutes): GPS's ``--quick`` preset as it is (90 conditions x 10 samples x 10
-iterations: 224 s for the coordinatewise policy on LogisticRegression, measured 2026-12-02 under
-load 2-3), BPTT's quick preset (100 meta-iterations of 32 objectives: 34 s for the LSTM, 27 s
-for the coordinatewise MLP), 90 tuning objectives (the grid search is cheap), 100 test
-objectives per condition, every condition but ``same`` at 10T = 400 iterations.
+iterations: 121 s for the coordinatewise policy on LogisticRegression in the measured study,
+one torch thread, 2026-12-02), BPTT's quick preset (100 meta-iterations of 32 objectives: 11 s
+per arch), 90 tuning objectives (the grid search is cheap), 100 test objectives per condition,
+every condition but ``same`` at 10T = 400 iterations: 298 s in all (docs/study.md).
 """
 
 from __future__ import annotations
