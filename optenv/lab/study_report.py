@@ -30,8 +30,8 @@ import numpy as np
 from optenv.checkpoint import atomic_write
 from optenv.lab.compare import fixed_width
 
-__all__ = ["condition_rows", "divergence_figure", "format_summary", "markdown_table",
-           "summary_rows", "wins_rows", "write_report"]
+__all__ = ["condition_rows", "divergence_figure", "divergence_rows", "final_rows",
+           "format_summary", "markdown_table", "summary_rows", "wins_rows", "write_report"]
 
 
 # ---------------------------------------------------------------------- cells
@@ -134,6 +134,30 @@ def wins_rows(doc: Mapping[str, Any], condition: str) -> list[list[str]]:
             cells.append(f"{_pct(m['beats'][b]['mean'])} / "
                          f"{_pct((m['beats_by_evals'].get(b) or {}).get('mean'))}")
         rows.append([a, *cells])
+    return rows
+
+
+def final_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    """Per condition (rows) and method (columns): mean f at the condition's last iteration,
+    averaged over the seeds."""
+    names = list(doc["methods"])
+    rows = [["condition (horizon)", *names]]
+    for cname, c in doc["conditions"].items():
+        last = str(c["horizon"])
+        rows.append([f"{cname} ({last})",
+                     *[_num((c["methods"][m]["mean_f_at"].get(last) or {}).get("mean"))
+                       for m in names]])
+    return rows
+
+
+def divergence_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    """Per method (rows) and condition (columns): ``diverged / late`` fractions, averaged over
+    the seeds."""
+    rows = [["diverged / late", *doc["conditions"]]]
+    for name in doc["methods"]:
+        rows.append([name, *[f"{_pct(c['methods'][name]['fraction_diverged']['mean'])} / "
+                             f"{_pct(c['methods'][name]['fraction_late_divergence']['mean'])}"
+                             for c in doc["conditions"].values()]])
     return rows
 
 
@@ -263,8 +287,10 @@ def _report_text(doc: Mapping[str, Any], stems: list[str]) -> str:
                       f"Results: {', '.join(f'`{r}`' for r in c['results'])}.", ""]
     for axis, why in doc["not_applicable"].items():
         lines += [f"## Axis: {axis}", "", f"Not in this setting: {why}.", ""]
+    lines += ["## Mean f at the last iteration", "", *markdown_table(final_rows(doc)), "",
+              "## Divergence", "", *markdown_table(divergence_rows(doc)), ""]
     if "divergence" in stems:
-        lines += ["## Divergence", "", "![divergence](divergence.png)", ""]
+        lines += ["![divergence](divergence.png)", ""]
     if "margin_of_victory" in stems:
         lines += ["## Margin of victory", "", "![margin of victory](margin_of_victory.png)", ""]
     return "\n".join(lines)

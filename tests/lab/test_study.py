@@ -126,6 +126,20 @@ def test_the_report_tables_hold_the_numbers_of_study_json(finished) -> None:
                 else:
                     assert cell == ", ".join("none" if v is None else str(v)
                                              for v in m["first_upturn"])
+    head, *rows = tables["Divergence"]
+    assert head[1:] == list(doc["conditions"])
+    for row in rows:
+        for cname, cell in zip(head[1:], row[1:], strict=True):
+            m = doc["conditions"][cname]["methods"][row[0]]
+            assert cell == (f"{100 * m['fraction_diverged']['mean']:.0f}% / "
+                            f"{100 * m['fraction_late_divergence']['mean']:.0f}%")
+    head, *rows = tables["Mean f at the last iteration"]
+    for row in rows:
+        cname = row[0].split(" ")[0]
+        last = str(doc["conditions"][cname]["horizon"])
+        for mname, cell in zip(head[1:], row[1:], strict=True):
+            assert float(cell) == pytest.approx(
+                doc["conditions"][cname]["methods"][mname]["mean_f_at"][last]["mean"], rel=5e-4)
     head, *rows = tables["Summary"]
     same = doc["conditions"]["same"]["methods"]
     for row in rows:
