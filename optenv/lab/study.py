@@ -87,6 +87,10 @@ def add_parser(subparsers: Any) -> None:
                    help="meta-training seeds per learned method (their spread is reported)")
     p.add_argument("--report-only", action="store_true",
                    help="redraw the figures and report.md from the study.json in --out")
+    p.add_argument("--doc", default=None, metavar="PATH",
+                   help="also write the summary, last-iteration and divergence tables into the "
+                        "study's marked block of this Markdown file (docs/study.md has one per "
+                        "setting)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: the study's batched problems are small, and on "
                         "a shared 2-core machine 2 threads evaluated 10x slower than 1)")
@@ -96,7 +100,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``optenv study`` (module docstring); returns the exit status."""
-    from optenv.lab.study_report import format_summary, write_report
+    from optenv.lab.study_report import doc_block, format_summary, update_doc, write_report
     from optenv.lab.study_schema import read_study
     from optenv.validation import check_int, parse_device
 
@@ -112,15 +116,22 @@ def run(args: argparse.Namespace) -> int:
         from optenv.locks import FolderLock
 
         doc = read_study(out / STUDY_FILE)
+        if args.doc is not None:
+            doc_block(args.doc, doc["setting"], doc["quick"])
         with FolderLock(out, "--out"):  # not while a study runs there
             written = write_report(doc, out)
     else:
         plan = plan_for(args.setting, args.quick)
+        if args.doc is not None:
+            doc_block(args.doc, plan.setting, plan.quick)  # a bad --doc fails now, not later
         device = str(parse_device(args.device, "--device"))
         doc, written = run_study(plan, out, seeds=args.seeds, device=device,
                                  resume=args.resume, quiet=args.quiet, threads=args.threads)
+    if args.doc is not None:
+        update_doc(doc, args.doc)
     print(format_summary(doc))
-    print(f"wrote {out / STUDY_FILE}, {out / 'report.md'} and {len(written)} figure files")
+    print(f"wrote {out / STUDY_FILE}, {out / 'report.md'} and {len(written)} figure files"
+          + (f"; updated {args.doc}" if args.doc is not None else ""))
     return 0
 
 

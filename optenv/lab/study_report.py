@@ -30,8 +30,9 @@ import numpy as np
 from optenv.checkpoint import atomic_write
 from optenv.lab.compare import fixed_width
 
-__all__ = ["condition_rows", "divergence_figure", "divergence_rows", "final_rows",
-           "format_summary", "markdown_table", "summary_rows", "wins_rows", "write_report"]
+__all__ = ["condition_rows", "divergence_figure", "divergence_rows", "doc_block", "doc_markers",
+           "final_rows", "format_summary", "markdown_table", "summary_rows", "update_doc",
+           "wins_rows", "write_report"]
 
 
 # ---------------------------------------------------------------------- cells
@@ -294,6 +295,45 @@ def _report_text(doc: Mapping[str, Any], stems: list[str]) -> str:
     if "margin_of_victory" in stems:
         lines += ["## Margin of victory", "", "![margin of victory](margin_of_victory.png)", ""]
     return "\n".join(lines)
+
+
+def doc_markers(setting: str, quick: bool) -> tuple[str, str]:
+    """The two lines that delimit a study's generated block in a Markdown file (one block per
+    setting and preset: ``<!-- optenv study 2016 --quick: begin -->`` ... ``: end -->``)."""
+    tag = f"optenv study {setting}{' --quick' if quick else ''}"
+    return f"<!-- {tag}: begin -->", f"<!-- {tag}: end -->"
+
+
+def doc_block(path: str | os.PathLike[str], setting: str, quick: bool
+              ) -> tuple[str, int, int]:
+    """(text of ``path``, start and end of the study's block in it); ValueError naming
+    ``--doc`` when the file or its markers are missing (checked before a study runs, so that a
+    bad ``--doc`` fails at once)."""
+    begin, end = doc_markers(setting, quick)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ValueError(f"--doc: got {str(path)!r}, which cannot be read ({err.strerror}); "
+                         "allowed: a Markdown file") from err
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"--doc: {str(path)!r} has no block between the lines {begin!r} and "
+                         f"{end!r}; allowed: a Markdown file holding those two lines, in order")
+    return text, i + len(begin), j
+
+
+def update_doc(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Replace the study's block in the Markdown file ``path`` (between :func:`doc_markers`)
+    with its summary, last-iteration and divergence tables, generated from ``doc``: how
+    docs/study.md's measured tables are regenerated (``optenv study --report-only --doc``), so
+    that they cannot drift from the study. The file is rewritten atomically, or not at all."""
+    text, i, j = doc_block(path, doc["setting"], doc["quick"])
+    block = ["Summary:", "", *markdown_table(summary_rows(doc)), "",
+             "Mean f at each condition's last iteration:", "", *markdown_table(final_rows(doc)),
+             "", "Fraction of runs diverged / diverged late:", "",
+             *markdown_table(divergence_rows(doc))]
+    new = text[:i] + "\n" + "\n".join(block) + "\n" + text[j:]
+    return atomic_write(path, lambda fh: fh.write(new))
 
 
 def write_report(doc: Mapping[str, Any], out_dir: str | os.PathLike[str], *,

@@ -195,18 +195,42 @@ def test_a_folder_holding_a_study_is_never_overwritten_without_resume(finished, 
     assert (out / "study.json").read_bytes() == before
 
 
-def test_report_only_redraws_the_report_and_figures_from_study_json(finished, tmp_path,
-                                                                    capsys) -> None:
+def test_report_only_redraws_the_report_and_figures_and_doc_blocks_from_study_json(
+        finished, tmp_path, capsys) -> None:
     out = _copy(finished, tmp_path / "s")
     report = (out / "report.md").read_text()
     (out / "report.md").unlink()
     (out / "divergence.png").unlink()
-    assert main(["study", "--report-only", "--out", str(out)]) == 0
+    md = tmp_path / "page.md"
+    md.write_text("# Page\n\nbefore\n<!-- optenv study 2016 --quick: begin -->\nold\n"
+                  "<!-- optenv study 2016 --quick: end -->\nafter\n")
+    assert main(["study", "--report-only", "--out", str(out), "--doc", str(md)]) == 0
     printed = capsys.readouterr().out
     assert (out / "report.md").read_text() == report
     assert (out / "divergence.png").is_file()
     assert (out / "conditions" / "same" / "seed0" / "mean_f.png").is_file()
     assert "bptt-same" in printed and "same: f@4" in printed
+    # --doc: only the study's marked block is rewritten, with report.md's tables
+    text = md.read_text()
+    assert text.startswith("# Page\n\nbefore\n<!-- optenv study 2016 --quick: begin -->\n")
+    assert text.endswith("<!-- optenv study 2016 --quick: end -->\nafter\n")
+    assert "old" not in text
+    block = text.split("begin -->\n")[1].split("<!--")[0]
+    tables = _md_tables(block.replace("Summary:", "## Summary").replace(
+        "Fraction of runs diverged / diverged late:", "## Divergence"))
+    generated = _md_tables(report)
+    assert tables["Summary"] == generated["Summary"]
+    assert tables["Divergence"] == generated["Divergence"]
+    # a page without this setting's block is refused before anything is redrawn
+    other = tmp_path / "other.md"
+    other.write_text("<!-- optenv study 2017 --quick: begin -->\n"
+                     "<!-- optenv study 2017 --quick: end -->\n")
+    before = other.read_text()
+    (out / "divergence.png").unlink()
+    assert main(["study", "--report-only", "--out", str(out), "--doc", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--doc" in err and "2016 --quick: begin" in err
+    assert other.read_text() == before and not (out / "divergence.png").exists()
 
 
 def test_study_json_that_breaks_the_schema_is_refused_by_field(finished) -> None:

@@ -47,3 +47,14 @@ def test_an_occupied_folder_or_a_file_is_refused_and_left_as_it_was(tmp_path, ca
 
 def test_report_only_without_a_study_is_exit_2(tmp_path, capsys) -> None:
     _fails(["--report-only", "--out", str(tmp_path)], capsys, "--report-only", "study.json")
+
+
+def test_a_doc_without_the_settings_block_is_refused_before_any_work(tmp_path, capsys) -> None:
+    md = tmp_path / "page.md"
+    md.write_text("no block here\n")
+    _fails(["--out", str(tmp_path / "s"), "--doc", str(md), "--quick", "--quiet"], capsys,
+           "--doc", "<!-- optenv study 2016 --quick: begin -->")
+    _fails(["--out", str(tmp_path / "s"), "--doc", str(tmp_path / "missing.md"), "--quiet"],
+           capsys, "--doc", "missing.md")
+    assert not (tmp_path / "s").exists()
+
