@@ -10,9 +10,9 @@ What it does (the plan — families, horizons, sizes — is declared in :mod:`op
 2. **tunes** the hand-designed methods by grid search on the same meta-train objectives at T
    (Li & Malik's protocol) and applies those hyper-parameters unchanged everywhere;
 3. **evaluates** every method on the same held-out TEST objectives of each condition of each
-   axis (same task; 10T; noisier gradients; a larger model; other families or data sets),
-   one ``results.json`` per condition
-   and seed in ``optenv compare``'s format, with the share of runs that diverge late added;
+   axis (same task; 10T; noisier gradients; a larger model; other families or data sets), one
+   ``results.json`` per condition and seed in ``optenv compare``'s format, with the share of
+   runs that diverge late added;
 4. writes ``study.json`` (:mod:`optenv.lab.study_schema`), the figures and ``report.md``
    (:mod:`optenv.lab.study_report`), and prints the summary table.
 
