@@ -12,12 +12,12 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from optenv.lab import bench, compare, demo, train
+from optenv.lab import bench, compare, demo, study, train
 
 __all__ = ["main"]
 
 #: Sub-command modules; each has add_parser(subparsers) and sets func=run(args) -> int.
-SUBCOMMANDS: tuple[ModuleType, ...] = (compare, train, demo, bench)
+SUBCOMMANDS: tuple[ModuleType, ...] = (compare, study, train, demo, bench)
 
 
 class UserError(Exception):

@@ -42,8 +42,9 @@ from optenv.lab.reference import reference_optimum
 from optenv.lab.results import make_results, write_results
 from optenv.validation import parse_device
 
-__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "ENV_ARGUMENTS", "add_parser", "format_reference",
-           "format_table", "parse_env_kwargs", "run"]
+__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "ENV_ARGUMENTS", "add_parser", "fixed_width",
+           "format_reference", "format_table", "method_context", "parse_env_kwargs", "run",
+           "tune_hand_method"]
 
 DEFAULT_ENV = "optenv/LogisticRegression-v0"
 DEFAULT_METHODS = "gd,momentum,nesterov,cg,lbfgs,adam,adagrad,rmsprop"
@@ -204,7 +205,7 @@ def format_table(doc: dict[str, Any]) -> str:
             f"{m['extra_evals_mean'] / t:.2f}/it",
             " ".join(f"{k}={v:g}" for k, v in shown.items()) or "-",
         ])
-    out = _fixed_width([head, *rows], rule=True)
+    out = fixed_width([head, *rows], rule=True)
     out += _format_beats(doc, "beats", f"share of iterations 1..{t} where the row's mean margin "
                          "over the column is positive:")
     if any(m["extra_evals_mean"] > 0 for m in doc["methods"].values()):
@@ -221,10 +222,10 @@ def _format_beats(doc: dict[str, Any], key: str, title: str) -> list[str]:
     head = ["row beats column at", *names]
     rows = [[a, *("-" if a == b else f"{100 * doc['methods'][a][key].get(b, 0.0):.0f}%"
                   for b in names)] for a in names]
-    return ["", title, *_fixed_width([head, *rows])]
+    return ["", title, *fixed_width([head, *rows])]
 
 
-def _fixed_width(rows: list[list[str]], *, rule: bool = False) -> list[str]:
+def fixed_width(rows: list[list[str]], *, rule: bool = False) -> list[str]:
     """Rows of cells as lines, each column padded to its widest cell (``rule``: a line of
     dashes under the first row)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -326,10 +327,7 @@ def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan) -> _Runs:
     from tqdm.auto import tqdm
 
     runs = _Runs()
-    context = {"env_id": args.env, "family": plan.family, "history": plan.defaults["history"],
-               "max_step": plan.defaults["max_step"], "device": str(plan.device),
-               "observation": plan.defaults["observation"],
-               "features": plan.defaults["features"]}
+    context = method_context(args.env, plan.family, plan.defaults, plan.device)
     bar = tqdm(total=len(plan.methods), desc="compare", disable=args.quiet, file=sys.stderr)
     for name, path in plan.methods:
         label_m = name if path is None else f"{name}:{path}"
@@ -357,17 +355,41 @@ def _hand_method(
     """A hand-designed optimiser with its hyper-parameters grid-searched on the TRAIN
     objectives (as Li & Malik tuned theirs), or its defaults under ``--no-tune`` or when it has
     no grid; records the hyper-parameters (and the tuning) in ``runs``."""
-    cls = HAND_OPTIMIZERS[name]
-    if plan.tune and cls.default_grid:
-        tr = grid_search(name, plan.family, n_train=args.n_train, horizon=plan.horizon,
-                         seed=args.seed, history=plan.defaults["history"],
-                         criterion=args.criterion, device=plan.device)
-        runs.tuned[label] = tr.to_dict()
-        hp = tr.best
-    else:
-        hp = {k: float(v) for k, v in cls.defaults.items()}
+    hp, tuning = tune_hand_method(name, plan.family, tune=plan.tune, n_train=args.n_train,
+                                  horizon=plan.horizon, seed=args.seed,
+                                  history=plan.defaults["history"], criterion=args.criterion,
+                                  device=plan.device)
+    if tuning is not None:
+        runs.tuned[label] = tuning
     runs.hyper[label] = hp
-    return cls(**hp)
+    return HAND_OPTIMIZERS[name](**hp)
+
+
+def tune_hand_method(
+    name: str, family: Any, *, tune: bool = True, n_train: int, horizon: int, seed: int,
+    history: int, criterion: str = "mean", device: Any = "cpu",
+) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """(hyper-parameters, tuning record) of the hand-designed optimiser ``name``: the best
+    point of its grid on TRAIN objectives ``seed .. seed + n_train − 1`` of ``family`` at
+    ``horizon`` (Li & Malik's protocol), or its defaults (record None) when ``tune`` is off or
+    it has no grid. The study tunes once on its meta-train objectives and applies the result
+    unchanged on every axis; compare tunes on the family it evaluates."""
+    cls = HAND_OPTIMIZERS[name]
+    if tune and cls.default_grid:
+        tr = grid_search(name, family, n_train=n_train, horizon=horizon, seed=seed,
+                         history=history, criterion=criterion, device=device)
+        return dict(tr.best), tr.to_dict()
+    return {k: float(v) for k, v in cls.defaults.items()}, None
+
+
+def method_context(env: Any, family: Any, defaults: dict[str, Any], device: Any
+                   ) -> dict[str, Any]:
+    """The ``context`` a saved optimiser's loader checks the target env against
+    (:mod:`optenv.lab.methods`): the env, its family, history, step bound, device and what it
+    observes."""
+    return {"env_id": env, "family": family, "history": defaults["history"],
+            "max_step": defaults["max_step"], "device": str(device),
+            "observation": defaults["observation"], "features": defaults["features"]}
 
 
 def _report(args: argparse.Namespace, plan: _Plan, runs: _Runs,

@@ -47,8 +47,9 @@ import numpy as np
 
 from optenv.checkpoint import atomic_write
 
-__all__ = ["DPI", "FORMATS", "HAND_COLOURS", "LEARNED_COLOURS", "Style", "figure_size", "figures",
-           "margin_figure", "mean_f_figure", "method_styles", "short_labels", "split_method",
+__all__ = ["DPI", "FORMATS", "HAND_COLOURS", "LEARNED_COLOURS", "Style", "draw_mean_f",
+           "figure_size", "figures", "finish_figure", "margin_figure", "mean_f_figure",
+           "method_styles", "new_figure", "save_figure", "short_labels", "split_method",
            "suboptimality_figure", "write_figures"]
 
 #: File formats every figure is written in.
@@ -60,10 +61,12 @@ _LEGEND = 2.6  # inches to the right of the panels for the legend
 #: Colours of the hand-designed methods (drawn dashed).
 HAND_COLOURS = {"gd": "#1f77b4", "momentum": "#ff7f0e", "nesterov": "#2ca02c", "cg": "#d62728",
                 "lbfgs": "#9467bd", "adam": "#8c564b", "adagrad": "#e377c2",
-                "rmsprop": "#7f7f7f"}
-#: Colours of the learned optimisers by kind, the ``PREFIX`` of ``PREFIX:DIR`` (drawn solid).
+                "rmsprop": "#7f7f7f", "cg-fixed": "#ff9896", "lbfgs-fixed": "#c5b0d5"}
+#: Colours of the learned optimisers by kind, the ``PREFIX`` of ``PREFIX:DIR``, and by the
+#: study's method names (drawn solid).
 LEARNED_COLOURS = {"gps": "#000000", "bptt": "#bcbd22", "ppo": "#17becf",
-                   "recurrent-ppo": "#0b5d66", "sac": "#4b0082", "td3": "#8b0000"}
+                   "recurrent-ppo": "#0b5d66", "sac": "#4b0082", "td3": "#8b0000",
+                   "bptt-lstm": "#bcbd22", "bptt-same": "#006d2c"}
 _OTHER_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
                   "#e6550d", "#31a354")
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
@@ -180,7 +183,7 @@ def figure_size(panels: int) -> tuple[float, float]:
     return (_PANEL[0] * panels + _LEGEND, _PANEL[1])
 
 
-def _new_figure(panels: int) -> tuple[Any, list[Any]]:
+def new_figure(panels: int) -> tuple[Any, list[Any]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -189,7 +192,7 @@ def _new_figure(panels: int) -> tuple[Any, list[Any]]:
     return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
 
 
-def _finish(fig: Any, axes: list[Any], title: str) -> Any:
+def finish_figure(fig: Any, axes: list[Any], title: str) -> Any:
     """One legend for all panels, right of them (every panel has the same lines and styles),
     the title on top, the grid on each panel."""
     for ax in axes:
@@ -229,7 +232,7 @@ def suboptimality_figure(doc: Mapping[str, Any], *, by: str = "iterations") -> A
     suffix = "" if by == "iterations" else "_by_evals"
     styles = method_styles(doc["methods"])
     labels = short_labels(doc["methods"])
-    fig, (ax_mean, ax_med) = _new_figure(2)
+    fig, (ax_mean, ax_med) = new_figure(2)
     n = int(doc["n_test"])
     for key, sub in subs.items():
         mean = _arr(sub[f"mean{suffix}"])
@@ -251,14 +254,23 @@ def suboptimality_figure(doc: Mapping[str, Any], *, by: str = "iterations") -> A
     floor = ref.get("floor")
     title = (f"{_env_name(doc)}: {n} {doc['split']} objectives — {_reference_text(ref)}"
              + (f"\nf − f* below {floor:g}·max(1, |f*|) drawn at that value" if floor else ""))
-    return _finish(fig, [ax_mean, ax_med], title)
+    return finish_figure(fig, [ax_mean, ax_med], title)
 
 
 def mean_f_figure(doc: Mapping[str, Any]) -> Any:
     """Mean f per iteration with its 95% interval, on the objective's own (linear) scale."""
+    fig, (ax,) = new_figure(1)
+    draw_mean_f(ax, doc)
+    return finish_figure(fig, [ax], f"{_env_name(doc)}: {int(doc['n_test'])} {doc['split']} "
+                                    "objectives")
+
+
+def draw_mean_f(ax: Any, doc: Mapping[str, Any], *, log: bool = False) -> None:
+    """Every method's mean f per iteration and its 95% interval onto ``ax`` (fixed styles,
+    short labels), on a log axis if ``log``: the panel of :func:`mean_f_figure`, and of the
+    study's per-axis figures (one panel per condition)."""
     styles = method_styles(doc["methods"])
     labels = short_labels(doc["methods"])
-    fig, (ax,) = _new_figure(1)
     n = int(doc["n_test"])
     for key, m in doc["methods"].items():
         mean = _arr(m["mean_f"])
@@ -268,9 +280,10 @@ def mean_f_figure(doc: Mapping[str, Any]) -> Any:
                 **kw)
         ax.fill_between(it, _arr(m["mean_f_low"]), _arr(m["mean_f_high"]), color=kw["color"],
                         alpha=0.12, linewidth=0)
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("mean f (95% interval)")
-    return _finish(fig, [ax], f"{_env_name(doc)}: {n} {doc['split']} objectives")
+    ax.set_ylabel("mean f (95% interval)" + (", log axis" if log else ""))
 
 
 def _symlog_threshold(values: np.ndarray) -> float:
@@ -313,7 +326,7 @@ def margin_figure(doc: Mapping[str, Any]) -> Any | None:
         return None
     styles = method_styles(doc["methods"])
     labels = short_labels(doc["methods"])
-    fig, (ax_all, ax_late) = _new_figure(2)
+    fig, (ax_all, ax_late) = new_figure(2)
     horizon = len(next(iter(movs.values()))) - 1
     late = horizon // 2
     for key, mov in movs.items():
@@ -334,7 +347,7 @@ def margin_figure(doc: Mapping[str, Any]) -> Any | None:
         ax.set_title(title, fontsize="small")
     ax_all.set_ylabel("mean margin of victory (> 0: wins)")
     n = int(doc["n_test"])
-    return _finish(fig, [ax_all, ax_late],
+    return finish_figure(fig, [ax_all, ax_late],
                    f"{_env_name(doc)}: {n} {doc['split']} objectives — margin of victory "
                    "(best other method's f − own f)")
 
@@ -368,9 +381,15 @@ def write_figures(doc: Mapping[str, Any], out_dir: str | os.PathLike[str],
     out = Path(out_dir)
     paths = []
     for stem, fig in figures(doc).items():
-        for fmt in formats:
-            paths.append(atomic_write(
-                out / f"{stem}.{fmt}",
-                lambda fh, fig=fig, fmt=fmt: fig.savefig(fh, format=fmt, dpi=DPI),
-                binary=True))
+        paths += save_figure(fig, out / stem, formats)
     return paths
+
+
+def save_figure(fig: Any, stem: str | os.PathLike[str],
+                formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` as ``<stem>.<format>`` for each format, atomically (a figure is whole or
+    absent); returns the paths written."""
+    stem = Path(stem)
+    return [atomic_write(stem.with_name(f"{stem.name}.{fmt}"),
+                         lambda fh, fmt=fmt: fig.savefig(fh, format=fmt, dpi=DPI), binary=True)
+            for fmt in formats]

@@ -31,6 +31,8 @@ since JSON has no inf/NaN; T = horizon, N = number of test objectives)::
           "fraction_diverged": 0.0,      # final f > f(x0), or non-finite
           "fraction_nonfinite": 0.0,
           "extra_evals_mean": 0.0,       # line-search f/∇f evaluations beyond 1 per iteration
+          "fraction_late_divergence": 0.0,   # f rises > 10% of its decrease after its
+                                         # minimum (optional key: written by optenv study)
           "wall_s": 1.2,                 # seconds spent evaluating (tuning excluded)
           "label": "gps (gps-quick)",    # short label for figures (optional key)
           "path": "/home/me/runs/gps-quick" | null,  # a learned optimiser's run folder,
@@ -91,11 +93,13 @@ from optenv.metrics import (
 __all__ = [
     "SCHEMA",
     "atomic_write",
+    "check_header",
     "jsonable",
     "make_results",
     "plot_results",
     "read_results",
     "validate_results",
+    "write_json",
     "write_results",
 ]
 
@@ -306,15 +310,21 @@ def _header(
     }
 
 
+def check_header(doc: Any, what: str, schema: str, keys: tuple[str, ...]) -> None:
+    """ValueError unless ``doc`` is an object with every one of ``keys`` and ``schema`` as its
+    schema; the messages name ``what`` (``results``, ``study``) and the field."""
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{what}: got {type(doc).__name__}, allowed: a JSON object")
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise ValueError(f"{what}: missing field(s) {missing}")
+    if doc["schema"] != schema:
+        raise ValueError(f"{what}.schema: got {doc['schema']!r}, allowed: {schema!r}")
+
+
 def validate_results(doc: Mapping[str, Any]) -> None:
     """Raise ValueError naming the first field that does not follow the schema."""
-    if not isinstance(doc, Mapping):
-        raise ValueError(f"results: got {type(doc).__name__}, allowed: a JSON object")
-    missing = [k for k in _TOP_KEYS if k not in doc]
-    if missing:
-        raise ValueError(f"results: missing field(s) {missing}")
-    if doc["schema"] != SCHEMA:
-        raise ValueError(f"results.schema: got {doc['schema']!r}, allowed: {SCHEMA!r}")
+    check_header(doc, "results", SCHEMA, _TOP_KEYS)
     t, n = doc["horizon"], doc["n_test"]
     if not isinstance(doc["methods"], Mapping) or not doc["methods"]:
         raise ValueError("results.methods: allowed: a non-empty object of method → results")
@@ -350,7 +360,13 @@ def write_results(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Validate and write the results JSON atomically (strict JSON: no NaN/Infinity)."""
     doc = jsonable(doc)
     validate_results(doc)
-    text = json.dumps(doc, indent=1, allow_nan=False)
+    return write_json(doc, path)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``obj`` as strict JSON (:func:`jsonable`: non-finite numbers become null), indented,
+    written atomically: the one writer of the comparison's and the study's JSON files."""
+    text = json.dumps(jsonable(obj), indent=1, allow_nan=False)
     return atomic_write(path, lambda fh: fh.write(text + "\n"))
 
 
