@@ -15,10 +15,8 @@ from optenv.features import (
     DEFAULT_FEATURES,
     DEFAULT_OBSERVATION,
     Observer,
-    check_features,
-    check_observation,
     make_observer,
-    resolve_history,
+    resolve_observation,
 )
 from optenv.memory import check_fits, estimate_env_bytes
 from optenv.render import FrameRenderer, render_ansi
@@ -38,6 +36,22 @@ DEFAULT_DIVERGENCE_PENALTY = 1e3
 #: build typed buffers from the spaces assume (TorchRL's default reward spec, SB3's buffers).
 DEFAULT_REWARD_DTYPE = "float32"
 _RESET_OPTIONS = ("problem", "x0")
+
+
+
+def core_and_observer(family: ObjectiveFamily, observation: str, features: str, history: int, *,
+                      num_envs: int, dtype: torch.dtype, device: torch.device
+                      ) -> tuple[OptimizationCore, Observer]:
+    """The batched core and the observation map of ``num_envs`` envs (the single env: 1), once
+    :mod:`optenv.memory` says they fit on ``device`` (else a ValueError saying how much they
+    need): the one set-up both envs share, so they cannot drift apart."""
+    core = OptimizationCore(family, history)
+    observer = make_observer(observation, features, core.layout)
+    what = (f"one {family.name} env" if num_envs == 1 else f"{num_envs} {family.name} envs")
+    where = "" if num_envs == 1 else f" on {device}"
+    check_fits(estimate_env_bytes(family, core.layout, num_envs, dtype, observer.shape), device,
+               f"{what} (d = {family.d}, history {history}){where}")
+    return core, observer
 
 
 class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -149,11 +163,9 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         **family_kwargs: Any,
     ) -> None:
         self.family = make_family(family, **family_kwargs)
-        # observation, then features, then history: each checked against the one before
-        self.observation_mode = check_observation(observation)
-        feature_set = check_features(features, self.observation_mode)
+        self.observation_mode, feature_set, history = resolve_observation(observation, features,
+                                                                          history)
         self.features: str = feature_set.name
-        history = resolve_history(feature_set, history)
         split_index(split)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: got {render_mode!r}, allowed: None, "
@@ -161,13 +173,10 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         self.dtype = parse_dtype(dtype)
         self.reward_dtype = parse_dtype(reward_dtype, "reward_dtype")
         self._round_reward = torch.empty(0, dtype=self.reward_dtype).numpy().dtype.type
-        self.core = OptimizationCore(self.family, history)
+        self.core, self._observer = core_and_observer(
+            self.family, self.observation_mode, self.features, history, num_envs=1,
+            dtype=self.dtype, device=torch.device("cpu"))
         self.layout: StateLayout = self.core.layout
-        self._observer: Observer = make_observer(self.observation_mode, self.features,
-                                                 self.layout)
-        check_fits(estimate_env_bytes(self.family, self.layout, 1, self.dtype,
-                                      self._observer.shape), torch.device("cpu"),
-                   f"one {self.family.name} env (d = {self.family.d}, history {history})")
         self.max_step = check_number(
             "max_step", self.family.default_max_step if max_step is None else max_step
         )

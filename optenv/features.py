@@ -55,6 +55,7 @@ __all__ = [
     "make_observer",
     "observer_for",
     "resolve_history",
+    "resolve_observation",
 ]
 
 #: The observation modes the envs offer.
@@ -318,6 +319,16 @@ FEATURE_SETS: dict[str, FeatureSet] = {
                    2, DEFAULT_HISTORY, False, _columns_2017_psi, li_malik_2017_psi_rows),
     )
 }
+
+
+def resolve_observation(observation: Any, features: Any,
+                        history: Any) -> tuple[str, FeatureSet, int]:
+    """An env's (observation mode, feature set, history), each checked against the one before:
+    the mode, then a feature set that mode offers, then a history long enough for the set
+    (None: the set's default). ValueError naming the first bad one."""
+    mode = check_observation(observation)
+    fs = check_features(features, mode)
+    return mode, fs, resolve_history(fs, history)
 
 
 def check_observation(observation: Any) -> str:

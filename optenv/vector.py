@@ -11,20 +11,15 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from optenv.core import CoreStep, OptimizationCore, StateLayout
+from optenv.core import CoreStep, StateLayout
 from optenv.cuda_graphs import capture, warm_up
-from optenv.env import DEFAULT_DIVERGENCE_PENALTY, DEFAULT_REWARD_DTYPE
+from optenv.env import DEFAULT_DIVERGENCE_PENALTY, DEFAULT_REWARD_DTYPE, core_and_observer
 from optenv.families import ObjectiveFamily, make_family
 from optenv.features import (
     DEFAULT_FEATURES,
     DEFAULT_OBSERVATION,
-    Observer,
-    check_features,
-    check_observation,
-    make_observer,
-    resolve_history,
+    resolve_observation,
 )
-from optenv.memory import check_fits, estimate_env_bytes
 from optenv.render import FrameRenderer, render_ansi
 from optenv.rng import instance_keys, split_index
 from optenv.validation import (
@@ -174,10 +169,9 @@ class OptimizationVectorEnv(VectorEnv):
         # allocate the buffers that step/reset update in place; then build the spaces.
         self.family = make_family(family, **family_kwargs)
         self.num_envs = check_int("num_envs", num_envs, 1)
-        self.observation_mode = check_observation(observation)
-        feature_set = check_features(features, self.observation_mode)
+        self.observation_mode, feature_set, history = resolve_observation(observation, features,
+                                                                          history)
         self.features: str = feature_set.name
-        history = resolve_history(feature_set, history)
         self.max_episode_steps = check_int("max_episode_steps", max_episode_steps, 1)
         split_index(split)
         self.autoreset_mode = _parse_autoreset_mode(autoreset_mode)
@@ -202,17 +196,13 @@ class OptimizationVectorEnv(VectorEnv):
         self._graph_state = "warm-up"  # then "capture", then "replay" (or "eager" on failure)
         self._was_reset = False
 
-        self.core = OptimizationCore(self.family, history)
+        # the single env's core and observation map: one set-up for both envs
+        self.core, self._observer = core_and_observer(
+            self.family, self.observation_mode, self.features, history,
+            num_envs=self.num_envs, dtype=self.dtype, device=self.device)
         self.layout: StateLayout = self.core.layout
-        # the single env's observation map: one implementation for both envs
-        self._observer: Observer = make_observer(self.observation_mode, self.features,
-                                                 self.layout)
         self.observation_layout = self._observer.observation_layout
         self.coordinate_layout = self._observer.coordinate_layout
-        check_fits(estimate_env_bytes(self.family, self.layout, self.num_envs, self.dtype,
-                                      self._observer.shape), self.device,
-                   f"{self.num_envs} {self.family.name} envs (d = {self.family.d}, history "
-                   f"{history}) on {self.device}")
         self._allocate_buffers()
         self._build_spaces()
 
