@@ -289,41 +289,6 @@ def kl_constrained_lqr_np(
     raise AssertionError("unreachable")
 
 
-def kl_constrained_lqr_loop(
-    Fm: np.ndarray,
-    fv: np.ndarray,
-    dyn_covar: np.ndarray,
-    x0mu: np.ndarray,
-    x0sigma: np.ndarray,
-    Cm: np.ndarray,
-    cv: np.ndarray,
-    K_prev: np.ndarray,
-    k_prev: np.ndarray,
-    pol_covar_prev: np.ndarray,
-    kl_step: float | np.ndarray,
-    **kwargs: object,
-) -> list[RefLQRResult]:
-    """The per-condition loop over a batch (leading axis B): the benchmark's baseline.
-
-    ``policy`` / ``lagrange`` keyword arguments, if given, carry a leading B axis too.
-    """
-    B = Fm.shape[0]
-    steps = np.broadcast_to(np.asarray(kl_step, dtype=float), (B,))
-    eta0 = np.broadcast_to(np.asarray(kwargs.pop("eta0", 1.0), dtype=float), (B,))
-    policy = kwargs.pop("policy", None)
-    lagrange = kwargs.pop("lagrange", None)
-    out = []
-    for b in range(B):
-        out.append(kl_constrained_lqr_np(
-            Fm[b], fv[b], dyn_covar[b], x0mu[b], x0sigma[b], Cm[b], cv[b], K_prev[b], k_prev[b],
-            pol_covar_prev[b], float(steps[b]), eta0=float(eta0[b]),
-            policy=None if policy is None else tuple(p[b] for p in policy),  # type: ignore[union-attr]
-            lagrange=None if lagrange is None else tuple(p[b] for p in lagrange),  # type: ignore[union-attr]
-            **kwargs,  # type: ignore[arg-type]
-        ))
-    return out
-
-
 # --------------------------------------------------------------------------- GMM and dynamics
 
 
