@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
-from vector_env_helpers import MODES, ReplayCalls, random_actions, to_numpy
+from vector_env_helpers import MODES, ReplayCalls, random_actions, step_eager_and_graphed, to_numpy
 
 from optenv import OptimizationVectorEnv
 
@@ -147,20 +147,8 @@ def test_graph_step_path_computes_the_2017_rows_inside_the_captured_work(mode, m
                                   observation="coordinatewise", features="li-malik-2017")
             for _ in range(2)]
     graphed = envs[1]
-    graphed._graph_actions = torch.zeros(4, graphed.family.d, dtype=torch.float64)
-    graphed._index_resets = envs[0]._index_resets = False
-    for e in envs:
-        e.reset(seed=2)
     obs_buffer = graphed._obs.data_ptr()
-    rng = np.random.default_rng(3)
-    for step in range(14):
-        a = torch.as_tensor(random_actions(rng, 4, graphed.family.d))
-        eager_out, graphed_out = (e.step(a) for e in envs)
-        for k in range(4):
-            torch.testing.assert_close(graphed_out[k], eager_out[k], rtol=0, atol=0)
-        if mode is AutoresetMode.DISABLED and step == 7:
-            for e in envs:
-                e.reset(options={"reset_mask": torch.tensor([True, False, True, False])})
+    graphed_out = step_eager_and_graphed(envs, mode, steps=14, reset_at=7)
     assert graphed.graph_captured and graphed._obs.data_ptr() == obs_buffer
     assert graphed_out[0].abs().max() > 0
 

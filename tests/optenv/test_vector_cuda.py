@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode
-from vector_env_helpers import MODES, ReplayCalls, random_actions
+from vector_env_helpers import MODES, ReplayCalls, random_actions, step_eager_and_graphed
 
 from optenv import OptimizationVectorEnv
 
@@ -25,21 +25,8 @@ def test_graph_step_sequence_equals_eager_steps_when_the_graph_replays_faithfull
     monkeypatch.setattr(vector_mod, "capture", lambda work, *a, **k: ReplayCalls(work))
     envs = [OptimizationVectorEnv("LogisticRegression", num_envs=4, max_episode_steps=3,
                                   autoreset_mode=mode, check_actions=False) for _ in range(2)]
-    graphed = envs[1]
-    graphed._graph_actions = torch.zeros(4, graphed.family.d, dtype=torch.float64)
-    graphed._index_resets = envs[0]._index_resets = False  # the accelerators' reset path
-    for e in envs:
-        e.reset(seed=2)
-    rng = np.random.default_rng(3)
-    for step in range(10):
-        a = torch.as_tensor(random_actions(rng, 4, graphed.family.d))
-        eager_out, graphed_out = (e.step(a) for e in envs)
-        for k in range(4):
-            torch.testing.assert_close(graphed_out[k], eager_out[k], rtol=0, atol=0)
-        if mode is AutoresetMode.DISABLED and step == 5:
-            for e in envs:
-                e.reset(options={"reset_mask": torch.tensor([True, False, True, False])})
-    assert graphed.graph_captured and not envs[0].graph_captured
+    step_eager_and_graphed(envs, mode, steps=10, reset_at=5)
+    assert envs[1].graph_captured and not envs[0].graph_captured
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -35,3 +35,28 @@ class ReplayCalls:
 
     def replay(self) -> None:
         self.work()
+
+
+def step_eager_and_graphed(envs: list[Any], mode: AutoresetMode, steps: int,
+                           reset_at: int) -> tuple[Any, ...]:
+    """Step ``envs[0]`` (eager) and ``envs[1]`` (the graph path, on the accelerators' reset
+    path) with the same random actions, asserting identical outputs at every step; in DISABLED
+    mode, envs 0 and 2 are reset by mask after step ``reset_at``. Returns the graphed env's last
+    outputs. The caller patches warm_up/capture (:class:`ReplayCalls`)."""
+    eager, graphed = envs
+    n = graphed.num_envs
+    graphed._graph_actions = torch.zeros(n, graphed.family.d, dtype=torch.float64)
+    graphed._index_resets = eager._index_resets = False  # the accelerators' reset path
+    for e in envs:
+        e.reset(seed=2)
+    rng = np.random.default_rng(3)
+    out: tuple[Any, ...] = ()
+    for step in range(steps):
+        a = torch.as_tensor(random_actions(rng, n, graphed.family.d))
+        eager_out, out = (e.step(a) for e in envs)
+        for k in range(4):
+            torch.testing.assert_close(out[k], eager_out[k], rtol=0, atol=0)
+        if mode is AutoresetMode.DISABLED and step == reset_at:
+            for e in envs:
+                e.reset(options={"reset_mask": torch.tensor([True, False] * (n // 2))})
+    return out
