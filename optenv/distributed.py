@@ -1,0 +1,154 @@
+"""The process group a run belongs to: one process by default, N under ``torchrun``.
+
+Why a module of its own: GPS training (``gps``) and the application layer's evaluations
+(``optenv.lab``: compare, study) both split work across ranks, and both must agree on the same
+few rules, so they live in the env library, which both may import:
+
+- the world is read from torchrun's environment variables (``WORLD_SIZE``, ``RANK``,
+  ``LOCAL_RANK``, plus ``MASTER_ADDR``/``MASTER_PORT`` for the rendezvous); without them a run is
+  one process and nothing here touches ``torch.distributed``;
+- the backend follows the device: NCCL for CUDA (each process on ``cuda:LOCAL_RANK``), gloo on
+  the CPU;
+- work is split by a fixed rule (:func:`shard`: item ``i`` goes to rank ``i % size``), so that
+  gathering the pieces back (:func:`unshard`) restores the single-process order exactly;
+- a collective that waits for a dead rank times out (``OPTENV_DIST_TIMEOUT`` seconds, default
+  600) instead of hanging forever; torchrun then ends the other ranks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+#: Seconds a collective waits for the other ranks before the run fails.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands: its rank, the number of ranks, its rank on its node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when more than one process takes part."""
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that writes files and prints."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"environment variable {name} must be >= 0, got {value}")
+    return value
+
+
+def world_from_env() -> World:
+    """The world torchrun describes in the environment (one process when it describes none)."""
+    size = _env_int("WORLD_SIZE", 1)
+    if size < 1:
+        raise ValueError(f"environment variable WORLD_SIZE must be >= 1, got {size}")
+    rank = _env_int("RANK", 0)
+    if rank >= size:
+        raise ValueError(f"environment variable RANK must be < WORLD_SIZE={size}, got {rank}")
+    return World(rank=rank, size=size, local_rank=_env_int("LOCAL_RANK", 0))
+
+
+def backend_for(device: torch.device | str) -> str:
+    """NCCL for CUDA devices, gloo for everything else."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def timeout() -> datetime.timedelta:
+    """How long a collective waits for the others (``OPTENV_DIST_TIMEOUT`` seconds)."""
+    text = os.environ.get("OPTENV_DIST_TIMEOUT")
+    seconds = DEFAULT_TIMEOUT_S
+    if text:
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise ValueError("environment variable OPTENV_DIST_TIMEOUT must be a number of "
+                             f"seconds, got {text!r}") from None
+        if not seconds > 0:
+            raise ValueError(f"environment variable OPTENV_DIST_TIMEOUT must be > 0, got {text!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def init(device: torch.device | str = "cpu") -> tuple[World, torch.device]:
+    """Join the process group torchrun set up (if any) and return the world and this rank's
+    device: for CUDA under torchrun, ``cuda:LOCAL_RANK``; otherwise ``device`` unchanged.
+
+    Idempotent: a second call in the same process reuses the group.
+    """
+    world = world_from_env()
+    dev = torch.device(device)
+    if not world.distributed:
+        return world, dev
+    if dev.type == "cuda":
+        dev = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend_for(dev), rank=world.rank,
+                                world_size=world.size, timeout=timeout())
+    return world, dev
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(items: Sequence[T], world: World) -> list[T]:
+    """This rank's share of ``items``: those at positions ``rank, rank + size, ...``."""
+    return list(items[world.rank::world.size])
+
+
+def unshard(pieces: Sequence[Sequence[T]]) -> list[T]:
+    """Put every rank's :func:`shard` back in the original order (``pieces[r]`` from rank r)."""
+    size = len(pieces)
+    total = sum(len(p) for p in pieces)
+    out: list[T] = []
+    for i in range(total):
+        out.append(pieces[i % size][i // size])
+    return out
+
+
+def all_gather_objects(obj: Any, world: World) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` without a group).
+
+    The objects travel between this run's own processes (``torch.distributed`` pickles them on
+    the way); nothing is read from a user's file.
+    """
+    if not world.distributed:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(world: World) -> None:
+    """Wait until every rank reaches this point (a no-op without a group)."""
+    if world.distributed:
+        dist.barrier()
