@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from baselines.optimizers import OPTIMIZERS, HandOptimizer
+from optenv.distributed import World
 from optenv.families import ObjectiveFamily
 from optenv.tuning import CRITERIA, TuningResult, search_grid
 from optenv.validation import check_choice
@@ -33,6 +34,7 @@ def grid_search(
     dtype: str | torch.dtype = "float64",
     device: str | torch.device = "cpu",
     max_rows: int = 8192,
+    world: World | None = None,
 ) -> TuningResult:
     """Tune ``method`` on training objectives ``seed .. seed + n_train − 1`` (split "train").
 
@@ -40,6 +42,8 @@ def grid_search(
     Li & Malik used 90 training objectives, the default ``n_train``); ``fixed`` sets others.
     A method without a grid (CG, L-BFGS: their line searches choose the step) is scored at
     its defaults. Returns the best point, its score and the whole table of scores.
+    ``world``: share the grid points across the ranks of a process group
+    (:func:`optenv.tuning.search_grid`).
     """
     check_choice("method", method, OPTIMIZERS)
     check_choice("criterion", criterion, CRITERIA)
@@ -58,4 +62,5 @@ def grid_search(
     return search_grid(lambda hyper: cls(**{**fixed, **hyper}), grid, family, method=method,
                        defaults=cls.defaults, fixed=fixed, batchable=cls.batchable,
                        n_train=n_train, horizon=horizon, seed=seed, history=history,
-                       criterion=criterion, dtype=dtype, device=device, max_rows=max_rows)
+                       criterion=criterion, dtype=dtype, device=device, max_rows=max_rows,
+                       world=world)

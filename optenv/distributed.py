@@ -152,3 +152,13 @@ def barrier(world: World) -> None:
     """Wait until every rank reaches this point (a no-op without a group)."""
     if world.distributed:
         dist.barrier()
+
+
+def broadcast_object(obj: Any, world: World, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a group): what one rank
+    decided or computed, shared (the other ranks' ``obj`` is ignored)."""
+    if not world.distributed:
+        return obj
+    box = [obj if world.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from optenv.core import OptimizationCore, StateLayout
+from optenv.distributed import World, all_gather_objects, unshard
 from optenv.families import ObjectiveFamily
 from optenv.features import (
     DEFAULT_FEATURES,
@@ -171,6 +172,7 @@ def evaluate(
     deterministic: bool = True,
     name: str | None = None,
     progress: bool = False,
+    world: World | None = None,
 ) -> Evaluation:
     """Run ``method`` on the ``n_test`` held-out objectives ``seed, ..., seed + n_test − 1`` of
     ``split`` (default TEST) for ``horizon`` iterations (default the env's, 40 for the
@@ -184,6 +186,12 @@ def evaluate(
     the env fixes one. ``method``: an optimiser object, see the module docstring (names are
     resolved by the caller: this library layer imports no optimiser package).
     The same arguments give the same numbers (the instances are keyed by seed and split).
+
+    ``world``: the process group (:mod:`optenv.distributed`) to share the objectives across:
+    rank r runs objectives r, r + size, ... as one batch, and every rank returns the whole
+    Evaluation, its rows gathered back in order — on the CPU the same numbers, bit for bit, as
+    one process (every row's arithmetic is its own; ``tests/lab/test_compare_distributed.py``).
+    Every rank of the world must call it with the same arguments.
     """
     label, family, defaults = resolve_env(env)
     check_int("n_test", n_test, 1)
@@ -198,6 +206,10 @@ def evaluate(
         name = getattr(method, "name", None) or type(method).__name__
 
     seeds = torch.arange(seed, seed + n_test, dtype=torch.int64)
+    if world is not None and world.distributed:
+        seeds = seeds[world.rank::world.size]
+        if seeds.numel() == 0:  # fewer objectives than ranks: this rank has none
+            return _gathered(None, world)
     # a hand-designed optimiser reads x, f and ∇f only: its runs keep one step of history (the
     # same numbers, 4d + 1 state entries a row instead of (2 + 2H)·d + H)
     direct = kind == "direct"
@@ -214,11 +226,34 @@ def evaluate(
     else:
         step = _policy_step(method, kind, observer, max_step, odt, family.d, deterministic)
     res = rollout(core, data, x0, horizon, step, progress=progress, desc=name)
-    return _evaluation(res, name, seeds, horizon=horizon, split=split, env=label,
-                       info={"kind": kind, "history": history, "max_step": max_step,
+    ev = _evaluation(res, name, seeds, horizon=horizon, split=split, env=label,
+                     info={"kind": kind, "history": history, "max_step": max_step,
                              "observation": observation, "features": features,
                              "device": str(dev), "dtype": str(dt).replace("torch.", ""),
-                             "obs_dtype": str(odt).replace("torch.", "")})
+                           "obs_dtype": str(odt).replace("torch.", "")})
+    return _gathered(ev, world) if world is not None and world.distributed else ev
+
+
+#: Evaluation fields with one entry per objective (row), which :func:`_gathered` puts back in
+#: order; the other fields are the same on every rank.
+_ROW_FIELDS = ("f", "nonfinite", "extra_evals", "seeds", "evals", "f_minibatch")
+
+
+def _gathered(ev: Evaluation | None, world: World) -> Evaluation:
+    """The whole Evaluation from every rank's share (``ev``: this rank's, None if it had no
+    objectives): rows back in the order of one process (:func:`optenv.distributed.unshard`),
+    the rest from the first rank that ran any (rank 0 unless it had none)."""
+    pieces = all_gather_objects(ev, world)
+    first = next(p for p in pieces if p is not None)
+    fields: dict[str, Any] = {}
+    for key in _ROW_FIELDS:
+        if getattr(first, key) is None:
+            fields[key] = None
+            continue
+        rows = [getattr(p, key) if p is not None else [] for p in pieces]
+        fields[key] = np.stack(unshard(rows))
+    return Evaluation(method=first.method, horizon=first.horizon, split=first.split,
+                      env=first.env, info=first.info, **fields)
 
 
 def _observation_settings(

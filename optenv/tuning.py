@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from optenv.core import OptimizationCore
+from optenv.distributed import World, all_gather_objects, shard, unshard
 from optenv.families import ObjectiveFamily
 from optenv.rollout import DirectOptimizer, rollout
 from optenv.validation import check_choice, check_int, parse_dtype
@@ -100,6 +101,7 @@ def search_grid(
     dtype: str | torch.dtype = "float64",
     device: str | torch.device = "cpu",
     max_rows: int = 8192,
+    world: World | None = None,
 ) -> TuningResult:
     """Score every point of ``grid`` on training objectives ``seed .. seed + n_train − 1``.
 
@@ -110,6 +112,11 @@ def search_grid(
     scores (the optimisers read x, f, ∇f). ``defaults`` and ``fixed`` complete the best
     point's hyper-parameters in the result; ``method`` names it. Returns the best point, its
     score and the whole table of scores.
+
+    ``world`` (:mod:`optenv.distributed`): the ranks share the grid points (rank r scores
+    points r, r + size, ...) and every rank gets the whole table; a point's score is the same
+    number whichever rank and chunk scored it (each row's arithmetic is its own), so the
+    result is the one-process result. Every rank must call it with the same arguments.
     """
     check_choice("criterion", criterion, CRITERIA)
     check_int("n_train", n_train, 1)
@@ -128,8 +135,13 @@ def search_grid(
     core = OptimizationCore(family, 1)
     rows = min(max_rows, max(n_train, ROW_ELEMENTS // core.layout.state_dim))
     per_chunk = max(1, rows // n_train) if batchable else 1
-    scores, n_bad = _score_points(make, points, core, data, x0, horizon=horizon, dtype=dt,
-                                  criterion=criterion, per_chunk=per_chunk, batchable=batchable)
+    world = world or World()
+    mine = _score_points(make, shard(points, world), core, data, x0, horizon=horizon,
+                         dtype=dt, criterion=criterion, per_chunk=per_chunk,
+                         batchable=batchable)
+    pieces = all_gather_objects(mine, world)
+    scores = unshard([p[0] for p in pieces])
+    n_bad = unshard([p[1] for p in pieces])
 
     order = sorted(range(len(points)), key=lambda i: (n_bad[i], scores[i]))
     best = order[0]

@@ -16,6 +16,15 @@ LogisticRegression) and the env's ``observation``, ``features``, ``history`` and
 so that one learned optimiser can be evaluated on larger models or other feature sets without
 registering a new id. Values are read as int, float, bool (true/false) or else str.
 
+Across processes (``torchrun --nproc-per-node N -m optenv compare ...``): the ranks share the
+work through :mod:`optenv.distributed` — each hand-designed method's grid points (the tuning is
+most of a default comparison's time), its test objectives, and the numerical f* runs, rank r
+taking items r, r + size, ...; a learned optimiser (whose batched network is not bit-for-bit
+the same on a smaller batch) is evaluated whole on one rank, learned methods dealt round-robin.
+Every result is gathered back in order, and rank 0 alone writes the files and prints: the
+output is the one-process output, bit for bit on the CPU, but for the run metadata
+(:data:`RUN_METADATA`). gloo on the CPU, NCCL on CUDA (rank r on ``cuda:LOCAL_RANK``).
+
 User errors raise ValueError naming the argument (the CLI prints that one line and exits 2).
 """
 
@@ -34,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from baselines.tuning import grid_search
+from optenv.distributed import World, broadcast_object, init, shutdown
 from optenv.evaluate import evaluate, resolve_env
 from optenv.families import FAMILIES
 from optenv.lab.figures import write_figures
@@ -42,7 +52,8 @@ from optenv.lab.reference import reference_optimum
 from optenv.lab.results import make_results, write_results
 from optenv.validation import parse_device
 
-__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "ENV_ARGUMENTS", "add_parser", "fixed_width",
+__all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "ENV_ARGUMENTS", "RUN_METADATA", "add_parser",
+           "fixed_width",
            "format_reference", "format_table", "method_context", "parse_env_kwargs", "run",
            "tune_hand_method"]
 
@@ -51,6 +62,11 @@ DEFAULT_METHODS = "gd,momentum,nesterov,cg,lbfgs,adam,adagrad,rmsprop"
 #: Env arguments ``--env-kwargs`` may set besides the family's own (the split, horizon, device and
 #: dtype are compare's own flags).
 ENV_ARGUMENTS = ("observation", "features", "history", "max_step")
+#: Fields of results.json that describe the run rather than its numbers — when it was written,
+#: seconds spent, versions — and so differ between two runs of the same comparison (one
+#: process or N); everything else is the same.
+RUN_METADATA = ("created", "optenv_version", "torch_version", "methods.*.wall_s",
+                "reference.wall_s")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -275,11 +291,17 @@ def run(args: argparse.Namespace) -> int:
     objectives, then report (results.json, the figures, the table).
     """
     plan = _plan(args)
-    runs = _tune_and_evaluate(args, plan)
-    reference = reference_optimum(plan.family, n_test=args.n_test, seed=args.seed,
-                                  split=args.split, device=plan.device,
-                                  previous=_previous_results(plan.out / "results.json"))
-    _report(args, plan, runs, reference)
+    world, device = init(plan.device)  # one process, or this rank of torchrun's world
+    try:
+        runs = _tune_and_evaluate(args, plan, world, device)
+        reference = reference_optimum(plan.family, n_test=args.n_test, seed=args.seed,
+                                      split=args.split, device=device,
+                                      previous=_previous_results(plan.out / "results.json"),
+                                      world=world)
+        if world.is_main:
+            _report(args, plan, runs, reference)
+    finally:
+        shutdown()
     return 0
 
 
@@ -321,36 +343,51 @@ def _plan(args: argparse.Namespace) -> _Plan:
     return _Plan(label, env, family, defaults, methods, horizon, out, device, not args.no_tune)
 
 
-def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan) -> _Runs:
+def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan, world: World | None = None,
+                       device: Any = None) -> _Runs:
     """Each method in turn: a hand-designed one is tuned (or takes its defaults) and built, a
-    saved learned one is loaded; then it runs on the held-out objectives, timed."""
+    saved learned one is loaded; then it runs on the held-out objectives, timed. Under torchrun
+    (``world``) the ranks share each hand-designed method's grid points and objectives, and
+    each learned method runs whole on one rank (module docstring); every rank ends with all
+    the runs."""
     from tqdm.auto import tqdm
 
+    world = world or World()
+    device = plan.device if device is None else device
     runs = _Runs()
-    context = method_context(args.env, plan.family, plan.defaults, plan.device)
-    bar = tqdm(total=len(plan.methods), desc="compare", disable=args.quiet, file=sys.stderr)
+    context = method_context(args.env, plan.family, plan.defaults, device)
+    bar = tqdm(total=len(plan.methods), desc="compare", disable=args.quiet or not world.is_main,
+               file=sys.stderr)
+    n_learned = 0
     for name, path in plan.methods:
         label_m = name if path is None else f"{name}:{path}"
+        run = {"n_test": args.n_test, "horizon": plan.horizon, "seed": args.seed,
+               "split": args.split, "device": device, "name": label_m}
         if path is None:
             bar.set_postfix_str(f"{name}: tuning" if plan.tune else name)
-            method: Any = _hand_method(name, label_m, args, plan, runs)
+            method: Any = _hand_method(name, label_m, args, plan, runs, world, device)
+            bar.set_postfix_str(f"{label_m}: evaluating")
+            t0 = time.perf_counter()
+            runs.evaluations[label_m] = evaluate(method, plan.env, world=world, **run)
+            runs.walls[label_m] = time.perf_counter() - t0
         else:
-            method = load_method(name, path, context)
+            method = load_method(name, path, context)  # on every rank: a bad one fails on all
             runs.hyper[label_m] = None
             runs.paths[label_m] = str(Path(path).resolve())
-        bar.set_postfix_str(f"{label_m}: evaluating")
-        t0 = time.perf_counter()
-        runs.evaluations[label_m] = evaluate(method, plan.env, n_test=args.n_test,
-                                             horizon=plan.horizon, seed=args.seed,
-                                             split=args.split, device=plan.device, name=label_m)
-        runs.walls[label_m] = time.perf_counter() - t0
+            bar.set_postfix_str(f"{label_m}: evaluating")
+            owner, n_learned = n_learned % world.size, n_learned + 1
+            t0 = time.perf_counter()
+            mine = (evaluate(method, plan.env, **run), time.perf_counter() - t0) \
+                if world.rank == owner else None
+            runs.evaluations[label_m], runs.walls[label_m] = broadcast_object(mine, world, owner)
         bar.update(1)
     bar.close()
     return runs
 
 
 def _hand_method(
-    name: str, label: str, args: argparse.Namespace, plan: _Plan, runs: _Runs
+    name: str, label: str, args: argparse.Namespace, plan: _Plan, runs: _Runs,
+    world: World | None = None, device: Any = None,
 ) -> Any:
     """A hand-designed optimiser with its hyper-parameters grid-searched on the TRAIN
     objectives (as Li & Malik tuned theirs), or its defaults under ``--no-tune`` or when it has
@@ -358,7 +395,8 @@ def _hand_method(
     hp, tuning = tune_hand_method(name, plan.family, tune=plan.tune, n_train=args.n_train,
                                   horizon=plan.horizon, seed=args.seed,
                                   history=plan.defaults["history"], criterion=args.criterion,
-                                  device=plan.device)
+                                  device=plan.device if device is None else device,
+                                  world=world)
     if tuning is not None:
         runs.tuned[label] = tuning
     runs.hyper[label] = hp
@@ -367,17 +405,18 @@ def _hand_method(
 
 def tune_hand_method(
     name: str, family: Any, *, tune: bool = True, n_train: int, horizon: int, seed: int,
-    history: int, criterion: str = "mean", device: Any = "cpu",
+    history: int, criterion: str = "mean", device: Any = "cpu", world: World | None = None,
 ) -> tuple[dict[str, float], dict[str, Any] | None]:
     """(hyper-parameters, tuning record) of the hand-designed optimiser ``name``: the best
     point of its grid on TRAIN objectives ``seed .. seed + n_train − 1`` of ``family`` at
     ``horizon`` (Li & Malik's protocol), or its defaults (record None) when ``tune`` is off or
     it has no grid. The study tunes once on its meta-train objectives and applies the result
-    unchanged on every axis; compare tunes on the family it evaluates."""
+    unchanged on every axis; compare tunes on the family it evaluates. ``world``: the ranks of
+    a process group share the grid points (:func:`optenv.tuning.search_grid`)."""
     cls = HAND_OPTIMIZERS[name]
     if tune and cls.default_grid:
         tr = grid_search(name, family, n_train=n_train, horizon=horizon, seed=seed,
-                         history=history, criterion=criterion, device=device)
+                         history=history, criterion=criterion, device=device, world=world)
         return dict(tr.best), tr.to_dict()
     return {k: float(v) for k, v in cls.defaults.items()}, None
 

@@ -45,6 +45,7 @@ import torch
 
 from baselines.optimizers import LBFGS
 from optenv.core import OptimizationCore
+from optenv.distributed import World, all_gather_objects, shard, unshard
 from optenv.families import LogisticRegression, ObjectiveFamily, Quadratic, index_problem
 from optenv.rollout import rollout
 from optenv.validation import check_int, check_number
@@ -117,6 +118,7 @@ def reference_optimum(
     device: str | torch.device = "cpu",
     settings: ReferenceSettings | None = None,
     previous: Any = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """The reference optimum of objectives ``seed .. seed + n_test − 1`` of ``split`` (the
     objectives ``optenv.evaluate`` runs on), as the results document's ``"reference"``:
@@ -125,7 +127,9 @@ def reference_optimum(
     ``convex``, ``iterations`` [N], ``key``, ``cached``, ``wall_s``.
 
     ``previous``: an earlier results document (or None) whose reference is reused when it
-    matches (:func:`cached_reference`)."""
+    matches (:func:`cached_reference`). ``world`` (:mod:`optenv.distributed`): the ranks share
+    the numerical L-BFGS runs (rank r: objectives r, r + size, ...; each row's arithmetic is
+    its own, so the numbers are one process's) and every rank returns the whole record."""
     settings = settings or ReferenceSettings()
     t0 = time.perf_counter()
     family = family.full_batch()  # a minibatch family is evaluated (and so referenced) on its
@@ -146,7 +150,8 @@ def reference_optimum(
         how = "closed form: f(x*) with x* = family.optimum(data)"
     else:
         starts = 1 if convex else settings.starts
-        x_star, iterations = _numerical(family, data, x0, seeds, split, starts, settings)
+        x_star, iterations = _numerical_shared(family, data, x0, seeds, split, starts,
+                                               settings, world or World())
         source = "numerical"
         how = (f"L-BFGS with strong-Wolfe line searches, at most {settings.max_iterations} "
                "iterations, from " + ("x(0) (convex family)" if starts == 1 else
@@ -169,6 +174,26 @@ def _lbfgs(family: ObjectiveFamily, data: Mapping[str, torch.Tensor], x: torch.T
     res = rollout(OptimizationCore(family, 1), data, x, iterations,
                   LBFGS(max_evals=float(max_evals)))
     return res.x, res.f[:, -1]
+
+
+def _numerical_shared(
+    family: ObjectiveFamily, data: Mapping[str, torch.Tensor], x0: torch.Tensor,
+    seeds: torch.Tensor, split: str, starts: int, s: ReferenceSettings, world: World,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """:func:`_numerical` on this rank's share of the objectives, the rows of every rank
+    gathered back in order (on the host, then onto ``x0``'s device)."""
+    if not world.distributed:
+        return _numerical(family, data, x0, seeds, split, starts, s)
+    rows = torch.tensor(shard(range(len(seeds)), world), dtype=torch.int64, device=x0.device)
+    mine: tuple[np.ndarray, np.ndarray] = (np.zeros((0, x0.shape[1])), np.zeros(0, np.int64))
+    if rows.numel():
+        x, it = _numerical(family, index_problem(data, rows), x0[rows], seeds[rows.cpu()],
+                           split, starts, s)
+        mine = (x.cpu().numpy(), it)
+    pieces = all_gather_objects(mine, world)
+    x_all = np.stack(unshard([p[0] for p in pieces]))
+    iterations = np.stack(unshard([p[1] for p in pieces]))
+    return torch.as_tensor(x_all, dtype=x0.dtype, device=x0.device), iterations
 
 
 def _numerical(
