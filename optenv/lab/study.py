@@ -34,6 +34,19 @@ one would have. A folder holding a study (or anything else) is never overwritten
 ``--doc PAGE`` also rewrites the setting's marked block of a Markdown page with the tables
 (:func:`optenv.lab.study_report.update_doc`).
 
+Across processes (``torchrun --nproc-per-node N -m optenv study ...``, :mod:`optenv.distributed`):
+rank 0 claims and locks the folder and decides which stages are done (``--resume``), and tells
+the others; the pending stages are dealt round-robin, first the training runs (each rank trains
+whole runs: methods x seeds are independent, and GPS stays single-process inside a run) with
+the tuning, then, once every rank is through, the evaluation conditions. The rank that runs a
+stage writes its output and record, so whatever any rank finished is a checkpoint for
+``--resume``; rank 0 alone writes study.json, the report and the figures, and prints. The
+files are those of a one-process study but for run metadata (the ``wall_s`` fields, ``created``).
+The study folder must be one file system all ranks see (one node, or a shared mount). A rank
+that dies ends the run (torchrun stops the others; a rank left waiting gives up after
+``OPTENV_DIST_TIMEOUT`` seconds — raise it above the longest training run when ranks wait on
+each other longer than the default 600 s).
+
 Threads: one torch thread by default. The study's batched problems are small, and on the shared
 2-core machine torch's default of two threads made evaluation about 10x slower (momentum on
 NeuralNet, 100 objectives x 400 iterations: 28.5 s against 2.8 s, 2026-12-02).
@@ -49,7 +62,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,31 +172,96 @@ def run_study(plan: StudyPlan, out: str | Path, *, seeds: int = 1, device: str =
     figure files written). ``threads``: torch CPU threads for the whole study (None: as they
     are), restored afterwards. ``figures=False`` writes report.md without the per-condition
     compare figures (the study's own figures are always drawn)."""
-    from tqdm.auto import tqdm
 
-    from optenv.lab.study_report import write_report
-    from optenv.lab.study_schema import write_study
-    from optenv.locks import FolderLock
+    from optenv.distributed import init, shutdown
     from optenv.runs import torch_threads
 
     out = Path(out)
-    _claim_folder(out, plan, seeds, resume)
-    with FolderLock(out, "--out"), torch_threads(threads):
-        stages = _stages(plan, out, seeds, device, quiet)
-        bar = tqdm(stages, desc="study", disable=quiet, file=sys.stderr)
-        for stage in bar:
+    world, rank_device = init(device)  # one process, or this rank of torchrun's world
+    try:
+        with _claimed(out, plan, seeds, resume, world), torch_threads(threads):
+            return _run_stages(plan, out, seeds, device, str(rank_device), quiet, figures,
+                               world)
+    finally:
+        shutdown()
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, plan: StudyPlan, seeds: int, resume: bool,
+             world: Any) -> Iterator[None]:
+    """Rank 0 claims the folder (:func:`_claim_folder`) and holds its lock for the study; a
+    refusal is raised on every rank (the others learn it from rank 0)."""
+    from optenv.distributed import broadcast_object
+    from optenv.locks import FolderLock
+
+    lock, error = None, None
+    if world.is_main:
+        try:
+            _claim_folder(out, plan, seeds, resume)
+            lock = FolderLock(out, "--out")
+        except ValueError as err:
+            error = str(err)
+    error = broadcast_object(error, world)
+    if error is not None:
+        raise ValueError(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_stages(plan: StudyPlan, out: Path, seeds: int, device: str, rank_device: str,
+                quiet: bool, figures: bool, world: Any) -> tuple[dict[str, Any], list[Path]]:
+    """The stages this rank runs (all of them in one process), then, on rank 0, study.json
+    and the report. ``device`` is the study's (recorded), ``rank_device`` this rank's."""
+    from tqdm.auto import tqdm
+
+    from optenv.distributed import broadcast_object, shard
+    from optenv.lab.study_report import write_report
+    from optenv.lab.study_schema import write_study
+
+    stages = _stages(plan, out, seeds, rank_device, quiet, recorded_device=device)
+    done = broadcast_object([s.output.is_file() for s in stages] if world.is_main else None,
+                            world)
+    pending = [s for s, d in zip(stages, done, strict=True) if not d]
+    # training and tuning first (independent of each other), then the evaluations (which read
+    # every trained policy and tuning.json)
+    phases = ([s for s in pending if not s.name.startswith("evaluate-")],
+              [s for s in pending if s.name.startswith("evaluate-")])
+    bar = tqdm(total=sum(len(shard(p, world)) for p in phases), desc="study",
+               disable=quiet or not world.is_main, file=sys.stderr)
+    for what, phase in zip(("training and tuning", "evaluation"), phases, strict=True):
+        for stage in shard(phase, world):
             bar.set_postfix_str(stage.name)
-            if stage.output.is_file():
-                continue
             t0 = time.perf_counter()
             stage.work()
             _write_json(out / "stages" / f"{stage.name}.json",
                         {"stage": stage.name, "wall_s": round(time.perf_counter() - t0, 3)})
-        bar.close()
-        doc = _study_document(plan, out, seeds, device)
-        write_study(doc, out / STUDY_FILE)
-        written = write_report(doc, out, condition_figures=figures)
+            bar.update(1)
+        _wait_for_ranks(world, what)
+    bar.close()
+    if not world.is_main:
+        return {}, []
+    doc = _study_document(plan, out, seeds, device)
+    write_study(doc, out / STUDY_FILE)
+    written = write_report(doc, out, condition_figures=figures)
     return doc, written
+
+
+def _wait_for_ranks(world: Any, what: str) -> None:
+    """Every rank through its share of ``what`` before the next phase; a rank that does not
+    come within the collective timeout ends the study with a message saying what to do."""
+    from optenv.distributed import barrier, timeout
+
+    try:
+        barrier(world)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"study: rank {world.rank} waited {timeout().total_seconds():g} s "
+            f"(OPTENV_DIST_TIMEOUT) for the other ranks to finish {what}, in vain ({err}); the "
+            "stages finished so far are saved: rerun the same command with --resume (with a "
+            "larger OPTENV_DIST_TIMEOUT if a rank was still working)") from err
 
 
 # ---------------------------------------------------------------------- the folder
@@ -243,9 +321,12 @@ def _condition_dir(out: Path, cond: Condition) -> Path:
 
 
 def _stages(plan: StudyPlan, out: Path, seeds: int, device: str,
-            quiet: bool) -> list[_Stage]:
+            quiet: bool, recorded_device: str | None = None) -> list[_Stage]:
     """The study's stages in order: training (per method and seed), tuning, evaluation (per
-    condition); each one's output file says it is done."""
+    condition); each one's output file says it is done. ``device``: where they compute;
+    ``recorded_device`` (default ``device``): what the results files say (under torchrun
+    a rank computes on ``cuda:LOCAL_RANK`` of the study's ``cuda``)."""
+    recorded = device if recorded_device is None else recorded_device
     stages = []
     for method in plan.learned:
         for seed in range(seeds):
@@ -257,7 +338,7 @@ def _stages(plan: StudyPlan, out: Path, seeds: int, device: str,
     for cond in plan.conditions:
         stages.append(_Stage(f"evaluate-{cond.name}", out / "stages" / f"evaluate-{cond.name}.json",
                              lambda c=cond: _evaluate_condition(plan, c, out, seeds, device,
-                                                                quiet)))
+                                                                quiet, recorded)))
     return stages
 
 
@@ -318,9 +399,10 @@ def _condition_env(cond: Condition) -> Any:
 
 
 def _evaluate_condition(plan: StudyPlan, cond: Condition, out: Path, seeds: int, device: str,
-                        quiet: bool) -> None:
+                        quiet: bool, recorded_device: str | None = None) -> None:
     """Every method on the condition's held-out objectives (hand-designed ones once, learned
-    ones per seed), f* of those objectives, and one results.json per seed."""
+    ones per seed), f* of those objectives, and one results.json per seed (which records
+    ``recorded_device``, default ``device``)."""
     from tqdm.auto import tqdm
 
     from baselines.optimizers import OPTIMIZERS
@@ -363,7 +445,8 @@ def _evaluate_condition(plan: StudyPlan, cond: Condition, out: Path, seeds: int,
             bar.update(1)
         evaluations = {**learned, **hand}
         doc = make_results(
-            evaluations, family=family, seed=0, device=device,
+            evaluations, family=family, seed=0,
+            device=device if recorded_device is None else recorded_device,
             tuning={k: v["tuning"] for k, v in tuning["methods"].items()},
             hyperparameters={**dict.fromkeys(learned), **{k: v["hyperparameters"] for k, v
                                                           in tuning["methods"].items()}},

@@ -22,3 +22,12 @@ def tiny_plan() -> StudyPlan:
         conditions=(Condition("same", "same", ENV, horizon_x=1),
                     Condition("horizon-10x", "horizon", ENV),
                     Condition("dim-20", "architecture", ENV, (("dim", 20),), horizon_x=2)))
+
+
+def small_plan() -> StudyPlan:
+    """The tiny plan cut further for the studies run under torchrun (each rank a fresh
+    process): GPS and one BPTT method, two hand-designed methods, the same-task and dim-20
+    conditions."""
+    plan = tiny_plan()
+    return plan.replace(learned=plan.learned[:2], hand=("gd", "cg"),
+                        conditions=(plan.conditions[0], plan.conditions[2]))
