@@ -1,7 +1,8 @@
 """RLlib PPO on optenv, with its environment steps in a remote env runner (a separate process).
 
 Needs ``pip install "ray[rllib]"``, which pins its own Gymnasium version (RLlib 2.60: 1.2.2;
-optenv works with Gymnasium >= 1.1), so install it in an environment of its own.
+optenv works with Gymnasium >= 1.1), so install it in an environment of its own. Checked
+2026-12-02 with Ray 2.60.0: this script runs with Gymnasium 1.2.2 and with 1.4.0.
 
 The id is given as ``"optenv:optenv/LogisticRegression-v0"``: the part before the colon is a
 module Gymnasium imports before it looks the id up, and that is what registers optenv's ids
