@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         device = str(parse_device(args.device, "--device"))
         doc, written = run_study(plan, out, seeds=args.seeds, device=device,
                                  resume=args.resume, quiet=args.quiet, threads=args.threads)
+        if not doc:  # another rank of a torchrun job: rank 0 writes and reports
+            return 0
     if args.doc is not None:
         update_doc(doc, args.doc)
     print(format_summary(doc))
@@ -169,9 +171,10 @@ def run_study(plan: StudyPlan, out: str | Path, *, seeds: int = 1, device: str =
               resume: bool = False, quiet: bool = False, threads: int | None = None,
               figures: bool = True) -> tuple[dict[str, Any], list[Path]]:
     """Run (or resume) the study ``plan`` describes into ``out``; returns (study document,
-    figure files written). ``threads``: torch CPU threads for the whole study (None: as they
-    are), restored afterwards. ``figures=False`` writes report.md without the per-condition
-    compare figures (the study's own figures are always drawn)."""
+    figure files written), under torchrun ``({}, [])`` on every rank but 0. ``threads``: torch
+    CPU threads for the whole study (None: as they are), restored afterwards.
+    ``figures=False`` writes report.md without the per-condition compare figures (the study's
+    own figures are always drawn)."""
 
     from optenv.distributed import init, shutdown
     from optenv.runs import torch_threads

@@ -13,6 +13,8 @@ from study_helpers import small_plan
 from torchrun_helpers import DRIVER, torchrun, without_run_keys
 
 from optenv.lab import study
+from optenv.lab.cli import main
+from optenv.lab.study_report import doc_markers
 
 
 def test_a_study_on_two_ranks_survives_a_dead_rank_by_resume_and_equals_one_process(
@@ -38,3 +40,13 @@ def test_a_study_on_two_ranks_survives_a_dead_rank_by_resume_and_equals_one_proc
         assert without_run_keys(a) == without_run_keys(b), rel
     assert (two / "report.md").is_file()
     shutil.rmtree(tmp_path)
+
+
+def test_the_cli_on_a_rank_other_than_0_neither_prints_nor_writes_the_doc(
+        tmp_path, monkeypatch, capsys) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("\n".join(doc_markers("2016", True)) + "\n")
+    before = page.read_text()
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: ({}, []))  # what rank 1 gets
+    assert main(["study", "--quick", "--out", str(tmp_path / "s"), "--doc", str(page)]) == 0
+    assert capsys.readouterr().out == "" and page.read_text() == before
