@@ -126,28 +126,24 @@ def _short_cell(stat: Mapping[str, Any] | None, seeds: int, pct: bool = False) -
 
 
 def short_summary_rows(doc: Mapping[str, Any]) -> list[list[str]]:
-    """The README's short table: the learned methods and the best hand-designed ones (lowest
-    mean f at T on the training task, and at 10T if another), each with mean f at T and at the
-    horizon axis's last iteration, the share diverged there and the most diverged elsewhere;
-    means only (the intervals are in the full tables), with the seeds' range when several."""
+    """The README's short table: the learned methods and the best tuned hand-designed one
+    (lowest mean f at the horizon axis's last iteration, else at T; plan order on ties), each
+    with mean f at T and at that last iteration, the share diverged there and the most diverged
+    elsewhere; means only (the intervals are in the full tables), with the seeds' range when
+    there are several."""
     seeds, t = doc["seeds"], doc["train"]["horizon"]
     same = _training_condition(doc, "same")
     long = _training_condition(doc, "horizon")
-    hand = [k for k, m in doc["methods"].items() if m["kind"] == "hand"]
-
-    def best(cond: str | None, at: str) -> str | None:
-        if cond is None or not hand:
-            return None
-        ms = doc["conditions"][cond]["methods"]
-        score = {k: (ms[k]["mean_f_at"].get(at) or {}).get("mean") for k in hand}
-        return min(hand, key=lambda k: (score[k] is None, score[k] or 0.0, hand.index(k)))
-
-    picks = [best(same, str(t))]
-    if long:
-        picks.append(best(long, str(doc["conditions"][long]["horizon"])))
-    names = [k for k, m in doc["methods"].items() if m["kind"] == "learned"]
-    names += [k for k in dict.fromkeys(picks) if k is not None]
     long_t = doc["conditions"][long]["horizon"] if long else None
+    names = [k for k, m in doc["methods"].items() if m["kind"] == "learned"]
+    hand = [k for k, m in doc["methods"].items() if m["kind"] == "hand"]
+    judge = long or same
+    if judge is not None and hand:
+        ms = doc["conditions"][judge]["methods"]
+        at = str(long_t if long else t)
+        score = {k: (ms[k]["mean_f_at"].get(at) or {}).get("mean") for k in hand}
+        names.append(min(hand, key=lambda k: (score[k] is None, score[k] or 0.0,
+                                              hand.index(k))))
     head = ["method", f"f@T={t}"]
     if long:
         head += [f"f@{long_t // t}T={long_t}", f"diverged at {long_t}"]
@@ -445,13 +441,17 @@ def _command(doc: Mapping[str, Any]) -> str:
             + (f" --seeds {doc['seeds']}" if doc["seeds"] > 1 else ""))
 
 
+def _seeds(doc: Mapping[str, Any]) -> str:
+    return f"{doc['seeds']} seed{'s' if doc['seeds'] > 1 else ''}"
+
+
 def _provenance(doc: Mapping[str, Any]) -> str:
     wall = doc["wall_s"]
     return (f"Generated from the `study.json` of `{_command(doc)}` (created {doc['created']}, "
             f"optenv {doc['optenv_version']}, torch {doc['torch_version']}, device "
             f"{doc['device']}; wall time: training {wall['train']:.0f} s, tuning "
             f"{wall['tune']:.0f} s, evaluation {wall['evaluate']:.0f} s). Meta-trained on "
-            f"{doc['train']['env_id']} at T = {doc['train']['horizon']}, {doc['seeds']} seed(s); "
+            f"{doc['train']['env_id']} at T = {doc['train']['horizon']}, {_seeds(doc)}; "
             f"{doc['plan']['n_test']} TEST objectives per condition.")
 
 
@@ -470,7 +470,7 @@ def _summary_block(doc: Mapping[str, Any]) -> list[str]:
     """The short table (the README): :func:`short_summary_rows` under one line of set-up."""
     t = doc["train"]
     return [f"`{_command(doc)}`: meta-trained on `{t['env_id']}` at T = {t['horizon']}, "
-            f"{doc['plan']['n_test']} TEST objectives, {doc['seeds']} seed(s); mean f:", "",
+            f"{doc['plan']['n_test']} TEST objectives, {_seeds(doc)}; mean f:", "",
             *markdown_table(short_summary_rows(doc))]
 
 
