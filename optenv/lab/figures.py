@@ -265,10 +265,13 @@ def mean_f_figure(doc: Mapping[str, Any]) -> Any:
                                     "objectives")
 
 
-def draw_mean_f(ax: Any, doc: Mapping[str, Any], *, log: bool = False) -> None:
+def draw_mean_f(ax: Any, doc: Mapping[str, Any], *, log: bool = False,
+                seed_curves: Mapping[str, Sequence[Sequence[Any]]] | None = None) -> None:
     """Every method's mean f per iteration and its 95% interval onto ``ax`` (fixed styles,
     short labels), on a log axis if ``log``: the panel of :func:`mean_f_figure`, and of the
-    study's per-axis figures (one panel per condition)."""
+    study's per-axis figures (one panel per condition). ``seed_curves``: method key → one mean
+    f curve per meta-training seed, each drawn as a thin line of the method's colour (no
+    legend entry) over the method's own line — the study's run-to-run spread."""
     styles = method_styles(doc["methods"])
     labels = short_labels(doc["methods"])
     n = int(doc["n_test"])
@@ -280,6 +283,10 @@ def draw_mean_f(ax: Any, doc: Mapping[str, Any], *, log: bool = False) -> None:
                 **kw)
         ax.fill_between(it, _arr(m["mean_f_low"]), _arr(m["mean_f_high"]), color=kw["color"],
                         alpha=0.12, linewidth=0)
+        for curve in (seed_curves or {}).get(key, ()):
+            seed = _arr(curve)
+            ax.plot(np.arange(seed.size), seed, color=kw["color"], linestyle=kw["linestyle"],
+                    linewidth=0.7, alpha=0.6)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("iteration")

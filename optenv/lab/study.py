@@ -31,7 +31,8 @@ last checkpoint (the trainers' own resume), so a resumed study computes what the
 one would have. A folder holding a study (or anything else) is never overwritten without
 ``--resume``; a resumed study must have the same plan and seeds (the device may change).
 ``--report-only`` redraws the figures and report.md from study.json and the results files;
-``--doc PAGE`` also rewrites the setting's marked block of a Markdown page with the tables
+``--doc PAGE`` (repeatable) also regenerates the study's marked blocks of a Markdown page: the
+tables in docs/results.md, the short summary in the README
 (:func:`optenv.lab.study_report.update_doc`).
 
 Across processes (``torchrun --nproc-per-node N -m optenv study ...``, :mod:`optenv.distributed`):
@@ -108,10 +109,9 @@ def add_parser(subparsers: Any) -> None:
                    help="meta-training seeds per learned method (their spread is reported)")
     p.add_argument("--report-only", action="store_true",
                    help="redraw the figures and report.md from the study.json in --out")
-    p.add_argument("--doc", default=None, metavar="PATH",
-                   help="also write the summary, last-iteration and divergence tables into the "
-                        "study's marked block of this Markdown file (docs/study.md has one per "
-                        "setting)")
+    p.add_argument("--doc", action="append", default=None, metavar="PATH",
+                   help="also regenerate the study's marked blocks of this Markdown file "
+                        "(docs/results.md: the tables; README.md: the summary); repeatable")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: the study's batched problems are small, and on "
                         "a shared 2-core machine 2 threads evaluated 10x slower than 1)")
@@ -137,24 +137,25 @@ def run(args: argparse.Namespace) -> int:
         from optenv.locks import FolderLock
 
         doc = read_study(out / STUDY_FILE)
-        if args.doc is not None:
-            doc_block(args.doc, doc["setting"], doc["quick"])
+        for page in args.doc or ():
+            doc_block(page, doc["setting"], doc["quick"])
         with FolderLock(out, "--out"):  # not while a study runs there
             written = write_report(doc, out)
     else:
         plan = plan_for(args.setting, args.quick)
-        if args.doc is not None:
-            doc_block(args.doc, plan.setting, plan.quick)  # a bad --doc fails now, not later
+        for page in args.doc or ():
+            doc_block(page, plan.setting, plan.quick)  # a bad --doc fails now, not later
         device = str(parse_device(args.device, "--device"))
         doc, written = run_study(plan, out, seeds=args.seeds, device=device,
                                  resume=args.resume, quiet=args.quiet, threads=args.threads)
         if not doc:  # another rank of a torchrun job: rank 0 writes and reports
             return 0
-    if args.doc is not None:
-        update_doc(doc, args.doc)
+    for page in args.doc or ():
+        update_doc(doc, page)
     print(format_summary(doc))
-    print(f"wrote {out / STUDY_FILE}, {out / 'report.md'} and {len(written)} figure files"
-          + (f"; updated {args.doc}" if args.doc is not None else ""))
+    source = f"read {out / STUDY_FILE}; " if args.report_only else f"wrote {out / STUDY_FILE}, "
+    print(f"{source}wrote {out / 'report.md'} and {len(written)} figure files"
+          + (f"; updated {', '.join(args.doc)}" if args.doc else ""))
     return 0
 
 
