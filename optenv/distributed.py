@@ -154,6 +154,21 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank is gone or silent
+    (gloo: "Connection closed by peer", a timed-out wait; NCCL: an aborted communicator)."""
+    text = str(err)
+    return isinstance(err, getattr(dist, "DistError", ())) or any(
+        mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection closed by peer"))
+
+
+def describe(err: BaseException) -> str:
+    """A one-line account of a failed collective for the user (the backend's first line)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f"a collective operation failed, so another process of this run has stopped or "
+            f"stalled ({first[:300]})")
+
+
 def broadcast_object(obj: Any, world: World, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a group); the others pass
     anything (None). One copy travels, where :func:`all_gather_objects` would send every
