@@ -53,6 +53,7 @@ from gps.lqr import LagrangeTerm, LQRResult, LQRStatus, PolicyTerm, kl_constrain
 from gps.model import QuadraticCost, expand_cost, expected_cost, fit_dynamics
 from gps.policy_fit import linearise_policy, policy_means, train_policy
 from optenv.core import OptimizationCore
+from optenv.distributed import Shard, World, all_gather_objects, sum_across
 from optenv.families.base import ObjectiveFamily
 from optenv.policy import GaussianMLPPolicy, save_policy
 from optenv.tuning import search_grid
@@ -87,22 +88,39 @@ class GPSAgent:
         max_step: the env's max_step (the policy's mean is clipped to ±max_step when its cost on
             the conditions is measured, as the env does).
         device: where everything runs.
+        world: the processes this run is split across (:mod:`optenv.distributed`; default one).
+            Each rank holds the conditions ``rank, rank + size, ...`` (its :attr:`shard`):
+            sampling, model fits, LQR, duals and step sizes are per condition and stay on
+            their rank; the policy trains on every rank's samples (:func:`train_policy` with
+            the shard), the report and the checkpoint (:meth:`full_state_dict`) gather. Every
+            random draw is made for the whole batch and each rank keeps its rows, so the
+            generators stay in step and a split run computes what one process would, to
+            rounding.
 
     Call :meth:`initialise` (grid-searches the momentum controller) or
     :meth:`load_state_dict`, then :meth:`iteration` repeatedly.
     """
 
     def __init__(self, family: ObjectiveFamily, config: GPSConfig, *, history: int = 25,
-                 max_step: float = 1.0, device: str | torch.device = "cpu") -> None:
+                 max_step: float = 1.0, device: str | torch.device = "cpu",
+                 world: World | None = None) -> None:
         self.family, self.cfg = family, config
+        self.shard = Shard(world or World(), config.conditions)
+        if config.conditions < self.shard.world.size:
+            raise ValueError(f"conditions: got {config.conditions} for a run across "
+                             f"{self.shard.world.size} processes, allowed: at least one "
+                             f"condition per process (>= {self.shard.world.size})")
         self.device = parse_device(device)
         self.dtype = torch.float64
         self.core = OptimizationCore(family, history)
         lqr_h = history if config.lqr_history is None else config.lqr_history
         self.smap = LQRStateMap(self.core.layout, lqr_h)
         self.max_step = float(max_step)
-        M, T, d = config.conditions, config.horizon, family.d
-        seeds = torch.arange(config.seed, config.seed + M, dtype=torch.int64)
+        #: this rank's conditions (all of them in one process)
+        self.n_conditions = M = self.shard.count
+        T, d = config.horizon, family.d
+        seeds = self.shard.take(torch.arange(config.seed, config.seed + config.conditions,
+                                             dtype=torch.int64))
         self.data, self.x0 = family.sample(seeds, split="train", dtype=self.dtype,
                                            device=self.device)
         self.gen_sample = torch.Generator().manual_seed(config.seed * 3 + 1)
@@ -118,8 +136,8 @@ class GPSAgent:
                                           weight_decay=config.policy_weight_decay,
                                           capturable=self.device.type == "cuda")
         self.iteration_count = 0
-        #: the LQR's batch: one problem per condition here, per (condition, coordinate) in
-        #: gps.coordinatewise
+        #: the LQR's batch (this rank's): one problem per condition here, per (condition,
+        #: coordinate) in gps.coordinatewise
         self.n_problems = M
         self.dU = d  # the controllers' action size: the whole step here, 1 per coordinate there
         self.obs_scaled = False
@@ -150,7 +168,7 @@ class GPSAgent:
         return x
 
     def _conditions_of(self, mask: Tensor) -> Tensor:
-        """[M] bool: the conditions any of whose problems is set in ``mask``."""
+        """[M] bool: the conditions any of whose problems is set in ``mask`` [P]."""
         return mask
 
     def _expand(self, dual: Tensor) -> Tensor:
@@ -176,7 +194,7 @@ class GPSAgent:
 
     def _controller_shape(self) -> tuple[int, int, int, int]:
         """K's shape (P, T, dU, dX), checked when a checkpoint is loaded."""
-        return (self.cfg.conditions, self.cfg.horizon, self.family.d, self.smap.dim)
+        return (self.n_conditions, self.cfg.horizon, self.family.d, self.smap.dim)
 
     def save_policy(self, path: str, extra: dict[str, Any]) -> None:
         """Write the policy (:func:`optenv.policy.save_policy`) with ``extra`` metadata."""
@@ -205,15 +223,17 @@ class GPSAgent:
         """N noisy runs per condition of ``ctrl``, all M·N in one batched rollout; the runs'
         LQR states, actions and observations come from :meth:`_sample_inputs` and
         :meth:`_joint_step` (per condition here, per coordinate in gps.coordinatewise)."""
-        M, N, T = self.cfg.conditions, self.cfg.samples, self.cfg.horizon
+        M, N, T = self.n_conditions, self.cfg.samples, self.cfg.horizon
         P = self.n_problems
         data = {k: v.repeat_interleave(N, 0) for k, v in self.data.items()}
         x0 = self.x0.repeat_interleave(N, 0)
         step = self.core.start(data, x0)
         state, f = step.state, step.f
         diverged = step.diverged.clone()
-        noise = torch.randn(T, P, N, self.dU, generator=self.gen_sample, dtype=self.dtype)
-        noise = noise.to(self.device)
+        # drawn for every rank's problems, this rank's kept (the draws of one process)
+        noise = torch.randn(T, P // M * self.shard.total, N, self.dU, generator=self.gen_sample,
+                            dtype=self.dtype)
+        noise = self.shard.take(noise, dim=1).to(self.device)
         chol = ctrl.chol
         Zs, Us, Os, Fs = [], [], [], []
         for t in range(T):
@@ -239,13 +259,13 @@ class GPSAgent:
     def _sample_inputs(self, state: Tensor) -> tuple[Tensor, Tensor]:
         """The LQR states [P,N,dX] and policy observations [P,N,...] of the runs' full states
         [M·N, dX_full] (sample-major within a condition)."""
-        M, N = self.cfg.conditions, self.cfg.samples
+        M, N = self.n_conditions, self.cfg.samples
         return (self.smap(state).reshape(M, N, -1),
                 self.core.layout.observation(state).reshape(M, N, -1))
 
     def _joint_step(self, u: Tensor) -> Tensor:
         """The controllers' actions [P,N,dU] as the runs' steps [M·N, d]."""
-        return u.reshape(self.cfg.conditions * self.cfg.samples, self.family.d)
+        return u.reshape(self.n_conditions * self.cfg.samples, self.family.d)
 
     @torch.no_grad()
     def policy_cost(self, data: Mapping[str, Tensor] | None = None,
@@ -285,10 +305,7 @@ class GPSAgent:
         weights [M,T] (bad conditions get weight 0)."""
         M, N, T, dU = target.shape
         if not self.obs_scaled:
-            rms = batch.obs[~batch.bad].pow(2).mean((0, 1, 2)).sqrt() if bool(
-                (~batch.bad).any()) else torch.ones(batch.obs.shape[-1], dtype=self.dtype)
-            self.policy.obs_scale.copy_((1.0 / rms.clamp_min(1e-3)).to(self.policy.obs_scale))
-            self.obs_scaled = True
+            self._scale_observations(batch.obs[~batch.bad], 3)
         w = torch.where(batch.bad[:, None], torch.zeros_like(weight), weight)
         return train_policy(
             self.policy, self.optimizer, batch.obs.reshape(-1, batch.obs.shape[-1]),
@@ -296,7 +313,32 @@ class GPSAgent:
             prec[:, None].expand(M, N, T, dU, dU).reshape(-1, dU, dU),
             w[:, None].expand(M, N, T).reshape(-1),
             steps=self.cfg.policy_steps, batch_size=self.cfg.policy_batch,
-            generator=self.gen_policy)
+            generator=self.gen_policy, shard=self.shard)
+
+    def _mean_across_ranks(self, x: Tensor) -> Tensor | None:
+        """The mean of every rank's values ``x`` [n] together; None where there are none."""
+        world = self.shard.world
+        if not world.distributed:
+            return x.mean() if x.numel() else None
+        n = sum_across(torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device), world)
+        return sum_across(x.sum(), world) / n if bool(n > 0) else None
+
+    def _scale_observations(self, rows: Tensor, dims: int) -> None:
+        """Set the policy's input scale to 1 / the root mean square of the good samples'
+        observations ``rows`` (the first ``dims`` dimensions are samples; every rank's
+        together), once per run."""
+        world = self.shard.world
+        if not world.distributed:
+            rms = rows.pow(2).mean(tuple(range(dims))).sqrt() if rows.numel() else \
+                torch.ones(rows.shape[-1], dtype=self.dtype)
+        else:
+            n = sum_across(torch.tensor(rows.shape[:dims].numel(), dtype=rows.dtype,
+                                        device=rows.device), world)
+            sq = sum_across(rows.pow(2).sum(tuple(range(dims))), world)
+            rms = (sq / n).sqrt() if bool(n > 0) else torch.ones(rows.shape[-1],
+                                                                  dtype=self.dtype)
+        self.policy.obs_scale.copy_((1.0 / rms.clamp_min(1e-3)).to(self.policy.obs_scale))
+        self.obs_scaled = True
 
     def _linearise(self, batch: SampleBatch, pol_mu: Tensor) -> LinearGaussianController:
         """The policy's linear-Gaussian fit at the samples (its GMM warm-started)."""
@@ -305,7 +347,7 @@ class GPSAgent:
         lin, self.gmm_pol = linearise_policy(
             batch.Z, pol_mu, pol_var, max_clusters=cfg.gmm_clusters,
             min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
-            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_pol)
+            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_pol, shard=self.shard)
         return lin
 
     def _policy_kl(self, traj: LinearGaussianController, batch: SampleBatch,
@@ -379,7 +421,7 @@ class GPSAgent:
         dyn, residual, self.gmm_dyn = fit_dynamics(
             batch.Z, batch.U, self.smap, reg=cfg.dynamics_reg, max_clusters=cfg.gmm_clusters,
             min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
-            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_dyn)
+            gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_dyn, shard=self.shard)
         t0 = self._tick(times, "dynamics", t0)
         cost = expand_cost(self.family, self.data, batch.Z, batch.U, self.smap,
                            hessian=cfg.cost_hessian)
@@ -433,27 +475,39 @@ class GPSAgent:
         t0 = time.perf_counter()
         pcost = self.policy_cost()
         self._tick(times, "policy", t0)
-        failures = self._failures(batch.bad, statuses, bad)
-        finite_pc = pcost[torch.isfinite(pcost)]
+        # every rank's conditions, in the batch's order (across processes: gathered)
+        g = self._gathered(F=batch.F, sample_bad=batch.bad, pcost=pcost, kl=res.kl,
+                           pol_kl=pol_kl, eta=res.eta, step_mult=self.step_mult, nu=self.nu,
+                           residual=residual, converged=res.converged, bad=bad,
+                           **{f"status{i}": st for i, st in enumerate(statuses)})
+        failures = self._failures(g["sample_bad"], [g[f"status{i}"]
+                                                    for i in range(len(statuses))], g["bad"])
+        finite_pc = g["pcost"][torch.isfinite(g["pcost"])]
         return {
             "iteration": self.iteration_count,
-            "sampled_cost": float(batch.F[~batch.bad].mean()) if bool((~batch.bad).any())
-            else math.nan,
+            "sampled_cost": float(g["F"][~g["sample_bad"]].mean())
+            if bool((~g["sample_bad"]).any()) else math.nan,
             "policy_cost": float(finite_pc.mean()) if finite_pc.numel() else math.nan,
-            "policy_diverged": int((~torch.isfinite(pcost)).sum()),
-            "kl": float((res.kl / self.cfg.horizon).mean()),
-            "policy_kl": float(pol_kl.mean()) if pol_kl is not None else math.nan,
-            "eta": float(res.eta.log().mean().exp()),
-            "step_mult": float(self.step_mult.mean()),
-            "nu": float(self.nu.mean()),
-            "dyn_residual": float(residual.mean()),
-            "lqr_converged": float(res.converged.double().mean()),
-            "lqr_evaluations": self._lqr_evaluations,
-            "bad_conditions": int(bad.sum()),
+            "policy_diverged": int((~torch.isfinite(g["pcost"])).sum()),
+            "kl": float((g["kl"] / self.cfg.horizon).mean()),
+            "policy_kl": float(g["pol_kl"].mean()),
+            "eta": float(g["eta"].log().mean().exp()),
+            "step_mult": float(g["step_mult"].mean()),
+            "nu": float(g["nu"].mean()),
+            "dyn_residual": float(g["residual"].mean()),
+            "lqr_converged": float(g["converged"].double().mean()),
+            # the batched LQR's passes: the slowest rank's
+            "lqr_evaluations": max(all_gather_objects(self._lqr_evaluations, self.shard.world)),
+            "bad_conditions": int(g["bad"].sum()),
             "wall_s": time.perf_counter() - t_start,
             **{f"t_{k}": v for k, v in times.items()},
             "failures": failures,
         }
+
+    def _gathered(self, **tensors: Tensor) -> dict[str, Tensor]:
+        """Per-condition tensors (batched over this rank's conditions or problems) with every
+        rank's rows, in the batch's order; the tensors themselves in one process."""
+        return {k: self.shard.gather(v) for k, v in tensors.items()}
 
     def _failures(self, sample_bad: Tensor, statuses: list[Tensor], bad: Tensor) -> str:
         """'kind: conditions; ...' for every numerical problem of this iteration."""
@@ -575,10 +629,24 @@ class GPSAgent:
                     for k, g in (("dyn", self.gmm_dyn), ("pol", self.gmm_pol))},
         }
 
+    def full_state_dict(self) -> dict[str, Any]:
+        """:meth:`state_dict` with every rank's conditions, in the batch's order, on every rank
+        (a collective across processes; :meth:`state_dict` itself in one process): the same
+        layout as one process's, which is what a run's checkpoint holds. The rest of the state
+        (policy, Adam, generators, GMM warm starts shared by all conditions) is the same on
+        every rank."""
+        return _map_conditions(self.state_dict(), self.shard.gather)
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; ValueError if it does not fit this configuration."""
+        """Restore :meth:`state_dict` or :meth:`full_state_dict` (this rank keeps its
+        conditions: a checkpoint resumes on any number of processes); ValueError if it does
+        not fit this configuration."""
         dev, dt = self.device, self.dtype
         try:
+            try:
+                state = _map_conditions(state, self.shard.take)
+            except ValueError as err:  # not batched over this run's conditions
+                raise ValueError(f"checkpoint: does not fit this run ({err})") from err
             ctrl = LinearGaussianController.from_state_dict(state["ctrl"], dev, dt)
             M, T, dU, dX = ctrl.K.shape
             want = self._controller_shape()
@@ -607,6 +675,25 @@ class GPSAgent:
                 for k in ("dyn", "pol"))
         except (KeyError, TypeError, RuntimeError, AttributeError) as err:
             raise ValueError(f"checkpoint: does not fit this run ({err!r})") from err
+
+
+#: The entries of :meth:`GPSAgent.state_dict` batched over the conditions (or their problems):
+#: the ones a run across processes gathers into its checkpoint and shards again on loading.
+PER_CONDITION = ("ctrl", "eta", "step_mult", "lam_k", "nu", "prev", "gmm")
+
+
+def _map_conditions(state: Mapping[str, Any], fn: Callable[[Tensor], Tensor]
+                    ) -> dict[str, Any]:
+    """``state`` with ``fn`` applied to every tensor of its :data:`PER_CONDITION` entries."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return fn(value)
+        if isinstance(value, Mapping):
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
+    return {k: walk(v) if k in PER_CONDITION else v for k, v in state.items()}
 
 
 def replace_bad_samples(bad_s: Tensor, tensors: list[tuple[Tensor, int]]) -> None:

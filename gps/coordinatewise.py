@@ -73,6 +73,7 @@ from gps.gmm import GMM
 from gps.model import QuadraticCost, expected_cost, fit_dynamics, quadratic_in_state
 from gps.policy_fit import train_policy
 from optenv.core import StateLayout
+from optenv.distributed import Shard, World
 from optenv.families.base import ObjectiveFamily
 from optenv.features import check_features
 from optenv.policy import CoordinatewisePolicy, save_coordinatewise_policy
@@ -108,21 +109,25 @@ def policy_state_columns(history: int, h: int) -> tuple[Tensor, Tensor]:
 
 def hessian_diagonal(family: ObjectiveFamily, y: Tensor, data: Mapping[str, Tensor], *,
                      exact_max: int = 64, probes: int = 8, seed: int = 0,
-                     eps: float = 1e-4) -> Tensor:
+                     eps: float = 1e-4, shard: Shard | None = None) -> Tensor:
     """diag ∇²f at points y [B,d]: exact (the family's Hessian) for d <= ``exact_max``; else
     Hutchinson's E[v ⊙ Hv] over ``probes`` Rademacher vectors v (a generator seeded with
     ``seed``: deterministic, no shared RNG stream), Hv = (∇f(y+εv) − ∇f(y−εv)) / 2ε with
     ε = ``eps``·max(1, |y|∞) per point. Why Hutchinson: the exact Hessian is d² per point
     (at d = 1000 and M·T = 3600 points, 29 GB) and a finite-difference diagonal needs 2d
-    gradients; the estimate needs 2·probes whatever d, and is exact for a diagonal Hessian."""
+    gradients; the estimate needs 2·probes whatever d, and is exact for a diagonal Hessian.
+    ``shard``: the points are this rank's share of a batch split across processes (equal
+    blocks per condition); the probes are drawn for the whole batch and this rank's kept."""
     B, d = y.shape
     if d <= exact_max:
         return torch.diagonal(family.hessian(y, data), dim1=-2, dim2=-1).detach()
     gen = torch.Generator().manual_seed(seed)
     scale = eps * y.abs().amax(-1, keepdim=True).clamp_min(1.0)
     est = torch.zeros_like(y)
+    rows = B if shard is None else B // shard.count * shard.total
     for _ in range(probes):
-        v = (torch.randint(0, 2, (B, d), generator=gen) * 2 - 1).to(y)
+        v = torch.randint(0, 2, (rows, d), generator=gen)
+        v = ((v if shard is None else shard.take(v)) * 2 - 1).to(y)
         _f1, g1 = family.value_and_grad(y + scale * v, data)
         _f2, g2 = family.value_and_grad(y - scale * v, data)
         est += v * (g1 - g2).detach() / (2 * scale)
@@ -159,7 +164,8 @@ class CoordinatewiseGPSAgent(GPSAgent):
     """
 
     def __init__(self, family: ObjectiveFamily, config: GPSConfig, *, history: int = 25,
-                 max_step: float = 1.0, device: str | torch.device = "cpu") -> None:
+                 max_step: float = 1.0, device: str | torch.device = "cpu",
+                 world: World | None = None) -> None:
         self.groups = tuple(family.coordinate_groups())
         self.features = check_features(config.features)
         if history < self.features.min_history:
@@ -167,8 +173,9 @@ class CoordinatewiseGPSAgent(GPSAgent):
                              f"allowed: >= {self.features.min_history}")
         self.row_layout = StateLayout(1, history)  # coordinate j's 2016 row as a d = 1 state
         self.width = self.features.width(history)
-        super().__init__(family, config, history=history, max_step=max_step, device=device)
-        M, T, d, G = config.conditions, config.horizon, family.d, len(self.groups)
+        super().__init__(family, config, history=history, max_step=max_step, device=device,
+                         world=world)
+        M, T, d, G = self.n_conditions, config.horizon, family.d, len(self.groups)
         self.h = history if config.lqr_history is None else config.lqr_history
         self.smap = LQRStateMap(StateLayout(1, history), self.h)  # the d = 1 LQR state
         self.n_problems, self.dU = M * d, 1
@@ -195,18 +202,18 @@ class CoordinatewiseGPSAgent(GPSAgent):
         return x.repeat_interleave(self.family.d, 0)
 
     def _conditions_of(self, mask: Tensor) -> Tensor:
-        return mask.reshape(self.cfg.conditions, -1).any(1)
+        return mask.reshape(-1, self.family.d).any(1)
 
     def _expand(self, dual: Tensor) -> Tensor:
-        M, d = self.cfg.conditions, self.family.d
+        M, d = self.n_conditions, self.family.d
         return dual[:, self.group_of].reshape(M * d, *dual.shape[2:])
 
     def _reduce(self, x: Tensor) -> Tensor:
-        M, d = self.cfg.conditions, self.family.d
+        M, d = self.n_conditions, self.family.d
         return torch.einsum("gd,md...->mg...", self.group_mean, x.reshape(M, d, *x.shape[1:]))
 
     def _problem_kinds(self) -> Tensor:
-        return self.kinds.repeat(self.cfg.conditions)  # [P]
+        return self.kinds.repeat(self.n_conditions)  # [P]
 
     def policy_rows(self, rows: Tensor) -> Tensor:
         """The policy's feature rows [..., T, width] of sampled 2016 rows [..., T, 3H+1], the
@@ -246,7 +253,7 @@ class CoordinatewiseGPSAgent(GPSAgent):
     def _estimate(self, model: Mapping[str, Any], ctrl: LinearGaussianController) -> Tensor:
         """Expected cost [M]: the sum of the condition's coordinates' expected costs."""
         per = expected_cost(model["cost"], model["dyn"], ctrl.K, ctrl.k, ctrl.covar)
-        return per.reshape(self.cfg.conditions, -1).sum(1)
+        return per.reshape(self.n_conditions, -1).sum(1)
 
     # ----------------------------------------------------------------------------- sampling
     # GPSAgent.sample runs the REAL optimisation: at every step all d coordinates of a run act
@@ -261,12 +268,12 @@ class CoordinatewiseGPSAgent(GPSAgent):
 
     def _by_problem(self, x: Tensor) -> Tensor:
         """[M·N, d, ...] (runs) → [P, N, ...] (problems)."""
-        M, N, d = self.cfg.conditions, self.cfg.samples, self.family.d
+        M, N, d = self.n_conditions, self.cfg.samples, self.family.d
         x = x.reshape(M, N, d, *x.shape[2:]).transpose(1, 2)
         return x.reshape(M * d, N, *x.shape[3:])
 
     def _joint_step(self, u: Tensor) -> Tensor:
-        M, N, d = self.cfg.conditions, self.cfg.samples, self.family.d
+        M, N, d = self.n_conditions, self.cfg.samples, self.family.d
         return u.reshape(M, d, N).transpose(1, 2).reshape(M * N, d)
 
     # ----------------------------------------------------------------------------- models
@@ -289,7 +296,7 @@ class CoordinatewiseGPSAgent(GPSAgent):
         """Z [P,N,T,dX], U [P,N,T,1] → per-problem dynamics (shared within each group of each
         condition) and the residual [M]. Each group's GMM prior warm-starts from its last fit."""
         cfg = self.cfg
-        M, d = cfg.conditions, self.family.d
+        M, d = self.n_conditions, self.family.d
         _P, N, T, dX = Z.shape
         Zc, Uc = Z.reshape(M, d, N, T, dX), U.reshape(M, d, N, T, 1)
         fits, residuals = [], []
@@ -302,7 +309,7 @@ class CoordinatewiseGPSAgent(GPSAgent):
                 self.smap, reg=cfg.dynamics_reg, max_clusters=cfg.gmm_clusters,
                 min_samples_per_cluster=cfg.gmm_min_samples, strength=cfg.prior_strength,
                 gmm_iters=cfg.gmm_iters, generator=self.gen_gmm, init=self.gmm_groups[gi],
-                shared_prior=True, prior_samples=few)
+                shared_prior=True, prior_samples=few, shard=self.shard)
             fits.append(dyn_g)
             residuals.append(res_g)
 
@@ -319,14 +326,15 @@ class CoordinatewiseGPSAgent(GPSAgent):
     def coordinate_cost(self, Z: Tensor, U: Tensor, *, hessian: str = "exact") -> QuadraticCost:
         """Each coordinate's local quadratic of f along x_j (module docstring) at the sampled
         mean of the next iterate; c0 = f/d, so a condition's coordinates sum to f there."""
-        M, d, T = self.cfg.conditions, self.family.d, Z.shape[2]
+        M, d, T = self.n_conditions, self.family.d, Z.shape[2]
         y = (Z[..., 0] + U[..., 0]).mean(1)  # [P,T]
         flat = y.reshape(M, d, T).transpose(1, 2).reshape(M * T, d)
         rep = {k: v.repeat_interleave(T, 0) for k, v in self.data.items()}
         f, g = self.family.value_and_grad(flat, rep)
         Hd = hessian_diagonal(self.family, flat, rep, exact_max=self.cfg.hessian_exact_max,
                               probes=self.cfg.hessian_probes,
-                              seed=self.cfg.seed * 1000003 + self.iteration_count)
+                              seed=self.cfg.seed * 1000003 + self.iteration_count,
+                              shard=self.shard)
         if hessian == "psd":
             Hd = Hd.clamp_min(0.0)
 
@@ -348,10 +356,7 @@ class CoordinatewiseGPSAgent(GPSAgent):
         obs = self.policy_rows(batch.obs)
         good = ~self._per_problem(batch.bad)  # [P]
         if not self.obs_scaled:
-            rows = obs[good]
-            rms = rows.pow(2).mean((0, 1, 2)).sqrt() if rows.numel() else torch.ones(k)
-            self.policy.obs_scale.copy_((1.0 / rms.clamp_min(1e-3)).to(self.policy.obs_scale))
-            self.obs_scaled = True
+            self._scale_observations(obs[good], 3)
         kinds = self._problem_kinds()
         inp = torch.cat([obs, kinds.to(obs)[:, None, None, None].expand(P, N, T, 1)], -1)
         w = torch.where(good[:, None], weight, torch.zeros_like(weight))
@@ -359,13 +364,14 @@ class CoordinatewiseGPSAgent(GPSAgent):
             _RowRegressor(self.policy), self.optimizer, inp.reshape(-1, k + 1),
             target.reshape(-1, 1), prec[:, None].expand(P, N, T, 1, 1).reshape(-1, 1, 1),
             w[:, None].expand(P, N, T).reshape(-1), steps=self.cfg.policy_steps,
-            batch_size=self.cfg.policy_batch, generator=self.gen_policy)
+            batch_size=self.cfg.policy_batch, generator=self.gen_policy, shard=self.shard)
         used = w > 0  # [P,T]
         with torch.no_grad():
             for ki in range(len(self.policy.kinds)):
                 sel = used & (kinds == ki)[:, None]
-                if bool(sel.any()):
-                    var = 1.0 / prec[..., 0, 0][sel].mean().clamp_min(1e-12)
+                mean_prec = self._mean_across_ranks(prec[..., 0, 0][sel])
+                if mean_prec is not None:
+                    var = 1.0 / mean_prec.clamp_min(1e-12)
                     self.policy.log_std[ki] = 0.5 * torch.log(var).to(self.policy.log_std)
         return loss
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from optenv.distributed import Shard
 from optenv.validation import check_int
 
 __all__ = ["GMM", "fit_gmm", "gmm_log_obs", "n_clusters_for"]
@@ -98,10 +99,15 @@ def _m_step(data: Tensor, logobs: Tensor, reg: float) -> tuple[Tensor, Tensor, T
     return mu, torch.stack(sig, dim=1), logmass
 
 
-def _init(data: Tensor, K: int, generator: torch.Generator | None, reg: float) -> GMM:
-    """Means of a random assignment of points to clusters, covariance of all the data."""
+def _init(data: Tensor, K: int, generator: torch.Generator | None, reg: float,
+          shard: Shard | None = None) -> GMM:
+    """Means of a random assignment of points to clusters, covariance of all the data. With a
+    ``shard``, the B data sets are this rank's share of a larger batch: the assignment is drawn
+    for the whole batch and this rank's rows kept."""
     B, M, D = data.shape
-    idx = torch.randint(0, K, (B, M), generator=generator).to(data.device)
+    rows = B if shard is None else shard.total
+    idx = torch.randint(0, K, (rows, M), generator=generator)
+    idx = (idx if shard is None else shard.take(idx)).to(data.device)
     onehot = torch.nn.functional.one_hot(idx, K).to(data.dtype)  # [B,M,K]
     counts = onehot.sum(1)  # [B,K]
     mean_all = data.mean(1)  # [B,D]
@@ -123,6 +129,7 @@ def fit_gmm(
     max_iter: int = 100,
     tol: float = 1e-5,
     reg: float = 1e-6,
+    shard: Shard | None = None,
 ) -> GMM:
     """EM for B independent mixtures at once. data [B,M,D] (B data sets of M points).
 
@@ -135,6 +142,10 @@ def fit_gmm(
             tol*|ll| (masked: the others go on). ``max_iter=0`` returns the starting mixture
             itself (the bench starts the batched and the numpy EM from it).
         reg: added to every covariance (reg * I) after each M-step.
+        shard: the B data sets are this rank's share (:class:`optenv.distributed.Shard`) of
+            a batch split across processes: the random start is drawn for the whole batch, so
+            each mixture is the one a single process fitting the whole batch gets, and the
+            generator stays in step on every rank.
     """
     if not isinstance(data, Tensor) or data.dim() != 3 or data.dtype not in (torch.float32,
                                                                            torch.float64):
@@ -148,7 +159,7 @@ def fit_gmm(
     if init is not None and init.mu.shape == (B, n_clusters, D):
         gmm = GMM(init.mu.to(data), init.sigma.to(data), init.logmass.to(data))
     else:
-        gmm = _init(data, n_clusters, generator, reg)
+        gmm = _init(data, n_clusters, generator, reg, shard)
     mu, sigma, logmass = gmm.mu.clone(), gmm.sigma.clone(), gmm.logmass.clone()
     prev = torch.full((B,), -math.inf, dtype=data.dtype, device=data.device)
     iters = torch.zeros(B, dtype=torch.int64, device=data.device)

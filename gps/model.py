@@ -30,6 +30,7 @@ from gps.dynamics import LinearGaussianDynamics, fit_linear_gaussian
 from gps.gmm import GMM
 from gps.lqr import lqr_forward
 from gps.prior import GMMPrior
+from optenv.distributed import Shard
 from optenv.families.base import ObjectiveFamily
 from optenv.validation import check_choice
 
@@ -43,7 +44,8 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
                  prior: bool = True, max_clusters: int = 20, min_samples_per_cluster: int = 20,
                  strength: float = 1.0, gmm_iters: int = 100,
                  generator: torch.Generator | None = None, init: GMM | None = None,
-                 shared_prior: bool = False, prior_samples: Tensor | None = None
+                 shared_prior: bool = False, prior_samples: Tensor | None = None,
+                 shard: Shard | None = None
                  ) -> tuple[LinearGaussianDynamics, Tensor, GMM | None]:
     """Linear-Gaussian dynamics of the LQR state for every condition and step.
 
@@ -57,16 +59,23 @@ def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
     mixture over all conditions' transitions instead of one per condition (the coordinatewise
     agent's prior per coordinate group). ``prior_samples``: the indices of the samples (along
     N) the mixture is fitted on (default all; the per-step fits always use all of them).
+    ``shard``: the M conditions are this rank's share (:class:`optenv.distributed.Shard`) of
+    a run split across processes; per-condition mixtures then draw their random start for the
+    whole batch, and a shared mixture is fitted, on every rank alike, to every rank's prior
+    samples gathered in condition order: either way the fit is the one of a single process.
     """
     idx = smap.core_index().to(Z.device)
     S = Z[..., idx]
     gmm_prior = None
     if prior:
         few = slice(None) if prior_samples is None else prior_samples.to(Z.device)
-        gmm_prior = GMMPrior.fit(S[:, few], U[:, few], max_clusters=max_clusters,
+        S_p, U_p = S[:, few], U[:, few]
+        if shared_prior and shard is not None:
+            S_p, U_p = shard.gather(S_p), shard.gather(U_p)
+        gmm_prior = GMMPrior.fit(S_p, U_p, max_clusters=max_clusters,
                                  min_samples_per_cluster=min_samples_per_cluster,
                                  strength=strength, generator=generator, max_iter=gmm_iters,
-                                 init=init, shared=shared_prior)
+                                 init=init, shared=shared_prior, shard=shard)
     fit = fit_linear_gaussian(S, U, gmm_prior, reg=reg)
     residual = _relative_residual(fit, S, U, smap.layout.d)
     dyn = _lift(fit, Z, U.shape[-1], smap, idx)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from gps.gmm import GMM, fit_gmm, gmm_log_obs, n_clusters_for
+from optenv.distributed import Shard
 
 __all__ = ["GMMPrior", "check_transitions"]
 
@@ -78,6 +79,7 @@ class GMMPrior:
         generator: torch.Generator | None = None,
         max_iter: int = 100,
         reg: float = 1e-6,
+        shard: Shard | None = None,
     ) -> GMMPrior:
         """Fit the mixture to all transitions of X [B,N,T,dX], U [B,N,T,dU].
 
@@ -85,6 +87,8 @@ class GMMPrior:
         helps when each condition has few samples). The number of clusters follows
         :func:`n_clusters_for`; ``max_clusters`` defaults to the 20 that Li & Malik used.
         ``init`` warm-starts EM from a previous prior or mixture (same number of clusters).
+        ``shard``: the B conditions are this rank's share of a batch split across processes
+        (per-condition mixtures only; :func:`gps.gmm.fit_gmm`).
         """
         B, N, T, dX, dU = check_transitions(X, U)
         if not isinstance(strength, (int, float)) or not strength > 0:
@@ -96,7 +100,7 @@ class GMMPrior:
         K = n_clusters_for(pts.shape[1], max_clusters, min_samples_per_cluster)
         start = init.gmm if isinstance(init, GMMPrior) else init
         gmm = fit_gmm(pts, K, init=start, generator=generator,
-                      max_iter=max_iter, reg=reg)
+                      max_iter=max_iter, reg=reg, shard=None if shared else shard)
         return cls(gmm, dX, dU, float(strength))
 
     def eval(self, pts: Tensor) -> tuple[Tensor, Tensor, float, float]:

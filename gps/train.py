@@ -34,6 +34,7 @@ import torch
 from gps.agent import GPSAgent
 from gps.config import GPSConfig
 from gps.coordinatewise import CoordinatewiseGPSAgent
+from optenv import distributed
 from optenv.flags import add_flags, build_config, config_from_flags, flag_fields, quick_preset
 from optenv.validation import check_int
 
@@ -47,7 +48,7 @@ QUICK: dict[str, Any] = quick_preset(GPSConfig)
 #: Options a resumed run may change: they set where and how fast it runs and what it prints,
 #: not what it computes (though another device or thread count sums in another order, so the
 #: numbers can differ in the last bits and the run can then take another path).
-RESUMABLE = ("iterations", "device", "threads", "quiet")
+RESUMABLE = ("iterations", "device", "threads", "quiet", "processes")
 POLICY_FILE = "policy.pt"
 #: curves.png is redrawn every this many iterations and after the last one.
 PLOT_EVERY = 5
@@ -104,52 +105,97 @@ def parse_env_kwargs(text: str | None) -> dict[str, Any]:
 
 def train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *,
           device: str = "cpu", resume: bool = False, quiet: bool = False,
-          threads: int | None = None, env_kwargs: dict[str, Any] | None = None
-          ) -> list[dict[str, Any]]:
+          threads: int | None = None, env_kwargs: dict[str, Any] | None = None,
+          across_processes: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) GPS on ``env_id``'s TRAIN objectives into ``out``; returns the log.
 
     The python entry point behind ``optenv train gps``; a user's family works through an id
     registered with ``optenv.register_objective``. ``env_kwargs``: arguments of the env (its
     family's, e.g. ``{"dim": 100}``), recorded in ``config.json``. ``threads``: torch CPU
     threads for the run (None: torch's default, or on ``resume`` the count the run recorded),
-    restored afterwards.
+    restored afterwards. ``across_processes``: join the process group torchrun describes and
+    share the conditions with the other ranks (what ``optenv train gps`` does); False (the
+    default) runs on this process alone even under torchrun, as the study's ranks do, each
+    training whole runs of its own.
     """
+    import torch.distributed as dist
+
     from optenv.runs import run_threads, torch_threads
+    from optenv.validation import parse_device
 
     check_int("--threads", threads, 1, optional=True)
-    with torch_threads(run_threads(out, threads, resume)):
-        return _train(env_id, out, config, device=device, resume=resume, quiet=quiet,
-                      env_kwargs=env_kwargs or {})
+    joined = dist.is_available() and dist.is_initialized()
+    if across_processes:
+        world, rank_device = distributed.init(parse_device(device, "--device"))
+    else:
+        world, rank_device = distributed.World(), parse_device(device, "--device")
+    try:
+        with torch_threads(run_threads(out, threads, resume)):
+            return _train(env_id, out, config, device=device, resume=resume, quiet=quiet,
+                          env_kwargs=env_kwargs or {}, world=world, rank_device=rank_device)
+    finally:
+        if not joined:  # the group this call joined (a caller's own group stays)
+            distributed.shutdown()
 
 
 def _train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *, device: str,
-           resume: bool, quiet: bool, env_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+           resume: bool, quiet: bool, env_kwargs: dict[str, Any], world: distributed.World,
+           rank_device: torch.device) -> list[dict[str, Any]]:
     """The run's steps: check everything (env, device, the checkpoint to resume) before the
-    folder is touched, then set the agent up and iterate."""
-    from optenv.runs import RunDir
-
-    family, run_config = _run_config(env_id, config, device, quiet, env_kwargs)
+    folder is touched, then set the agent up and iterate. Across processes every rank holds
+    its share of the conditions; rank 0 alone holds the folder (:func:`_open_run`)."""
+    family, run_config = _run_config(env_id, config, device, quiet, env_kwargs, world)
     agent_class = CoordinatewiseGPSAgent if config.policy == "coordinatewise" else GPSAgent
     agent = agent_class(family, config, history=run_config["history"],
-                        max_step=run_config["max_step"], device=run_config["device"])
-    # The checkpoint is read, verified and loaded into the agent (ValueError on a mismatch)
-    # before anything in the folder is written.
-    with RunDir(out, run_config, resume=resume, resumable_keys=RESUMABLE,
-                prepare=lambda state: _load_checkpoint_state(agent, state, out)) as rundir:
-        if rundir.resuming:
-            _state, log = rundir.load()
-        else:
-            log = []
-            _initialise(agent, quiet)
-        _iterate(agent, rundir, log, env_id, run_config, quiet)
+                        max_step=run_config["max_step"], device=rank_device, world=world)
+    rundir, resuming, log = _open_run(agent, out, run_config, resume, world)
+    try:
+        if not resuming:
+            _initialise(agent, quiet or not world.is_main)
+        _iterate(agent, rundir, log, env_id, run_config, quiet or not world.is_main)
+    finally:
+        if rundir is not None:
+            rundir.close()
     return log
 
 
+def _open_run(agent: GPSAgent, out: str | os.PathLike[str], run_config: dict[str, Any],
+              resume: bool, world: distributed.World) -> tuple[Any, bool, list[dict[str, Any]]]:
+    """(the run folder or None, whether a checkpoint was resumed, the log so far).
+
+    Rank 0 alone opens the folder (:class:`optenv.runs.RunDir`: its lock, the checks, the
+    checkpoint, read, verified and loaded into the agent before anything in the folder is
+    written) and sends the outcome to the other ranks: a ValueError (then every rank raises
+    it, so none waits for the others) or the checkpoint's state, which every rank loads (each
+    keeps its conditions: the checkpoint holds every rank's, in one process's layout)."""
+    from optenv.runs import RunDir
+
+    rundir = None
+    outcome: dict[str, Any] = {}
+    if world.is_main:
+        try:
+            rundir = RunDir(out, run_config, resume=resume, resumable_keys=RESUMABLE,
+                            prepare=lambda state: _load_checkpoint_state(agent, state, out))
+            state, log = rundir.load() if rundir.resuming else (None, [])
+            outcome = {"state": state if world.distributed else None, "log": log,
+                       "resuming": rundir.resuming}
+        except ValueError as err:
+            distributed.broadcast_object({"error": str(err)}, world)
+            raise
+    outcome = distributed.broadcast_object(outcome, world)
+    if "error" in outcome:
+        raise ValueError(outcome["error"])
+    if not world.is_main and outcome["resuming"]:
+        _load_checkpoint_state(agent, outcome["state"], out)
+    return rundir, outcome["resuming"], list(outcome["log"])
+
+
 def _run_config(env_id: str, config: GPSConfig, device: str, quiet: bool,
-                env_kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+                env_kwargs: dict[str, Any], world: distributed.World
+                ) -> tuple[Any, dict[str, Any]]:
     """The env's family and the run's ``config.json``: the env's settings, the config, and
-    where and how it runs (``env_kwargs`` recorded only when given, so a run without them
-    writes what it always wrote)."""
+    where and how it runs (``env_kwargs`` recorded only when given, and ``processes`` only
+    across processes, so a run without them writes what it always wrote)."""
     import gymnasium as gym
 
     from optenv.evaluate import resolve_env
@@ -171,7 +217,8 @@ def _run_config(env_id: str, config: GPSConfig, device: str, quiet: bool,
                     "max_step": defaults["max_step"], **config.to_dict(), "device": str(dev),
                     "threads": torch.get_num_threads(),  # the count in effect: the order of
                     # the CPU's parallel sums, and so a run's numbers, depend on it
-                    "quiet": quiet, **({"env_kwargs": dict(env_kwargs)} if env_kwargs else {})}
+                    "quiet": quiet, **({"env_kwargs": dict(env_kwargs)} if env_kwargs else {}),
+                    **({"processes": world.size} if world.distributed else {})}
 
 
 def _history(env_history: int, features: str, given: bool) -> int:
@@ -214,7 +261,8 @@ def _iterate(agent: GPSAgent, rundir: Any, log: list[dict[str, Any]], env_id: st
              run_config: dict[str, Any], quiet: bool) -> None:
     """GPS iterations until ``config.iterations``: after each, the policy, the checkpoint and
     the log are written (so an interrupted run resumes from its last iteration), and the
-    curves every :data:`PLOT_EVERY` iterations."""
+    curves every :data:`PLOT_EVERY` iterations. Across processes every rank iterates and
+    gathers the checkpoint's state; rank 0 (the one with ``rundir``) writes."""
     from tqdm.auto import tqdm
 
     config, family = agent.cfg, agent.family
@@ -223,6 +271,9 @@ def _iterate(agent: GPSAgent, rundir: Any, log: list[dict[str, Any]], env_id: st
     while agent.iteration_count < config.iterations:
         row = agent.iteration()
         log.append(row)
+        state = agent.full_state_dict()  # every rank's conditions (a collective)
+        if rundir is None:
+            continue
         agent.save_policy(str(rundir.path / POLICY_FILE),
                           extra={"env": env_id, "family": type(family).__name__, "d": family.d,
                                  **({"env_kwargs": run_config["env_kwargs"]}
@@ -231,7 +282,7 @@ def _iterate(agent: GPSAgent, rundir: Any, log: list[dict[str, Any]], env_id: st
                                  "max_step": run_config["max_step"],
                                  "iteration": agent.iteration_count,
                                  "algorithm": config.algorithm})
-        rundir.save(agent.state_dict(), log)
+        rundir.save(state, log)
         if agent.iteration_count % PLOT_EVERY == 0 or agent.iteration_count == config.iterations:
             rundir.plot(log, PLOT_KEYS)  # ~1 s of matplotlib: not every iteration
         bar.set_postfix_str(f"cost {row['sampled_cost']:.4g} pol {row['policy_cost']:.4g} "
@@ -249,10 +300,19 @@ def run(args: argparse.Namespace) -> int:
     # 2-core machine two threads beat one (quick LogisticRegression 99 vs 140 s, NeuralNet 56
     # vs 88 s per iteration); two runs sharing it should take --threads 1 each, since
     # oversubscribed intra-op threads made iterations 5-25x slower (measured 2026-11-26/27).
-    log = train(args.env, args.out, config, device=args.device, resume=args.resume,
-                quiet=args.quiet, threads=args.threads,
-                env_kwargs=parse_env_kwargs(args.env_kwargs))
-    if log:
+    world = distributed.world_from_env()
+    try:
+        log = train(args.env, args.out, config, device=args.device, resume=args.resume,
+                    quiet=args.quiet, threads=args.threads,
+                    env_kwargs=parse_env_kwargs(args.env_kwargs), across_processes=True)
+    except RuntimeError as err:
+        if not (world.distributed and distributed.is_peer_failure(err)):
+            raise
+        print(f"optenv: error: rank {world.rank} of {world.size}: {distributed.describe(err)}; "
+              f"the last checkpoint in {str(args.out)!r} resumes: run the same torchrun "
+              "command with --resume", file=sys.stderr)
+        return 1
+    if log and world.is_main:
         last = log[-1]
         total = sum(r["wall_s"] for r in log)
         print(f"gps: {len(log)} iterations in {args.out}, {total:.1f} s; last: sampled cost "

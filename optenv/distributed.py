@@ -154,11 +154,94 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank is gone or silent
+    (gloo: "Connection closed by peer", a timed-out wait; NCCL: an aborted communicator)."""
+    text = str(err)
+    return isinstance(err, getattr(dist, "DistError", ())) or any(
+        mark in text for mark in ("gloo", "Gloo", "NCCL", "Connection closed by peer"))
+
+
+def describe(err: BaseException) -> str:
+    """A one-line account of a failed collective for the user (the backend's first line)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f"a collective operation failed, so another process of this run has stopped or "
+            f"stalled ({first[:300]})")
+
+
 def broadcast_object(obj: Any, world: World, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a group): what one rank
-    decided or computed, shared (the other ranks' ``obj`` is ignored)."""
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a group); the others pass
+    anything (None). One copy travels, where :func:`all_gather_objects` would send every
+    rank's."""
     if not world.distributed:
         return obj
-    box = [obj if world.rank == src else None]
+    box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def sum_across(x: torch.Tensor, world: World) -> torch.Tensor:
+    """The elementwise sum of every rank's ``x`` (a new tensor; ``x`` itself without a group).
+    ``x`` lives on the group's device: CPU for gloo, this rank's GPU for NCCL."""
+    if not world.distributed:
+        return x
+    out = x.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's share of a batch of ``total`` items split by :func:`shard` (item ``i`` on
+    rank ``i % size``): what code holding a share needs to compute what one process holding the
+    whole batch would.
+
+    Tensors here are batched over the items along a dimension whose length is the number of
+    items times a block size ``c`` (one row per item, or ``c`` rows per item, item-major: e.g.
+    GPS's per-coordinate problems, ``d`` per condition). Alone (one process) every method
+    returns its input unchanged, so single-process code stays exactly what it was.
+    """
+
+    world: World
+    total: int
+
+    @property
+    def count(self) -> int:
+        """How many of the items this rank holds."""
+        return len(range(self.world.rank, self.total, self.world.size))
+
+    @property
+    def index(self) -> torch.Tensor:
+        """The positions of this rank's items in the batch, [count] (int64)."""
+        return torch.arange(self.world.rank, self.total, self.world.size)
+
+    def take(self, full: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """This rank's rows of ``full``, batched over all ``total`` items along ``dim``: what a
+        random draw made for the whole batch gives this rank's items (so every rank's
+        generator stays in step with one process's)."""
+        if not self.world.distributed:
+            return full
+        dim = dim % full.dim()
+        c = full.shape[dim] // self.total
+        if c * self.total != full.shape[dim]:
+            raise ValueError(f"full: got {full.shape[dim]} rows along dim {dim}, allowed: a "
+                             f"multiple of the {self.total} items")
+        blocks = full.unflatten(dim, (self.total, c))
+        idx = [slice(None)] * dim + [slice(self.world.rank, None, self.world.size)]
+        return blocks[tuple(idx)].flatten(dim, dim + 1)
+
+    def gather(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Every rank's share (``x``: this rank's, batched along ``dim``) put back in the
+        batch's order, on every rank (a collective: every rank calls it)."""
+        if not self.world.distributed:
+            return x
+        dim = dim % x.dim()
+        c = x.shape[dim] // max(self.count, 1)
+        pieces = all_gather_objects(x.detach().cpu().unflatten(dim, (self.count, c)), self.world)
+        shape = list(pieces[0].shape)
+        shape[dim] = self.total
+        out = torch.empty(shape, dtype=x.dtype)
+        for r, piece in enumerate(pieces):
+            idx = [slice(None)] * dim + [slice(r, None, self.world.size)]
+            out[tuple(idx)] = piece
+        return out.flatten(dim, dim + 1).to(x.device)
