@@ -63,6 +63,7 @@ class Cohort:
         self.obs = torch.zeros(1, self.layout.obs_dim, dtype=dtype, device=device)
         self.t: int | None = None
         self.f: torch.Tensor | None = None
+        self.row_buffer: torch.Tensor | None = None
         h, d = history, self.d
         sl = self.layout.observation_slices
         self.deltas = self.obs[0, sl["PAST_OBJ_VAL_DELTAS"]]
@@ -154,8 +155,14 @@ class Cohort:
         self.f = f
 
     def rows(self, features: Any) -> torch.Tensor:
-        """The members' rows [d, k] of the feature set at the current iteration."""
-        return features.rows(self.layout, self.obs, self.t)[0]
+        """The members' rows [d, k] of the feature set at the current iteration, in a buffer
+        kept between steps (column by column: [k, d] transposed, so that a set computing in
+        place writes each column contiguously)."""
+        k = features.width(self.layout.history)
+        if self.row_buffer is None or self.row_buffer.shape[0] != k:
+            self.row_buffer = self.obs.new_empty(k, self.d)
+        return features.rows(self.layout, self.obs, self.t,
+                             out=self.row_buffer.t().unsqueeze(0))[0]
 
     def record(self, action: torch.Tensor, max_step: float, scale: torch.Tensor | None
                ) -> None:
