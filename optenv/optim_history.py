@@ -155,9 +155,11 @@ class Cohort:
         self.f = f
 
     def rows(self, features: Any) -> torch.Tensor:
-        """The members' rows [d, k] of the feature set at the current iteration, in a buffer
-        kept between steps (column by column: [k, d] transposed, so that a set computing in
-        place writes each column contiguously)."""
+        """The members' rows [d, k] of the feature set at the current iteration; a set that
+        computes in place (Ψ) writes them into a buffer kept between steps (column by column:
+        [k, d] transposed, so that each column is contiguous)."""
+        if not features.rows_into:  # a set that allocates anyway: no second copy
+            return features.rows(self.layout, self.obs, self.t)[0]
         k = features.width(self.layout.history)
         if self.row_buffer is None or self.row_buffer.shape[0] != k:
             self.row_buffer = self.obs.new_empty(k, self.d)
