@@ -42,9 +42,10 @@ from baselines.bptt import (
     save_lstm,
 )
 from optenv.checkpoint import read_json_object
-from optenv.core import OptimizationCore, StateLayout
+from optenv.core import OptimizationCore
 from optenv.features import FEATURE_SETS, check_features, observer_for
 from optenv.flags import add_flags, config_from_flags, quick_preset
+from optenv.learned import LearnedPolicy
 from optenv.policy import (
     CoordinatewisePolicy,
     GaussianMLPPolicy,
@@ -200,22 +201,12 @@ def _history(registered: Any, arch: str, features: str | None) -> int:
 
 def _coordinatewise_env_policy(cw: Any, path: str, family: Any,
                                context: dict[str, Any]) -> Any:
-    """The policy acting in the target env: on the rows the env emits when it is in the
-    coordinatewise mode with the policy's feature set, else on the flat observations, from
-    which the policy's env wrapper computes its rows (counting iterations from reset)."""
-    try:
-        check_features(cw.features)
-    except ValueError as err:
-        raise ValueError(f"--methods: bptt:{path} reads feature set {cw.features!r}, which "
-                         f"this optenv cannot compute ({err})") from err
-    groups = family.coordinate_groups()
-    if context.get("observation", "flat") == "coordinatewise":
-        if context.get("features") != cw.features:
-            raise ValueError(f"--methods: bptt:{path} reads feature set {cw.features!r}, the env "
-                             f"emits {context.get('features')!r}; allowed: the same set, or a "
-                             "flat env")
-        return cw.as_env_policy(context["max_step"], groups)
-    return cw.as_env_policy(context["max_step"], groups, StateLayout(family.d, context["history"]))
+    """The policy acting in the target env, through the env library's one binding of a
+    coordinatewise optimiser (:meth:`optenv.learned.LearnedPolicy.env_policy`: on the env's
+    rows when it emits the policy's feature set, else on flat observations, from which the
+    policy computes its rows; the history rule of its feature set)."""
+    what = f"bptt:{path}"
+    return LearnedPolicy(cw, source=what).env_policy(family, context, what)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -316,21 +307,18 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
         raise ValueError(f"--methods: bptt:{path} holds no {ARTIFACT}; allowed: the folder "
                          "of a finished `optenv train bptt` run")
     family = context["family"]
+    if cfg.get("arch") in COORDINATEWISE_ARCHS:  # any d; its feature set's history rule
+        cw, _extra = load_coordinatewise_policy(artifact,
+                                                map_location=context.get("device", "cpu"))
+        return _coordinatewise_env_policy(cw, path, family, context)
     if cfg.get("history") != context["history"]:
         raise ValueError(f"--methods: bptt:{path} was trained with history {cfg.get('history')},"
                          f" the env has {context['history']}")
-    if cfg.get("arch") not in COORDINATEWISE_ARCHS:
-        observer_for(context, f"bptt:{path}", flat_only=True)
+    observer_for(context, f"bptt:{path}", flat_only=True)
     if cfg.get("arch") == "lstm":
         net, _ = load_lstm(artifact, map_location=context.get("device", "cpu"))
         layout = OptimizationCore(family, context["history"]).layout.observation_slices
         return LSTMPolicy(net, layout, context["max_step"])
-    if cfg.get("arch") in COORDINATEWISE_ARCHS:
-        cw, extra = load_coordinatewise_policy(artifact, map_location=context.get("device", "cpu"))
-        if extra.get("history") != context["history"]:
-            raise ValueError(f"--methods: bptt:{path} was trained with history "
-                             f"{extra.get('history')}, the env has {context['history']}")
-        return _coordinatewise_env_policy(cw, path, family, context)
     policy, _ = load_policy(artifact, map_location=context.get("device", "cpu"))
     if policy.d != family.d:
         raise ValueError(f"--methods: bptt:{path} optimises d={policy.d} variables, the env has "

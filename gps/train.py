@@ -373,28 +373,21 @@ def load_for_compare(path: str, context: dict[str, Any]) -> Any:
     """``optenv compare --methods gps:DIR`` loader: checks the policy fits the env.
 
     A flat policy needs the same d and observation length. A coordinatewise one runs on any d:
-    it is bound to the TARGET env's coordinate groups and layout, and needs the env's feature
-    set and history to give the rows it was trained on (else ValueError)."""
+    it is bound to the TARGET env's coordinate groups and layout by
+    :meth:`optenv.learned.LearnedPolicy.env_policy`, and needs the env's feature set and
+    history to give the rows it was trained on (else ValueError)."""
     from optenv.core import StateLayout
     from optenv.features import observer_for
+    from optenv.learned import LearnedPolicy
     from optenv.policy import CoordinatewisePolicy
 
     family, history = context["family"], context["history"]
-    policy, extra = _load_any_policy(path, context["device"])
+    policy, _extra = _load_any_policy(path, context["device"])
     if isinstance(policy, CoordinatewisePolicy):
-        # On a flat env the policy computes its own rows from the observation (any feature
-        # set); an env in the coordinatewise mode must emit the policy's set.
-        flat = context.get("observation", "flat") == "flat"
-        features = policy.features if flat else context.get("features", "li-malik-2016")
-        if features != policy.features or extra.get("history", history) != history:
-            raise ValueError(f"--methods: gps:{path} was trained on features "
-                             f"{policy.features!r} with history {extra.get('history')}; "
-                             f"{context['env_id']} gives features {features!r} with history "
-                             f"{history}; allowed: a flat env or one with the policy's "
-                             "feature set, and the policy's history (e.g. --env-kwargs "
-                             "history=...)")
-        layout = StateLayout(family.d, history) if flat else None
-        return policy.as_env_policy(context["max_step"], family.coordinate_groups(), layout)
+        # the env library's one binding (optenv.learned): on a flat env the policy computes
+        # its own rows, a coordinatewise env must emit its feature set; its set's history rule
+        what = f"gps:{path}"
+        return LearnedPolicy(policy, source=what).env_policy(family, context, what)
     observer_for(context, f"gps:{path}", flat_only=True)
     env_policy = policy.as_env_policy(context["max_step"])
     policy = env_policy.policy

@@ -81,6 +81,7 @@ class FeatureSet:
         flat: whether ``observation="flat"`` offers this set (only the 2016 one).
         column_sizes: history → {column name: number of columns}, in row order.
         rows_fn: the map from observations and t to rows (see :data:`RowsFn`).
+        rows_into: whether ``rows_fn`` also takes ``out`` and computes the rows in it.
     """
 
     name: str
@@ -90,6 +91,7 @@ class FeatureSet:
     flat: bool
     column_sizes: Callable[[int], dict[str, int]]
     rows_fn: RowsFn
+    rows_into: bool = False
 
     def columns(self, history: int) -> dict[str, slice]:
         """Column name → slice of one coordinate's row, for this ``history``."""
@@ -103,11 +105,18 @@ class FeatureSet:
         """k, the length of one coordinate's row (independent of d)."""
         return sum(self.column_sizes(history).values())
 
-    def rows(self, layout: StateLayout, obs: torch.Tensor, t: Any) -> torch.Tensor:
+    def rows(self, layout: StateLayout, obs: torch.Tensor, t: Any,
+             out: torch.Tensor | None = None) -> torch.Tensor:
         """The rows [..., d, k] of observations ``obs`` [..., obs_dim] at iterations ``t``
-        (an int, or an int tensor broadcastable to ``obs.shape[:-1]``)."""
+        (an int, or an int tensor broadcastable to ``obs.shape[:-1]``); written into ``out``
+        (same shape and dtype) and returned, if given: in place where the set computes in
+        place (``rows_into``), else copied there."""
         t = torch.as_tensor(t, dtype=torch.int64, device=obs.device)
-        return self.rows_fn(layout, obs, t)
+        if out is None:
+            return self.rows_fn(layout, obs, t)
+        if self.rows_into:
+            return self.rows_fn(layout, obs, t, out)  # type: ignore[call-arg]
+        return out.copy_(self.rows_fn(layout, obs, t))
 
 
 # ------------------------------------------------------------------------------ 2016
@@ -275,8 +284,8 @@ def _columns_2017_psi(history: int) -> dict[str, int]:
     return {"OBJ_CHANGE": 1, "GRAD_NORMALISED": 1, "ITERATE_CHANGE_RATIO": 1}
 
 
-def li_malik_2017_psi_rows(layout: StateLayout, obs: torch.Tensor,
-                           t: torch.Tensor) -> torch.Tensor:
+def li_malik_2017_psi_rows(layout: StateLayout, obs: torch.Tensor, t: torch.Tensor,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
     """Li & Malik 2017's observation features Ψ (what their policy read), per coordinate:
     [..., d, 3].
 
@@ -291,19 +300,36 @@ def li_malik_2017_psi_rows(layout: StateLayout, obs: torch.Tensor,
 
     Undefined at t = 0 (no step yet): the objective change and the step ratio are 0. Needs the
     last two steps of the state: ``history`` >= 2.
+
+    ``out`` ([..., d, 3], the observation's dtype): the rows are computed in it, column by
+    column, with no temporary of the rows' size (what :class:`optenv.optim.LearnedOptimizer`
+    does at 10^6 coordinates, where each fresh buffer costs page faults). Without it every op
+    allocates, and the result is differentiable (GPS's linearisation goes through it). The
+    same ops either way, so the same numbers.
     """
     u = layout.unpack(obs, observation=True)
     t = t.expand(obs.shape[:-1]).unsqueeze(-1)  # [..., 1], broadcasts over coordinates
     d = layout.d
-    rel = u["PAST_OBJ_VAL_DELTAS"][..., -1:]
-    obj = torch.where(t >= 1, rel, torch.zeros_like(rel)).expand(*rel.shape[:-1], d)
+    o_obj, o_grad, o_ratio = (None, None, None) if out is None else out.unbind(-1)
+    zero = obs.new_zeros(())
+    started, two_steps = t >= 1, t >= 2
     g_now, g_prev = u["CUR_GRAD"], u["PAST_GRADS"][..., -1, :]
-    grad = g_now / (torch.where(t >= 1, g_prev, g_now).abs() + 1.0)
+    grad = torch.where(started, g_prev, g_now, out=o_grad)
+    grad = torch.div(g_now, torch.add(torch.abs(grad, out=o_grad), 1.0, out=o_grad),
+                     out=o_grad)
     steps = u["PAST_LOC_DELTAS"]
     cur, prev = steps[..., -1, :], steps[..., -2, :]
-    ratio = (torch.where(t >= 2, prev, cur) / (cur.abs() + ITERATE_EPS)).abs()
-    ratio = torch.where(t >= 1, ratio, torch.zeros_like(ratio))
-    return _finite(torch.stack([obj, grad, ratio], dim=-1))
+    scale = torch.add(torch.abs(cur, out=o_obj), ITERATE_EPS, out=o_obj)  # o_obj as scratch
+    ratio = torch.where(two_steps, prev, cur, out=o_ratio)
+    ratio = torch.abs(torch.div(ratio, scale, out=o_ratio), out=o_ratio)
+    ratio = torch.where(started, ratio, zero, out=o_ratio)
+    rel = u["PAST_OBJ_VAL_DELTAS"][..., -1:]
+    if out is None:
+        obj = torch.where(started, rel, zero).expand(*rel.shape[:-1], d)
+        return _finite(torch.stack([obj, grad, ratio], dim=-1))
+    o_obj.copy_(torch.where(started, rel, zero).expand_as(o_obj))  # type: ignore[union-attr]
+    return torch.nan_to_num_(out, nan=0.0, posinf=STATE_LIMIT, neginf=-STATE_LIMIT).clamp_(
+        -STATE_LIMIT, STATE_LIMIT)
 
 
 # ------------------------------------------------------------------------------ registry
@@ -316,7 +342,8 @@ FEATURE_SETS: dict[str, FeatureSet] = {
                    "(k = 76)", PHI_MIN_HISTORY, PHI_MIN_HISTORY, False, _columns_2017,
                    li_malik_2017_rows),
         FeatureSet("li-malik-2017-psi", "Li & Malik 2017's observation features Ψ (k = 3)",
-                   2, DEFAULT_HISTORY, False, _columns_2017_psi, li_malik_2017_psi_rows),
+                   2, DEFAULT_HISTORY, False, _columns_2017_psi, li_malik_2017_psi_rows,
+                   rows_into=True),
     )
 }
 

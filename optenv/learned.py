@@ -118,9 +118,17 @@ class LearnedPolicy:
         """The policy acting in an env of ``family`` (``optenv compare``'s loader context:
         ``history``, ``max_step``, ``observation``, ``features``): on the env's rows when it
         emits the policy's feature set, else on flat observations from which it computes its
-        rows; ValueError naming ``what`` when the env can give neither."""
+        rows; ValueError naming ``what`` when the env can give neither.
+
+        The one binding of a coordinatewise optimiser to an env: ``pretrained:NAME``,
+        ``gps:DIR`` and ``bptt:DIR`` all load through it, so one history rule holds for all
+        (:meth:`env_history_error`: the 2016 set's width fixes H; the 2017 sets need at least
+        their minimum)."""
         history = int(context["history"])
-        why = self.env_history_error(history)
+        try:
+            why = self.env_history_error(history)
+        except ValueError as err:  # a feature set this optenv does not know
+            raise ValueError(f"--methods: {what}: {err}") from err
         if context.get("observation", "flat") == "coordinatewise":
             if context.get("features") != self.policy.features:
                 why = (f"it reads feature set {self.policy.features!r}, the env emits "

@@ -22,13 +22,15 @@ each step needs the loss at the current parameters, as ``torch.optim.LBFGS`` doe
 without one is a TypeError. The closure zeroes the gradients, computes the loss, calls
 ``backward()`` and returns the loss; ``step`` returns it.
 
-What one ``step(closure)`` does, per parameter p with a gradient (the env's transition, with the
-core's own functions): the first step builds p's observation at x(0)
-(:func:`optenv.core.first_observation`); a later one advances it with the loss, the gradient
-and the step taken last time (:func:`optenv.core.advance_observation`: histories shifted, the
-relative change of f guarded, new entries sanitised). The rows of the policy's feature set at
-p's iteration t come from that observation (:data:`optenv.features.FEATURE_SETS`); the rows of
-all parameters go through the policy in ONE batched call; p moves by
+What one ``step(closure)`` does (the env's transition, on all parameters at once): the
+parameters with a gradient that share a history of the loss form one packed observation of the
+env's layout over all their coordinates (:mod:`optenv.optim_history`; normally the whole model
+is one), advanced in place by the new loss and gradients as the env's state is (histories
+shifted, the relative change of f by the core's own arithmetic, new entries sanitised). Its rows
+of the policy's feature set at the iteration t (:data:`optenv.features.FEATURE_SETS`) are ONE
+call of the feature set, written into the input buffer of the policy, which is evaluated ONCE
+over all coordinates, as plain matmuls on preallocated buffers without autograd
+(:class:`optenv.policy_inference.PolicyEvaluator`); each parameter then moves by
 
     Δp = scale · max_step · clamp(mean / max_step, −1, 1)
 
@@ -39,34 +41,31 @@ training; ``scale`` (per parameter group) multiplies the bounded step, like a le
 multiplier. The history records the step actually taken (Δp), as the env's does.
 
 Memory per parameter coordinate (in the parameter's dtype): the observation of the layout with
-the history the feature set needs, (2H + 1) + 1 values (past gradients, current gradient,
-past steps, and the step to record at the next call), plus H shared objective changes per
-tensor: 6 for ``li-malik-2017-psi`` (H = 2), 52 for ``li-malik-2016`` with H = 25, 266 for
-``li-malik-2017`` (H = 132); an LSTM cell adds 2 · cells (h and c, in the policy's float32).
-Adam keeps 2. A parameter without a gradient is skipped and its history does not advance (as
-torch's optimisers skip it).
+the history the feature set needs, 2H + 1 values (past gradients, current gradient, past
+steps), plus H shared objective changes per cohort: 5 for ``li-malik-2017-psi`` (H = 2), 51
+for ``li-malik-2016`` with H = 25, 265 for ``li-malik-2017`` (H = 132); and in the policy's
+dtype (float32) the input row (k + 3 kinds), the action and the rows the feature set returns
+(k); an LSTM cell adds 2 · cells (h and c). Adam keeps 2. A parameter without a gradient is
+skipped and its history does not advance (as torch's optimisers skip it).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from optenv.core import StateLayout, advance_observation, first_observation
 from optenv.families.groups import GROUP_KINDS
 from optenv.learned import LearnedPolicy, load_run
+from optenv.optim_history import STATE_KEYS, Cohort
 from optenv.policy import CoordinatewisePolicy
+from optenv.policy_inference import PolicyEvaluator
 from optenv.validation import check_number
 
-__all__ = ["CPU_BLOCK", "LearnedOptimizer", "resolve_policy"]
-
-#: Rows per policy call on the CPU. One call on 10^6 rows of a 50-unit MLP took 1.64 s, blocks
-#: of 16384 rows 0.36 s, of 4096 0.38 s, of 65536 0.52 s (one thread, this repository's 2-core
-#: build machine under load): the [rows, hidden] activations of a block stay in cache.
-CPU_BLOCK = 16384
+__all__ = ["LearnedOptimizer", "resolve_policy"]
 
 
 def resolve_policy(policy: Any) -> LearnedPolicy:
@@ -119,6 +118,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.features = learned.feature_set
         self.policy: CoordinatewisePolicy = _frozen_copy(learned.policy)
         check_number("scale", scale)
+        self._plan: _Plan | None = None
         super().__init__(params, {"scale": float(scale), "kind": None})
 
     # -------------------------------------------------------------------------- groups
@@ -132,6 +132,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                              f"a kind this policy distinguishes: {', '.join(self.policy.kinds)}"
                              f" (of {', '.join(GROUP_KINDS)})")
         super().add_param_group(param_group)
+        self._plan = None
         try:
             for i, p in enumerate(self.param_groups[-1]["params"]):
                 if p.is_complex() or not p.is_floating_point():
@@ -152,6 +153,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
                              f"to one of {', '.join(self.policy.kinds)}")
         return self.policy.kinds.index(kind)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's rule; the histories are packed again at the next step (from the loaded
+        state, so the steps continue exactly)."""
+        super().load_state_dict(state_dict)
+        self._plan = None
+
     # -------------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -170,88 +177,94 @@ class LearnedOptimizer(torch.optim.Optimizer):
         todo = [(g, p) for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not todo:
             return loss
-        device = _checked(todo)  # before any state changes
-        if self.policy.log_std.device != device:
-            self.policy.to(device)
-        kinds = [torch.full((p.numel(),), self._kind(group, p), device=device)
-                 for group, p in todo]
-        rows = [self._advance(p, f_now) for _group, p in todo]
-        cell = self._cell(todo) if self.policy.recurrent else None
-        mean, cell = self._evaluate(torch.cat(rows), torch.cat(kinds), cell)
-        start = 0
-        for group, p in todo:
-            n = p.numel()
-            self._move(p, mean[0, start:start + n], group["scale"])
-            if cell is not None:
-                self.state[p]["lstm_h"] = cell[0][start:start + n]
-                self.state[p]["lstm_c"] = cell[1][start:start + n]
-            start += n
+        plan = self._plan_for(todo)
+        rows = plan.evaluator.rows
+        for cohort, (lo, hi) in zip(plan.cohorts, plan.spans, strict=True):
+            cohort.advance(f_now)
+            rows[lo:hi].copy_(cohort.rows(self.features))  # cast to the policy's dtype
+        mean = plan.evaluator.mean(plan.cell)
+        max_step = self.learned.max_step
+        action = torch.div(mean, max_step, out=plan.action).clamp_(-1.0, 1.0)
+        for cohort, (lo, hi), scale in zip(plan.cohorts, plan.spans, plan.scales, strict=True):
+            cohort.record(action[lo:hi], max_step, scale)
+            for p in cohort.params:
+                self.state[p]["t"], self.state[p]["f"] = cohort.t, cohort.f
         return loss
 
-    def _evaluate(self, rows: torch.Tensor, kinds: torch.Tensor,
-                  cell: tuple[torch.Tensor, torch.Tensor] | None
-                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """The policy on every coordinate's row [n, k]: one call on an accelerator; on the CPU
-        in blocks of :data:`CPU_BLOCK` rows, so that the hidden activations stay in cache (the
-        rows are independent: the same numbers as one call up to the GEMM's rounding, which
-        depends on the block's shape)."""
-        n = rows.shape[0]
-        if rows.device.type != "cpu" or n <= CPU_BLOCK:
-            return self.policy(rows.unsqueeze(0), kinds, cell)
-        means, hs, cs = [], [], []
-        for lo in range(0, n, CPU_BLOCK):
-            part = slice(lo, lo + CPU_BLOCK)
-            m, c = self.policy(rows[part].unsqueeze(0), kinds[part],
-                               None if cell is None else (cell[0][part], cell[1][part]))
-            means.append(m)
-            if c is not None:
-                hs.append(c[0])
-                cs.append(c[1])
-        return torch.cat(means, dim=1), (torch.cat(hs), torch.cat(cs)) if hs else None
+    def _plan_for(self, todo: list[tuple[dict[str, Any], torch.Tensor]]) -> _Plan:
+        """The packed histories and buffers for these parameters: last step's when the same
+        parameters (and group kinds and scales) step again, else packed anew from their
+        states (checks before any state changes)."""
+        device = _checked(todo)  # every step: a gradient may turn sparse
+        key = (device, *((id(p), group["kind"], group["scale"]) for group, p in todo))
+        if self._plan is not None and self._plan.key == key:
+            return self._plan
+        if self.policy.log_std.device != device:
+            self.policy.to(device)
+        kinds = {id(p): self._kind(group, p) for group, p in todo}
+        scales = {id(p): float(group["scale"]) for group, p in todo}
+        stepping = {id(p) for _group, p in todo}
+        for p, st in self.state.items():  # parameters left out keep a state of their own
+            if id(p) not in stepping:
+                for name in (*STATE_KEYS, "lstm_h", "lstm_c"):
+                    if name in st:
+                        st[name] = st[name].clone()
+        cohorts = Cohort.group([p for _group, p in todo], self.state, self.history)
+        ordered = [p for c in cohorts for p in c.params]
+        evaluator = PolicyEvaluator(self.policy)
+        evaluator.prepare(torch.cat([torch.full((p.numel(),), kinds[id(p)], device=device)
+                                     for p in ordered]))
+        spans, lo = [], 0
+        for c in cohorts:
+            spans.append((lo, lo + c.d))
+            lo += c.d
+        cell = None
+        if self.policy.recurrent:
+            cell = self._pack_cell(ordered, device)
+        plan_scales: list[torch.Tensor | None] = []
+        for c in cohorts:
+            values = [scales[id(p)] for p in c.params]
+            plan_scales.append(None if all(v == 1.0 for v in values) else torch.cat(
+                [torch.full((p.numel(),), v, dtype=p.dtype, device=device)
+                 for p, v in zip(c.params, values, strict=True)]))
+        for c in cohorts:
+            c.bind(self.state)
+        self._plan = _Plan(key, cohorts, spans, evaluator, cell, plan_scales,
+                           torch.empty(lo, dtype=evaluator.dtype, device=device))
+        return self._plan
 
-    def _advance(self, p: torch.Tensor, f_now: torch.Tensor) -> torch.Tensor:
-        """p's observation brought to the current iterate (the env's transition); returns its
-        rows [numel, k] in the policy's dtype."""
-        st = self.state[p]
-        layout = StateLayout(p.numel(), self.history)
-        g = p.grad.detach().reshape(1, -1).to(p.dtype)  # type: ignore[union-attr]
-        f = f_now.to(device=p.device, dtype=p.dtype).reshape(1)
-        if "observation" not in st:
-            st["t"] = 0
-            st["observation"] = first_observation(layout, g)
-        else:
-            st["t"] += 1
-            st["observation"] = advance_observation(layout, st["observation"], st["f"], f, g,
-                                                    st["last_step"].reshape(1, -1))
-        st["f"] = f
-        rows = self.features.rows(layout, st["observation"], st["t"])
-        return rows[0].to(self.policy.log_std.dtype)
-
-    def _move(self, p: torch.Tensor, mean: torch.Tensor, scale: float) -> None:
-        """Δp = scale · max_step · clamp(mean / max_step, −1, 1) (the env's step when scale is
-        1: its action, clipped, in the policy's dtype, then cast and times max_step)."""
-        max_step = self.learned.max_step
-        action = (mean / max_step).clamp(-1.0, 1.0)
-        delta = max_step * action.to(p.dtype)
-        if scale != 1.0:
-            delta = scale * delta
-        p.add_(delta.view_as(p))
-        self.state[p]["last_step"] = delta
-
-    def _cell(self, todo: list[tuple[dict[str, Any], torch.Tensor]]
-              ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The LSTM's state for these parameters (None when all start now; zeros for those
-        that do), in the policy's dtype (load_state_dict casts state to the parameter's)."""
-        if not any("lstm_h" in self.state[p] for _group, p in todo):
-            return None
+    def _pack_cell(self, ordered: list[torch.Tensor], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM's state of these parameters as two buffers [n, cells] (zeros for those
+        that start now), each parameter's state pointed at its rows."""
         dtype, cells = self.policy.log_std.dtype, self.policy.hidden[0]
-        hs, cs = [], []
-        for _group, p in todo:
-            st = self.state[p]
-            z = torch.zeros(p.numel(), cells, device=p.device, dtype=dtype)
-            hs.append(st.get("lstm_h", z).to(dtype))
-            cs.append(st.get("lstm_c", z).to(dtype))
-        return torch.cat(hs), torch.cat(cs)
+        n = sum(p.numel() for p in ordered)
+        h = torch.zeros(n, cells, device=device, dtype=dtype)
+        c = torch.zeros(n, cells, device=device, dtype=dtype)
+        lo = 0
+        for p in ordered:
+            st, hi = self.state[p], lo + p.numel()
+            if "lstm_h" in st:
+                h[lo:hi].copy_(st["lstm_h"])
+                c[lo:hi].copy_(st["lstm_c"])
+            st["lstm_h"], st["lstm_c"] = h[lo:hi], c[lo:hi]
+            lo = hi
+        return h, c
+
+
+@dataclass
+class _Plan:
+    """What a step over one set of parameters reuses: their cohorts and each one's rows in the
+    policy's input (``spans``), the evaluator and its buffers, the LSTM's state, the step
+    multipliers (None where all are 1) and the action buffer."""
+
+    key: tuple[Any, ...]
+    cohorts: list[Cohort]
+    spans: list[tuple[int, int]]
+    evaluator: PolicyEvaluator
+    cell: tuple[torch.Tensor, torch.Tensor] | None
+    scales: list[torch.Tensor | None]
+    action: torch.Tensor
 
 
 def _frozen_copy(policy: CoordinatewisePolicy) -> CoordinatewisePolicy:

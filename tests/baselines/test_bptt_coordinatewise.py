@@ -173,7 +173,7 @@ def test_a_policy_trained_on_one_family_evaluates_unchanged_on_others(tmp_path, 
 def test_a_history_mismatch_is_a_clear_error(tmp_path) -> None:
     out = tmp_path / "run"
     assert main(["train", "bptt", "--arch", "coordinatewise-mlp", "--out", str(out), *TINY]) == 0
-    with pytest.raises(ValueError, match="trained with history 25, the env has 10"):
+    with pytest.raises(ValueError, match="need history 25, the env has 10"):
         load_for_compare(str(out), _context(optenv.NeuralNet(), history=10))
 
 

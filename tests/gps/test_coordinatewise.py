@@ -278,7 +278,7 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
         _agent(policy_hidden=())
     train(ENV, tmp_path / "run", make_config("badmm", **{**TINY, "iterations": 1}), quiet=True)
     ctx, _env = _context(ENV, observation="coordinatewise", features="li-malik-2017-psi")
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="feature set 'li-malik-2016', the env emits"):
         load_for_compare(str(tmp_path / "run"), ctx)
     ctx, _env = _context(ENV, history=10)
     with pytest.raises(ValueError, match="history"):
@@ -359,7 +359,8 @@ def test_a_policy_trained_on_psi_features_transfers_and_says_what_it_reads(tmp_p
         res = evaluate(pol, env, n_test=2, horizon=4, seed=0)
         assert bool(torch.isfinite(torch.as_tensor(res.f)).all())
     ctx, _env = _context(ENV, observation="coordinatewise")  # emits the 2016 rows
-    with pytest.raises(ValueError, match="features 'li-malik-2017-psi'"):
+    with pytest.raises(ValueError, match="reads feature set 'li-malik-2017-psi', the env emits "
+                                         "'li-malik-2016'"):
         load_for_compare(str(tmp_path / "run"), ctx)
 
 

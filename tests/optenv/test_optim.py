@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import optenv
+import optenv.policy_inference
 from optenv.learned import LearnedPolicy, load_run
 from optenv.policy import CoordinatewisePolicy, save_coordinatewise_policy, save_policy
 
@@ -56,7 +57,7 @@ def test_steps_every_parameter_of_any_shape_and_dtype(dtype: torch.dtype, cell: 
     assert isinstance(loss, torch.Tensor) and loss.dtype == dtype
     for b, p in zip(before, model.parameters(), strict=True):
         assert p.dtype == dtype and not torch.equal(b, p)  # 4-D, 1-D and 2-D tensors all move
-        assert opt.state[p]["observation"].dtype == dtype
+        assert opt.state[p]["grads"].dtype == dtype
 
 
 def test_zero_grad_and_a_parameter_without_gradient_is_skipped() -> None:
@@ -236,7 +237,7 @@ def test_cuda_steps_equal_the_cpu_steps(cell: str) -> None:
         closure = _closure(model, opt)
         for _ in range(5):
             opt.step(closure)
-        assert opt.state[next(model.parameters())]["observation"].device.type == device
+        assert opt.state[next(model.parameters())]["grads"].device.type == device
         results.append(_params(model).cpu())
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-6)
 
@@ -246,7 +247,7 @@ def test_the_policy_in_cpu_blocks_takes_the_steps_of_one_call(
         cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
     results = []
     for block in (10**9, 7):  # one call; blocks of 7 rows (the model has 43 coordinates)
-        monkeypatch.setattr(optenv.optim, "CPU_BLOCK", block)
+        monkeypatch.setattr(optenv.policy_inference, "CPU_BLOCK", block)
         model = _model(torch.float64)
         opt = optenv.LearnedOptimizer(model.parameters(), _policy(cell), scale=0.1)
         closure = _closure(model, opt)
@@ -255,3 +256,30 @@ def test_the_policy_in_cpu_blocks_takes_the_steps_of_one_call(
         results.append(_params(model))
     # rows are independent; only the GEMM's blocking can change the last bits
     torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", ["mlp", "lstm"])
+def test_a_parameter_that_misses_steps_keeps_its_own_history(cell: str) -> None:
+    """Packed histories (optenv.optim_history): a tensor without a gradient at some steps falls
+    out of step with the others; its steps must stay those of an optimiser of its own."""
+    def run(split: bool) -> list[torch.Tensor]:
+        model = _model(torch.float64)
+        params = list(model.parameters())
+        late = params[-1]
+        groups = [params[:-1], [late]] if split else [params]
+        opts = [optenv.LearnedOptimizer(g, _policy(cell), scale=0.1) for g in groups]
+        g = torch.Generator().manual_seed(2)
+        x, y = torch.randn(16, 1, 4, 4, generator=g).double(), torch.randn(16, 1, generator=g)
+        for i in range(6):
+            def closure(i: int = i) -> torch.Tensor:
+                model.zero_grad()
+                loss = (model(x) - y.double()).square().mean()
+                loss.backward()
+                if i in (1, 2):
+                    late.grad = None  # frozen for two steps
+                return loss
+            loss = opts[0].step(closure)
+            if split and late.grad is not None:  # the same loss and gradient, its own history
+                opts[1].step(lambda loss=loss: loss)
+        return [p.detach().clone() for p in model.parameters()]
+    torch.testing.assert_close(run(False), run(True), rtol=1e-9, atol=1e-12)

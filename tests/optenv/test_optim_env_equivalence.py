@@ -14,7 +14,8 @@ Two ways of computing the gradient:
 * an ``nn.Module`` and autograd, the way a user trains: equal up to the rounding of the two
   gradient computations.
 
-A new family (the 2017 MLP classifier, with minibatches) is one more :class:`Case`.
+Each family is one :class:`Case`; the 2017 MLP classifier's (optenv/MLPClassifier-v0: groups W1,
+b1, W2, b2, minibatches of 64) reads the minibatch of each iteration, as the env serves it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,32 @@ class NeuralNetModule(nn.Module):
         return nn.functional.cross_entropy(logits, y) + reg
 
 
+class MLPClassifierModule(nn.Module):
+    """The MLPClassifier family's net as nn.Linear layers with ReLU between them (its
+    parameters, in order, are the family's coordinate groups W1, b1, W2, b2, ...), trained on
+    the minibatch the family serves at each iteration, with torch's cross-entropy."""
+
+    def __init__(self, x: torch.Tensor, family: optenv.MLPClassifier) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for W, b in family.unpack(x.reshape(1, -1).double()):
+            linear = nn.Linear(W.shape[2], W.shape[1]).double()
+            with torch.no_grad():
+                linear.weight.copy_(W[0])
+                linear.bias.copy_(b[0])
+            layers += [linear, nn.ReLU()]
+        self.net = nn.Sequential(*layers[:-1])
+        self.family = family
+        self.iteration = 0  # one loss per step: the k-th call reads iteration k's minibatch
+
+    def loss(self, data: dict[str, np.ndarray]) -> torch.Tensor:
+        batch = _batched(data)
+        batch["iteration"].fill_(float(self.iteration))
+        self.iteration += 1
+        X, y = self.family.minibatch(batch, torch.zeros(1, dtype=torch.float64))
+        return nn.functional.cross_entropy(self.net(X[0]), y[0])
+
+
 class LogisticModule(nn.Module):
     """Logistic regression (w, b) as a torch model, for the family's loss."""
 
@@ -80,7 +107,8 @@ class Case:
 
 
 CASES = [Case("optenv/NeuralNet-v0", NeuralNetModule),
-         Case("optenv/LogisticRegression-v0", LogisticModule)]
+         Case("optenv/LogisticRegression-v0", LogisticModule),
+         Case("optenv/MLPClassifier-v0", MLPClassifierModule)]
 #: (features, cell): the three feature sets, and the LSTM (state carried between steps).
 POLICIES = [("li-malik-2016", "mlp"), ("li-malik-2017-psi", "mlp"), ("li-malik-2017-psi", "lstm"),
             ("li-malik-2017", "mlp")]
@@ -93,17 +121,23 @@ def _policy(features: str, cell: str) -> CoordinatewisePolicy:
 
 
 def _batched(problem: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """The env's instance (numpy, no batch dimension) as the family's data, batch of one."""
-    return {k: torch.as_tensor(v).unsqueeze(0) for k, v in problem.items()}
+    """The env's instance (numpy, no batch dimension) as the family's data, batch of one (a
+    copy: the env advances its own minibatch iteration)."""
+    return {k: torch.tensor(v).unsqueeze(0) for k, v in problem.items()}
 
 
 def _family_closure(model: nn.Module, family: object, data: dict[str, torch.Tensor],
                     opt: torch.optim.Optimizer) -> Callable[[], torch.Tensor]:
-    """A closure that sets the gradients from the family's own value_and_grad."""
+    """A closure that sets the gradients from the family's own value_and_grad (on the minibatch
+    of the step's iteration, for a minibatch family: the k-th call reads iteration k's)."""
     params = list(model.parameters())
+    calls = [0]
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
+        if "iteration" in data:
+            data["iteration"].fill_(float(calls[0]))
+            calls[0] += 1
         x = torch.cat([p.detach().reshape(-1) for p in params]).unsqueeze(0)
         f, g = family.value_and_grad(x, data)  # type: ignore[attr-defined]
         start = 0
