@@ -200,6 +200,39 @@ class GPSAgent:
         """Write the policy (:func:`optenv.policy.save_policy`) with ``extra`` metadata."""
         save_policy(path, self.policy, extra=extra)
 
+    def _sample_row_width(self) -> int:
+        """Float32 numbers a sample stores per run and iteration for the policy (its input)."""
+        return self.core.layout.obs_dim
+
+    def memory_bytes(self) -> int:
+        """Bytes this rank's iteration holds at least, from shapes alone (nothing allocated).
+
+        Counted: the samples (LQR states and actions of every problem, the policy inputs and
+        the list of per-iteration pieces they are stacked from: twice), and the per-problem,
+        per-iteration matrices of the models and the controller — the dynamics F [dX, dX+dU]
+        and its covariance, the cost's [dX+dU]² Hessian, the gains K and the action
+        covariances. The GMM's and the LQR's scratch is not counted, so the true peak is
+        higher: a configuration refused by this lower bound cannot run.
+        """
+        P, N, T = self.n_problems, self.cfg.samples, self.cfg.horizon
+        dX, dU, f64 = self.smap.dim, self.dU, 8
+        runs = self.n_conditions * N
+        samples = 2 * T * (P * N * (dX + dU) * f64 + runs * self._sample_row_width() * 4)
+        per_step = dX * (dX + dU) + dX * dX + (dX + dU) ** 2 + dU * dX + 2 * dU * dU
+        return samples + P * T * per_step * f64
+
+    def check_memory(self) -> None:
+        """ValueError naming the flags to lower when :meth:`memory_bytes` cannot fit in the
+        device's free memory (before a run folder is touched; a run that would be killed by
+        the out-of-memory killer half an hour in is refused at once)."""
+        from optenv.memory import check_fits
+
+        cfg = self.cfg
+        check_fits(self.memory_bytes(), self.device,
+                   f"GPS on d = {self.family.d} with --conditions {cfg.conditions}, --samples "
+                   f"{cfg.samples}, --horizon {cfg.horizon}, an LQR state of {self.smap.dim} "
+                   f"(--lqr-history) and {self.n_problems} LQR problems on this process")
+
     # ----------------------------------------------------------------------------- setup
     def initialise(self) -> dict[str, Any]:
         """Initial controllers: the best momentum (lr, momentum) on the training conditions."""

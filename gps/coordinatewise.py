@@ -250,6 +250,10 @@ class CoordinatewiseGPSAgent(GPSAgent):
             **extra, "features": self.features.name,
             "groups": [[g.name, g.size, g.kind] for g in self.groups]})
 
+    def _sample_row_width(self) -> int:
+        """Each run stores a 2016 row (3H + 1) per coordinate per iteration."""
+        return self.family.d * self.row_layout.obs_dim
+
     def _estimate(self, model: Mapping[str, Any], ctrl: LinearGaussianController) -> Tensor:
         """Expected cost [M]: the sum of the condition's coordinates' expected costs."""
         per = expected_cost(model["cost"], model["dyn"], ctrl.K, ctrl.k, ctrl.covar)

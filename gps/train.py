@@ -148,6 +148,7 @@ def _train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *, devic
     agent_class = CoordinatewiseGPSAgent if config.policy == "coordinatewise" else GPSAgent
     agent = agent_class(family, config, history=run_config["history"],
                         max_step=run_config["max_step"], device=rank_device, world=world)
+    agent.check_memory()
     rundir, resuming, log = _open_run(agent, out, run_config, resume, world)
     try:
         if not resuming:
