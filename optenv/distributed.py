@@ -30,6 +30,11 @@ T = TypeVar("T")
 
 #: Seconds a collective waits for the other ranks before the run fails.
 DEFAULT_TIMEOUT_S = 600.0
+#: Seconds :func:`wait_for_all` waits for the other ranks' WORK (a whole training run, say).
+DEFAULT_WAIT_S = 7 * 86400.0
+
+#: The gloo group :func:`wait_for_all` waits on (made on first use, once per process group).
+_wait_group: Any = None
 
 
 @dataclass(frozen=True)
@@ -80,19 +85,28 @@ def backend_for(device: torch.device | str) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def timeout() -> datetime.timedelta:
-    """How long a collective waits for the others (``OPTENV_DIST_TIMEOUT`` seconds)."""
-    text = os.environ.get("OPTENV_DIST_TIMEOUT")
-    seconds = DEFAULT_TIMEOUT_S
+def _seconds(name: str, default: float) -> datetime.timedelta:
+    text = os.environ.get(name)
+    seconds = default
     if text:
         try:
             seconds = float(text)
         except ValueError:
-            raise ValueError("environment variable OPTENV_DIST_TIMEOUT must be a number of "
-                             f"seconds, got {text!r}") from None
+            raise ValueError(f"environment variable {name} must be a number of seconds, got "
+                             f"{text!r}") from None
         if not seconds > 0:
-            raise ValueError(f"environment variable OPTENV_DIST_TIMEOUT must be > 0, got {text!r}")
+            raise ValueError(f"environment variable {name} must be > 0, got {text!r}")
     return datetime.timedelta(seconds=seconds)
+
+
+def timeout() -> datetime.timedelta:
+    """How long a collective waits for the others (``OPTENV_DIST_TIMEOUT`` seconds)."""
+    return _seconds("OPTENV_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)
+
+
+def wait_timeout() -> datetime.timedelta:
+    """How long :func:`wait_for_all` waits (``OPTENV_DIST_WAIT_TIMEOUT`` seconds)."""
+    return _seconds("OPTENV_DIST_WAIT_TIMEOUT", DEFAULT_WAIT_S)
 
 
 def init(device: torch.device | str = "cpu") -> tuple[World, torch.device]:
@@ -116,6 +130,8 @@ def init(device: torch.device | str = "cpu") -> tuple[World, torch.device]:
 
 def shutdown() -> None:
     """Leave the process group (a no-op when there is none)."""
+    global _wait_group
+    _wait_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -152,6 +168,25 @@ def barrier(world: World) -> None:
     """Wait until every rank reaches this point (a no-op without a group)."""
     if world.distributed:
         dist.barrier()
+
+
+def wait_for_all(world: World) -> None:
+    """Wait until every rank reaches this point, however long the others' work takes.
+
+    Why not :func:`barrier`: its wait is the collective timeout (``OPTENV_DIST_TIMEOUT``, ten
+    minutes by default), right for a collective whose peers are a moment away but not for ranks
+    that wait at a phase boundary while another finishes a training run of an hour. This one
+    waits on a gloo group of its own (on the CPU, whatever the main backend) with
+    ``OPTENV_DIST_WAIT_TIMEOUT`` (a week by default). A rank that dies meanwhile does not leave
+    the others waiting a week: torchrun ends every rank when one fails. Every rank must call it
+    at the same point (the group is made on the first call, a collective too).
+    """
+    global _wait_group
+    if not world.distributed:
+        return
+    if _wait_group is None:
+        _wait_group = dist.new_group(backend="gloo", timeout=wait_timeout())
+    dist.barrier(group=_wait_group)
 
 
 def is_peer_failure(err: BaseException) -> bool:

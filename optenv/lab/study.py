@@ -44,9 +44,8 @@ stage writes its output and record, so whatever any rank finished is a checkpoin
 ``--resume``; rank 0 alone writes study.json, the report and the figures, and prints. The
 files are those of a one-process study but for run metadata (the ``wall_s`` fields, ``created``).
 The study folder must be one file system all ranks see (one node, or a shared mount). A rank
-that dies ends the run (torchrun stops the others; a rank left waiting gives up after
-``OPTENV_DIST_TIMEOUT`` seconds — raise it above the longest training run when ranks wait on
-each other longer than the default 600 s).
+that dies ends the run (torchrun stops the others); between phases a rank waits for the
+others' work as long as it takes (:func:`optenv.distributed.wait_for_all`).
 
 Threads: one torch thread by default. The study's batched problems are small, and on the shared
 2-core machine torch's default of two threads made evaluation about 10x slower (momentum on
@@ -254,18 +253,18 @@ def _run_stages(plan: StudyPlan, out: Path, seeds: int, device: str, rank_device
 
 
 def _wait_for_ranks(world: Any, what: str) -> None:
-    """Every rank through its share of ``what`` before the next phase; a rank that does not
-    come within the collective timeout ends the study with a message saying what to do."""
-    from optenv.distributed import barrier, timeout
+    """Every rank through its share of ``what`` before the next phase, however long the
+    others' training runs take (:func:`optenv.distributed.wait_for_all`); a rank that does not
+    come within ``OPTENV_DIST_WAIT_TIMEOUT`` ends the study with a message saying what to do."""
+    from optenv.distributed import wait_for_all, wait_timeout
 
     try:
-        barrier(world)
+        wait_for_all(world)
     except RuntimeError as err:
         raise RuntimeError(
-            f"study: rank {world.rank} waited {timeout().total_seconds():g} s "
-            f"(OPTENV_DIST_TIMEOUT) for the other ranks to finish {what}, in vain ({err}); the "
-            "stages finished so far are saved: rerun the same command with --resume (with a "
-            "larger OPTENV_DIST_TIMEOUT if a rank was still working)") from err
+            f"study: rank {world.rank} waited {wait_timeout().total_seconds():g} s "
+            f"(OPTENV_DIST_WAIT_TIMEOUT) for the other ranks to finish {what}, in vain ({err}); "
+            "the stages finished so far are saved: rerun the same command with --resume") from err
 
 
 # ---------------------------------------------------------------------- the folder

@@ -92,3 +92,35 @@ def test_two_gloo_processes_gather_back_the_single_process_order() -> None:
         mp.spawn(_gather_worker, args=(_free_port(), out), nprocs=2, join=True)
         results = dict(out)
     assert results == {0: ("cpu", [0, 1, 4, 9, 16]), 1: ("cpu", [0, 1, 4, 9, 16])}
+
+
+def _slow_peer_worker(rank: int, port: int, out: dict) -> None:  # runs in a spawned process
+    import os
+    import time
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OPTENV_DIST_TIMEOUT="2")
+    world, _ = D.init("cpu")
+    try:
+        D.wait_for_all(world)  # the first call makes the wait group
+        if rank == 1:
+            time.sleep(5)  # "training": longer than the collective timeout
+        D.wait_for_all(world)
+        out[rank] = "through"
+    finally:
+        D.shutdown()
+
+
+def test_wait_for_all_outlasts_the_collective_timeout() -> None:
+    """A rank waiting at a phase boundary for a peer's long work is not failed by the short
+    collective timeout (a plain barrier would time out after 2 s here)."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_slow_peer_worker, args=(_free_port(), out), nprocs=2, join=True)
+        results = dict(out)
+    assert results == {0: "through", 1: "through"}
+
+
+def test_bad_wait_timeout_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTENV_DIST_WAIT_TIMEOUT", "-1")
+    with pytest.raises(ValueError, match="OPTENV_DIST_WAIT_TIMEOUT"):
+        D.wait_timeout()
