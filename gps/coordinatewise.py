@@ -70,7 +70,13 @@ from gps.config import GPSConfig
 from gps.controller import LinearGaussianController, LQRStateMap
 from gps.dynamics import LinearGaussianDynamics
 from gps.gmm import GMM
-from gps.model import QuadraticCost, expected_cost, fit_dynamics, quadratic_in_state
+from gps.model import (
+    QuadraticCost,
+    data_by_iteration,
+    expected_cost,
+    fit_dynamics,
+    quadratic_in_state,
+)
 from gps.policy_fit import train_policy
 from optenv.core import StateLayout
 from optenv.distributed import Shard, World
@@ -333,7 +339,7 @@ class CoordinatewiseGPSAgent(GPSAgent):
         M, d, T = self.n_conditions, self.family.d, Z.shape[2]
         y = (Z[..., 0] + U[..., 0]).mean(1)  # [P,T]
         flat = y.reshape(M, d, T).transpose(1, 2).reshape(M * T, d)
-        rep = {k: v.repeat_interleave(T, 0) for k, v in self.data.items()}
+        rep = data_by_iteration(self.family, self.data, T)  # minibatch t + 1 at step t
         f, g = self.family.value_and_grad(flat, rep)
         Hd = hessian_diagonal(self.family, flat, rep, exact_max=self.cfg.hessian_exact_max,
                               probes=self.cfg.hessian_probes,

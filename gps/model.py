@@ -36,8 +36,8 @@ from optenv.validation import check_choice
 
 # QuadraticCost is declared in gps.cost (gps.lqr takes it, and this module uses gps.lqr); it is
 # exported here too, beside expand_cost, which builds it
-__all__ = ["COST_HESSIANS", "QuadraticCost", "expand_cost", "expected_cost", "fit_dynamics",
-           "quadratic_in_state"]
+__all__ = ["COST_HESSIANS", "QuadraticCost", "data_by_iteration", "expand_cost", "expected_cost",
+           "fit_dynamics", "quadratic_in_state"]
 
 
 def fit_dynamics(Z: Tensor, U: Tensor, smap: LQRStateMap, *, reg: float = 1e-3,
@@ -147,6 +147,28 @@ def _lift(fit: LinearGaussianDynamics, Z: Tensor, dU: int, smap: LQRStateMap, id
 COST_HESSIANS = ("exact", "psd")
 
 
+def data_by_iteration(family: ObjectiveFamily, data: Mapping[str, Tensor], T: int
+                      ) -> dict[str, Tensor]:
+    """The problem data of M conditions for their M·T cost expansion points, [M·T, ...], row
+    m·T + t holding condition m's data as the core has them when it evaluates iterate t + 1 —
+    the point cost_t = f(x_t + u_t) is expanded at.
+
+    Why: a minibatch family (:class:`~optenv.families.MLPClassifier`) keeps its minibatch
+    counter in the data, and the samples' cost at step t was f̂ on minibatch t + 1; expanding
+    every step on one minibatch (the counter where sampling left it) fitted the LQR's cost to
+    a different objective than the one the samples saw. The counter is set by the family's own
+    ``rewind`` and ``advance``, as the core does; for exact families the rows are copies.
+    ``data`` is not changed.
+    """
+    cur = {k: v.clone() for k, v in data.items()}
+    family.rewind(cur)
+    steps = []
+    for _ in range(T):
+        family.advance(cur)
+        steps.append({k: v.clone() for k, v in cur.items()})
+    return {k: torch.stack([step[k] for step in steps], 1).flatten(0, 1) for k in data}
+
+
 def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, U: Tensor,
                 smap: LQRStateMap, *, hessian: str = "exact") -> QuadraticCost:
     """Second-order expansion of cost_t = f(x_t + u_t) at the sampled mean of x_t + u_t.
@@ -168,7 +190,7 @@ def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, 
     x = smap.layout.state_slices["CUR_LOC"]
     y = (Z[..., x] + U).mean(1)  # [M,T,d]
     flat = y.reshape(M * T, d)
-    rep = {k: v.repeat_interleave(T, 0) for k, v in data.items()}
+    rep = data_by_iteration(family, data, T)
     f, g = family.value_and_grad(flat, rep)
     Hs = family.hessian(flat, rep)
     Hs = 0.5 * (Hs + Hs.mT)
