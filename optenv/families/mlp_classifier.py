@@ -352,11 +352,16 @@ class MLPClassifier(ObjectiveFamily):
         weights), f the full TRAIN loss."""
         return self if self.batch_size is None else dataclasses.replace(self, batch_size=None)
 
+    def has_full_objective(self) -> bool:
+        """True unless f is already the full loss (``batch_size=None``) or ``full_loss`` is
+        False."""
+        return self.batch_size is not None and self.full_loss
+
     def full_objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]
                        ) -> torch.Tensor | None:
         """The loss on the whole TRAIN part [B] (None when batch_size is None: f is that; or
         when ``full_loss`` is False)."""
-        if self.batch_size is None or not self.full_loss:
+        if not self.has_full_objective():
             return None
         X, y = self.train_tensors(x.device, x.dtype)
         return self._loss(x, X, y, grad=False)[0]
