@@ -48,12 +48,6 @@ class HistoryRing:
         #: ... and the slot of the oldest one on the host (the eager reads' slices)
         self.head = 0
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes the rings hold."""
-        return sum(t.numel() * t.element_size()
-                   for t in (self.x, self.cur_grad, self.deltas, self.grads, self.steps))
-
     # ------------------------------------------------------------------ writes
     def push(self, tr: Transition) -> None:
         """Append one step's entries (every row): the old CUR_GRAD joins PAST_GRADS, the new

@@ -142,8 +142,19 @@ class OptimizationVectorEnv(VectorEnv):
     become 0 and are flagged in ``infos["invalid_action"]``.
 
     ``infos`` of every step: ``f`` (objective at the new iterate), ``grad_norm``, ``t`` (steps
-    in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor; and ``f_full``
-    (the full training loss) for families whose f is a minibatch estimate.
+    in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor. For families
+    whose f is a minibatch estimate (MLPClassifier), ``f_full``, the full training loss, as
+    ``f_full=`` schedules it (:data:`optenv.env.F_FULL_SCHEDULES`): ``"final"`` (default) on
+    the step an env's episode ends — ``infos["f_full"]`` [N], NaN for the others, with
+    ``infos["_f_full"]`` saying which; in SAME_STEP mode ``infos["final_info"]["f_full"]``
+    instead, for the ended envs — computed for those envs only; ``"every_step"``: every env on
+    every step and reset (and SAME_STEP's ``final_info`` too).
+
+    The states live in rings (:mod:`optenv.history`): a step writes its new entries, O(N·d),
+    and the observation is read from the rings in order; ``state`` reads them into a new
+    tensor. Memory: the rings hold N·((2 + 2H)·d + H) numbers in ``dtype``, the observation
+    N·obs_dim float32 (coordinatewise: N·d·k, and an in-order float64 state for the feature
+    map); pass a smaller ``history`` for large d.
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 10,
@@ -319,7 +330,7 @@ class OptimizationVectorEnv(VectorEnv):
         self._was_reset = True
         self._record_render_f()
         return self._out_obs(), self._step_infos(torch.zeros_like(mask),
-                                                      torch.zeros_like(mask))
+                                                 torch.zeros_like(mask))
 
     def _parse_reset_mask(self, value: Any) -> torch.Tensor | None:
         if value is None:
