@@ -151,8 +151,8 @@ class OptimizationVectorEnv(VectorEnv):
     every step and reset (and SAME_STEP's ``final_info`` too).
 
     The states live in rings (:mod:`optenv.history`): a step writes its new entries, O(N·d),
-    and the observation is read from the rings in order; ``state`` reads them into a new
-    tensor. Memory: the rings hold N·((2 + 2H)·d + H) numbers in ``dtype``, the observation
+    and the observation is read from the rings in order; ``state`` reads them into its buffer
+    at each access. Memory: the rings hold N·((2 + 2H)·d + H) numbers in ``dtype``, the observation
     N·obs_dim float32 (coordinatewise: N·d·k, and an in-order float64 state for the feature
     map); pass a smaller ``history`` for large d.
     """
@@ -243,8 +243,8 @@ class OptimizationVectorEnv(VectorEnv):
         # numbers; a CUDA graph needs the ring's order on the device
         self._ring = HistoryRing(self.layout, n, dtype=dt, device=dev,
                                  device_indexed=self.cuda_graph)
-        # the in-order state the coordinatewise observation maps read (flat: none, the float32
-        # observation is read from the rings directly)
+        # the in-order state the coordinatewise observation maps read (flat: none until
+        # ``state`` is read; the float32 observation is read from the rings directly)
         self._ordered = (None if self._observer.mode == "flat" else
                          torch.zeros(n, self.layout.state_dim, dtype=dt, device=dev))
         self._f = torch.zeros(n, dtype=dt, device=dev)
@@ -413,9 +413,10 @@ class OptimizationVectorEnv(VectorEnv):
         observation map from the in-order state."""
         if self._fresh_obs:  # copy=True, eager: this tensor is the copy step/reset hand out
             self._obs = torch.empty_like(self._obs)
-        if self._ordered is None:
+        if self._observer.mode == "flat":
             self._ring.read(self._obs, with_loc=False)
         else:
+            assert self._ordered is not None
             self._obs.copy_(self._observer(self._ring.read(self._ordered), self._t))
 
     # ------------------------------------------------------------------ step
@@ -612,9 +613,12 @@ class OptimizationVectorEnv(VectorEnv):
     @property
     def state(self) -> torch.Tensor:
         """The full states [N, dX] (CUR_LOC first), in the env's dtype: read in order from the
-        rings the env keeps them in (:mod:`optenv.history`), a new tensor on every read."""
-        return self._ring.read(torch.empty(self.num_envs, self.layout.state_dim,
-                                           dtype=self.dtype, device=self.device))
+        rings the env keeps them in (:mod:`optenv.history`) into one buffer (allocated at the
+        first read in the flat mode), the same tensor on every read, refreshed by each read."""
+        if self._ordered is None:
+            self._ordered = torch.empty(self.num_envs, self.layout.state_dim, dtype=self.dtype,
+                                        device=self.device)
+        return self._ring.read(self._ordered)
 
     @property
     def problem(self) -> dict[str, torch.Tensor]:
