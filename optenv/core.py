@@ -28,7 +28,7 @@ import torch
 
 from optenv.families.base import ObjectiveFamily
 
-__all__ = ["CoreStep", "OptimizationCore", "StateLayout", "advance_observation",
+__all__ = ["CoreStep", "OptimizationCore", "StateLayout", "Transition", "advance_observation",
            "first_observation"]
 
 #: Largest magnitude kept in the state. A diverging run (f or x overflowing) is clamped here, so
@@ -151,24 +151,31 @@ def _first_blocks(layout: StateLayout, g: torch.Tensor) -> list[torch.Tensor]:
     return [g.new_zeros(g.shape[0], h + h * d), g, g.new_zeros(g.shape[0], h * d)]
 
 
-def _next_blocks(layout: StateLayout, obs: torch.Tensor, f_prev: torch.Tensor, f: torch.Tensor,
-                 g: torch.Tensor, delta_x: torch.Tensor) -> list[torch.Tensor]:
-    """The observation one step later as blocks to concatenate (so :meth:`OptimizationCore.step`
-    prepends the iterate with one ``cat``): each history shifted left by one entry, with the
-    relative change of f (|f_prev| floored at DELTA_EPS, its sign kept), the gradient at the new
-    iterate and the step that led there written at the end.
-
-    ``obs`` [B, obs_dim] comes from this module's functions, so its histories are finite and in
-    range already: only the new entries are sanitised (whole-state passes dominated the step)."""
-    d = layout.d
-    sl = layout.observation_slices
+def _new_entries(f_prev: torch.Tensor, f: torch.Tensor, g: torch.Tensor, delta_x: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries one step appends to the histories, sanitised: the relative change of f
+    [B, 1] (|f_prev| floored at DELTA_EPS, its sign kept), the gradient at the new iterate
+    [B, d] and the step that led there [B, d]. Histories are built only from these (and zeros),
+    so they are finite and in range without whole-state passes."""
     mag = f_prev.abs().clamp_min(DELTA_EPS)
     denom = torch.where(f_prev < 0, -mag, mag)
     rel = ((f - f_prev) / denom).unsqueeze(-1)
+    return _safe(rel), _safe(g), _safe(delta_x)
+
+
+def _next_blocks(layout: StateLayout, obs: torch.Tensor, f_prev: torch.Tensor, f: torch.Tensor,
+                 g: torch.Tensor, delta_x: torch.Tensor) -> list[torch.Tensor]:
+    """The observation one step later as blocks to concatenate (so :meth:`OptimizationCore.step`
+    prepends the iterate with one ``cat``): each history shifted left by one entry, with
+    :func:`_new_entries` written at the end. ``obs`` [B, obs_dim] comes from this module's
+    functions, so its histories are finite and in range already."""
+    d = layout.d
+    sl = layout.observation_slices
+    rel, g_new, dx_new = _new_entries(f_prev, f, g, delta_x)
     deltas = obs[:, sl["PAST_OBJ_VAL_DELTAS"]]
     grads = obs[:, sl["PAST_GRADS"].start : sl["CUR_GRAD"].stop]  # PAST_GRADS ++ CUR_GRAD
     steps = obs[:, sl["PAST_LOC_DELTAS"]]
-    return [deltas[:, 1:], _safe(rel), grads[:, d:], _safe(g), steps[:, d:], _safe(delta_x)]
+    return [deltas[:, 1:], rel, grads[:, d:], g_new, steps[:, d:], dx_new]
 
 
 def first_observation(layout: StateLayout, g: torch.Tensor) -> torch.Tensor:
@@ -196,6 +203,18 @@ def _safe(t: torch.Tensor) -> torch.Tensor:
 def _diverged(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Non-finite, or past the clamp (the clamp would otherwise hide a runaway iterate)."""
     return ~((f.abs() < STATE_LIMIT) & (x.abs() < STATE_LIMIT).all(-1))
+
+
+class Transition(NamedTuple):
+    """One step of a batch as the entries it adds, for a caller that keeps the histories
+    itself (the vector env's rings, :mod:`optenv.history`) instead of a concatenated state."""
+
+    x: torch.Tensor  # [B, d] the new iterate, sanitised (CUR_LOC)
+    rel: torch.Tensor  # [B, 1] the new PAST_OBJ_VAL_DELTAS entry
+    grad: torch.Tensor  # [B, d] the new CUR_GRAD (the old one joins PAST_GRADS)
+    delta_x: torch.Tensor  # [B, d] the new PAST_LOC_DELTAS entry
+    f: torch.Tensor  # [B] f at the new iterate (may be non-finite on divergence)
+    diverged: torch.Tensor  # [B] bool
 
 
 class CoreStep(NamedTuple):
@@ -234,11 +253,26 @@ class OptimizationCore:
         histories are taken as finite and within ±STATE_LIMIT, and only the new entries are
         sanitised."""
         lay = self.layout
-        x = state[:, lay.state_slices["CUR_LOC"]] + delta_x
-        self.family.advance(data)
-        f, g = self.family.value_and_grad(x, data)
+        x, f, g = self._evaluate(data, state[:, lay.state_slices["CUR_LOC"]], delta_x)
         blocks = _next_blocks(lay, lay.observation(state), f_prev, f, g, delta_x)
         return CoreStep(torch.cat([_safe(x), *blocks], dim=-1), f, _diverged(f, x))
+
+    def transition(self, data: Mapping[str, torch.Tensor], x_prev: torch.Tensor,
+                   f_prev: torch.Tensor, delta_x: torch.Tensor) -> Transition:
+        """:meth:`step` as the entries it appends (no state built): from the current iterate
+        ``x_prev`` [B, d] (CUR_LOC of a state of this core) and f there, the same arithmetic,
+        bit for bit."""
+        x, f, g = self._evaluate(data, x_prev, delta_x)
+        rel, g_new, dx_new = _new_entries(f_prev, f, g, delta_x)
+        return Transition(_safe(x), rel, g_new, dx_new, f, _diverged(f, x))
+
+    def _evaluate(self, data: Mapping[str, torch.Tensor], x_prev: torch.Tensor,
+                  delta_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x = x_prev + Δx, and f, ∇f there (the minibatch stream advanced first)."""
+        x = x_prev + delta_x
+        self.family.advance(data)
+        f, g = self.family.value_and_grad(x, data)
+        return x, f, g
 
     @staticmethod
     def _finish(state: torch.Tensor, f: torch.Tensor, x: torch.Tensor) -> CoreStep:

@@ -22,6 +22,7 @@ from optenv.memory import check_fits, estimate_env_bytes
 from optenv.render import FrameRenderer, render_ansi
 from optenv.rng import instance_keys, split_index
 from optenv.validation import (
+    check_choice,
     check_number,
     check_seed,
     parse_dtype,
@@ -29,13 +30,32 @@ from optenv.validation import (
     x0_from_user,
 )
 
-__all__ = ["DEFAULT_DIVERGENCE_PENALTY", "DEFAULT_REWARD_DTYPE", "OptimizationEnv"]
+__all__ = ["DEFAULT_DIVERGENCE_PENALTY", "DEFAULT_F_FULL", "DEFAULT_REWARD_DTYPE",
+           "F_FULL_SCHEDULES", "OptimizationEnv", "check_f_full"]
 
 DEFAULT_DIVERGENCE_PENALTY = 1e3
 #: Rewards are float32 unless asked otherwise: the observations' dtype, and what clients that
 #: build typed buffers from the spaces assume (TorchRL's default reward spec, SB3's buffers).
 DEFAULT_REWARD_DTYPE = "float32"
 _RESET_OPTIONS = ("problem", "x0")
+#: When the envs compute ``info["f_full"]``, the full training loss of a family whose f is a
+#: minibatch estimate (MLPClassifier; ``family.has_full_objective()``): the ``f_full``
+#: argument of both envs. ``"final"`` (default): on the step that ends an episode, where an RL
+#: user logs how far a run got (the vector env: terminated or truncated; the single env:
+#: terminated, since Gymnasium's TimeLimit truncates outside it). ``"every_step"``: on every
+#: step (and reset). Why not every step by default: on the neural-net family the full loss is
+#: a forward pass over the whole TRAIN part (1 442 examples on digits, 22× the minibatch's),
+#: the largest cost of a step that RL training never reads. Evaluation
+#: (:func:`optenv.evaluate`, ``optenv compare``) does not go through this: it reports the full
+#: loss at every iteration whatever the env's ``f_full``. A family's ``full_loss=False``
+#: switches the full loss off everywhere.
+F_FULL_SCHEDULES = ("final", "every_step")
+DEFAULT_F_FULL = "final"
+
+
+def check_f_full(value: Any) -> str:
+    """``f_full``: one of :data:`F_FULL_SCHEDULES`, else ValueError naming the argument."""
+    return str(check_choice("f_full", value, F_FULL_SCHEDULES))
 
 
 
@@ -120,7 +140,9 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
     132 for "li-malik-2017"; a history too short for the feature set is a ValueError);
     ``max_step`` (default the family's); ``split``; ``dtype`` of the arithmetic ("float64"
     default; the observation is always float32); ``reward_dtype`` ("float32" default, or
-    "float64"); ``divergence_penalty``; ``render_mode`` ("rgb_array", "ansi"); any further
+    "float64"); ``divergence_penalty``; ``render_mode`` ("rgb_array", "ansi"); ``f_full``
+    ("final" default, or "every_step": when ``info["f_full"]`` is computed, see
+    :data:`F_FULL_SCHEDULES`); any further
     keyword goes to the family (e.g. ``dim=2``); a keyword neither takes raises
     :class:`~optenv.validation.UnknownArgumentError`, a TypeError in Python's words (clients
     such as TorchRL probe with keywords and drop those refused that way). A configuration
@@ -129,7 +151,12 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Info
     numpy scalars, so their dtypes are fixed: ``f``, ``f0`` (objective now and at x(0)) and
     ``grad_norm`` in the arithmetic ``dtype``; ``t``, ``seed``, ``episode_index`` int64;
-    ``diverged``, ``action_clipped`` bool; ``x`` and ``grad`` arrays [d] in ``dtype``.
+    ``diverged``, ``action_clipped`` bool; ``x`` and ``grad`` arrays [d] in ``dtype``. For a
+    family whose f is a minibatch estimate (MLPClassifier), ``f_full``, the full training loss
+    in ``dtype``: on every step and reset with ``f_full="every_step"``; with ``f_full="final"``
+    (default) only on a step that terminates the episode — this env cannot see the horizon
+    (Gymnasium's TimeLimit wrapper truncates outside it), so a run's full loss at the horizon
+    needs ``"every_step"`` here; the vector env, which owns its horizon, reports it there.
 
     ## Seeding
     ``reset(seed=s)`` draws instance (s, episode 0); each later ``reset()`` moves to the next
@@ -160,9 +187,11 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         reward_dtype: str | torch.dtype = DEFAULT_REWARD_DTYPE,
         divergence_penalty: float = DEFAULT_DIVERGENCE_PENALTY,
         render_mode: str | None = None,
+        f_full: str = DEFAULT_F_FULL,
         **family_kwargs: Any,
     ) -> None:
         self.family = make_family(family, **family_kwargs)
+        self.f_full = check_f_full(f_full)
         self.observation_mode, feature_set, history = resolve_observation(observation, features,
                                                                           history)
         self.features: str = feature_set.name
@@ -245,7 +274,8 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         self._data, self._state, self._f = data, start.state, start.f
         self._t = 0
         self._f_history = [float(start.f[0])]
-        return self._observation(), self._info(diverged=bool(start.diverged[0]), clipped=False)
+        return self._observation(), self._info(diverged=bool(start.diverged[0]), clipped=False,
+                                               ended=False)
 
     def step(
         self, action: np.ndarray
@@ -267,7 +297,10 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         f = float(res.f[0])
         self._f_history.append(f)
         reward = float(self._round_reward(-self.divergence_penalty if diverged else -f))
-        info = self._info(diverged=diverged, clipped=bool((clipped != a).any()))
+        # "final": the episode ends here only if it diverged (the horizon is TimeLimit's,
+        # outside this env: gym.make gives the env a spec without it)
+        info = self._info(diverged=diverged, clipped=bool((clipped != a).any()),
+                          ended=diverged)
         return self._observation(), reward, diverged, False, info
 
     def render(self) -> np.ndarray | str | None:
@@ -320,14 +353,15 @@ class OptimizationEnv(gym.Env[np.ndarray, np.ndarray]):
         obs = self._observer(self._state, self._t)
         return obs[0].to(torch.float32).numpy().copy()
 
-    def _info(self, *, diverged: bool, clipped: bool) -> dict[str, Any]:
+    def _info(self, *, diverged: bool, clipped: bool, ended: bool) -> dict[str, Any]:
         """The step's info as numpy scalars and arrays (see the class docs): a client that reads
         infos into typed buffers (TorchRL's info reader asks every value for its ``dtype``)
-        gets the same dtypes on every step."""
+        gets the same dtypes on every step (``f_full`` aside: on the steps ``f_full`` names)."""
         g = self._state[0, self.layout.state_slices["CUR_GRAD"]]
         real = self._f.numpy().dtype.type
-        full = self.family.full_objective(self._state[:, self.layout.state_slices["CUR_LOC"]],
-                                          self._data)  # minibatch families: the full loss
+        full = None
+        if self.f_full == "every_step" or ended:  # minibatch families: the full loss
+            full = self.family.full_objective(self.x.unsqueeze(0), self._data)
         return {**({} if full is None else {"f_full": real(full[0])}),
             "f": real(self._f[0]),
             "f0": real(self._f_history[0]),

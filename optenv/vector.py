@@ -13,13 +13,20 @@ from gymnasium.vector.utils import batch_space
 
 from optenv.core import CoreStep, StateLayout
 from optenv.cuda_graphs import capture, warm_up
-from optenv.env import DEFAULT_DIVERGENCE_PENALTY, DEFAULT_REWARD_DTYPE, core_and_observer
-from optenv.families import ObjectiveFamily, make_family
+from optenv.env import (
+    DEFAULT_DIVERGENCE_PENALTY,
+    DEFAULT_F_FULL,
+    DEFAULT_REWARD_DTYPE,
+    check_f_full,
+    core_and_observer,
+)
+from optenv.families import ObjectiveFamily, index_problem, make_family
 from optenv.features import (
     DEFAULT_FEATURES,
     DEFAULT_OBSERVATION,
     resolve_observation,
 )
+from optenv.history import HistoryRing
 from optenv.render import FrameRenderer, render_ansi
 from optenv.rng import instance_keys, split_index
 from optenv.validation import (
@@ -135,8 +142,19 @@ class OptimizationVectorEnv(VectorEnv):
     become 0 and are flagged in ``infos["invalid_action"]``.
 
     ``infos`` of every step: ``f`` (objective at the new iterate), ``grad_norm``, ``t`` (steps
-    in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor; and ``f_full``
-    (the full training loss) for families whose f is a minibatch estimate.
+    in the episode), ``action_clipped``, ``invalid_action``; each a [N] tensor. For families
+    whose f is a minibatch estimate (MLPClassifier), ``f_full``, the full training loss, as
+    ``f_full=`` schedules it (:data:`optenv.env.F_FULL_SCHEDULES`): ``"final"`` (default) on
+    the step an env's episode ends — ``infos["f_full"]`` [N], NaN for the others, with
+    ``infos["_f_full"]`` saying which; in SAME_STEP mode ``infos["final_info"]["f_full"]``
+    instead, for the ended envs — computed for those envs only; ``"every_step"``: every env on
+    every step and reset (and SAME_STEP's ``final_info`` too).
+
+    The states live in rings (:mod:`optenv.history`): a step writes its new entries, O(N·d),
+    and the observation is read from the rings in order; ``state`` reads them into its buffer
+    at each access. Memory: the rings hold N·((2 + 2H)·d + H) numbers in ``dtype``, the observation
+    N·obs_dim float32 (coordinatewise: N·d·k, and an in-order float64 state for the feature
+    map); pass a smaller ``history`` for large d.
     """
 
     metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 10,
@@ -162,6 +180,7 @@ class OptimizationVectorEnv(VectorEnv):
         copy: bool = True,
         render_mode: str | None = None,
         cuda_graph: bool = False,
+        f_full: str = DEFAULT_F_FULL,
         **family_kwargs: Any,
     ) -> None:
         # Store, then allocate (the shape of SB3's and Gymnasium's vector envs): validate and
@@ -186,6 +205,8 @@ class OptimizationVectorEnv(VectorEnv):
         self.divergence_penalty = check_number("divergence_penalty", divergence_penalty,
                                                strict=False)
         self.check_actions = bool(check_actions)
+        self.f_full = check_f_full(f_full)
+        self._has_full = self.family.has_full_objective()
         self.copy = bool(copy)
         self.split = split
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
@@ -218,11 +239,22 @@ class OptimizationVectorEnv(VectorEnv):
             k: torch.zeros(n, *shape, dtype=dt, device=dev)
             for k, shape in self.family.problem_shapes().items()
         }
-        self._state = torch.zeros(n, self.layout.state_dim, dtype=dt, device=dev)
+        # the states as rings (optenv.history): a step writes its new entries, not N·H·d
+        # numbers; a CUDA graph needs the ring's order on the device
+        self._ring = HistoryRing(self.layout, n, dtype=dt, device=dev,
+                                 device_indexed=self.cuda_graph)
+        # the in-order state the coordinatewise observation maps read (flat: none until
+        # ``state`` is read; the float32 observation is read from the rings directly)
+        self._ordered = (None if self._observer.mode == "flat" else
+                         torch.zeros(n, self.layout.state_dim, dtype=dt, device=dev))
         self._f = torch.zeros(n, dtype=dt, device=dev)
         self._f0 = torch.zeros(n, dtype=dt, device=dev)
         self._t = torch.zeros(n, dtype=torch.int64, device=dev)
         self._obs = torch.zeros(n, *self._observer.shape, dtype=torch.float32, device=dev)
+        # copy=True without a CUDA graph: each observation is written into a new tensor, which
+        # step/reset hand out as the copy (a flat one is N·obs_dim floats, 37 MB at N = 64 on
+        # the neural-net family: cloning a live buffer was a second pass over it)
+        self._fresh_obs = self.copy and not self.cuda_graph
         self._reward = torch.zeros(n, dtype=self.reward_dtype, device=dev)
         self._terminated = torch.zeros(n, dtype=torch.bool, device=dev)
         self._truncated = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -236,6 +268,9 @@ class OptimizationVectorEnv(VectorEnv):
         self._final_f = torch.zeros_like(self._f)
         self._final_t = torch.zeros_like(self._t)
         self._final_grad_norm = torch.zeros_like(self._f)
+        # the full training loss where an episode ended (f_full="final", and SAME_STEP's
+        # final_info), NaN elsewhere
+        self._final_full = torch.full_like(self._f, float("nan"))
         # the graph's input: actions as float64 (exact for every float the caller may pass)
         self._graph_actions = (torch.zeros(n, d, dtype=torch.float64, device=dev)
                                if self.cuda_graph else None)
@@ -294,8 +329,8 @@ class OptimizationVectorEnv(VectorEnv):
         self._restart(mask, problem=problem, x0=x0)
         self._was_reset = True
         self._record_render_f()
-        return self._out(self._obs), self._step_infos(torch.zeros_like(mask),
-                                                      torch.zeros_like(mask))
+        return self._out_obs(), self._step_infos(torch.zeros_like(mask),
+                                                 torch.zeros_like(mask))
 
     def _parse_reset_mask(self, value: Any) -> torch.Tensor | None:
         if value is None:
@@ -353,8 +388,8 @@ class OptimizationVectorEnv(VectorEnv):
         ``keep_outcome`` the reward, terminated and truncated buffers keep the step's values
         (SAME_STEP autoresets return the ended step's outcome with the new episode's obs)."""
         zeros_b = torch.zeros_like(start.diverged)
+        self._ring.load(start.state, idx=idx, mask=mask)
         fields = [
-            (self._state, start.state),
             (self._f, start.f),
             (self._f0, start.f),
             (self._t, torch.zeros_like(start.f, dtype=torch.int64)),
@@ -370,7 +405,19 @@ class OptimizationVectorEnv(VectorEnv):
             else:
                 assert mask is not None
                 buf.copy_(torch.where(_bcast(mask, buf), new, buf))
-        self._obs.copy_(self._observer(self._state, self._t))
+        self._observe()
+
+    def _observe(self) -> None:
+        """Write the observations of the current states into ``_obs``: flat ones read from
+        the rings in order and cast to float32 in one pass; coordinatewise ones through the
+        observation map from the in-order state."""
+        if self._fresh_obs:  # copy=True, eager: this tensor is the copy step/reset hand out
+            self._obs = torch.empty_like(self._obs)
+        if self._observer.mode == "flat":
+            self._ring.read(self._obs, with_loc=False)
+        else:
+            assert self._ordered is not None
+            self._obs.copy_(self._observer(self._ring.read(self._ordered), self._t))
 
     # ------------------------------------------------------------------ step
     def step(
@@ -393,9 +440,13 @@ class OptimizationVectorEnv(VectorEnv):
             infos["final_info"] = {
                 "f": self._final_f.clone(), "grad_norm": self._final_grad_norm.clone(),
                 "t": self._final_t.clone(), "action_clipped": infos["action_clipped"],
-                "invalid_action": infos["invalid_action"]}
+                "invalid_action": infos["invalid_action"],
+                **({"f_full": self._final_full.clone()} if self._has_full else {})}
             infos["_final_info"] = done.clone()
-        return (self._out(self._obs), self._out(self._reward), self._out(self._terminated),
+        elif self._has_full and self.f_full == "final":
+            infos["f_full"] = self._final_full.clone()
+            infos["_f_full"] = self._terminated | self._truncated
+        return (self._out_obs(), self._out(self._reward), self._out(self._terminated),
                 self._out(self._truncated), infos)
 
     @property
@@ -411,6 +462,7 @@ class OptimizationVectorEnv(VectorEnv):
         if self._graph_state == "warm-up":
             warm_up(lambda: self._advance_core(actions), self.device)
             self._graph_state = "capture"
+            self._final_full_stage()
             self._reset_stage()
             return
         if self._graph_state == "capture":
@@ -419,13 +471,16 @@ class OptimizationVectorEnv(VectorEnv):
             self._graph_state = "eager" if self._graph is None else "replay"
         if self._graph_state == "replay":
             self._graph.replay()
+            self._final_full_stage()
             self._reset_stage()
         else:
             self._advance(actions)
 
     def _advance(self, actions: torch.Tensor) -> None:
-        """One eager step: the tensor work, then the autoresets."""
+        """One eager step: the tensor work, the full loss where episodes ended, then the
+        autoresets."""
         self._advance_core(actions)
+        self._final_full_stage()
         self._reset_stage()
 
     def _advance_core(self, actions: torch.Tensor) -> None:
@@ -438,12 +493,12 @@ class OptimizationVectorEnv(VectorEnv):
         clipped_a = a.clamp(-1.0, 1.0)
         clipped = (clipped_a != a).any(-1)
         step = self.max_step * clipped_a.to(self.dtype)
-        res = self.core.step(self._data, self._state, self._f, step)
+        res = self.core.transition(self._data, self._ring.x, self._f, step)
         terminated = res.diverged
         t = self._t + 1
         truncated = (t >= self.max_episode_steps) & ~terminated
         reward = torch.where(terminated, torch.full_like(res.f, -self.divergence_penalty), -res.f)
-        self._state.copy_(res.state)
+        self._ring.push(res)
         self._f.copy_(res.f)
         self._t.copy_(t)
         self._reward.copy_(reward)
@@ -451,7 +506,7 @@ class OptimizationVectorEnv(VectorEnv):
         self._truncated.copy_(truncated)
         self._clipped.copy_(clipped)
         self._invalid.copy_(invalid)
-        self._obs.copy_(self._observer(self._state, self._t))
+        self._observe()
 
         mode = self.autoreset_mode
         if mode is AutoresetMode.NEXT_STEP:
@@ -463,7 +518,28 @@ class OptimizationVectorEnv(VectorEnv):
             self._final_obs.copy_(self._obs)
             self._final_f.copy_(self._f)
             self._final_t.copy_(self._t)
-            self._final_grad_norm.copy_(self.core.grad_norm(self._state))
+            self._final_grad_norm.copy_(self._ring.grad_norm())
+
+    def _final_full_stage(self) -> None:
+        """The full training loss of the envs whose episode ended on this step, before the
+        autoresets replace their iterates (``f_full="final"``, and SAME_STEP's final_info in
+        either schedule; NaN for the others). Only those envs' losses are computed: by index
+        on the CPU; on accelerators over the batch, masked, and only on steps where an episode
+        ended (one read of the mask, outside any CUDA graph)."""
+        if not self._has_full or (self.f_full == "every_step"
+                                  and self.autoreset_mode is not AutoresetMode.SAME_STEP):
+            return
+        # (NEXT_STEP: not the envs that restart on this step; their step was a placeholder)
+        ended = (self._terminated | self._truncated) & ~self._resetting
+        self._final_full.fill_(float("nan"))
+        if self._index_resets:
+            idx = ended.nonzero().squeeze(-1)
+            if idx.numel():
+                full = self.family.full_objective(self.x[idx], index_problem(self._data, idx))
+                self._final_full.index_copy_(0, idx, full)
+        elif bool(ended.any()):
+            full = self.family.full_objective(self.x, self._data)
+            self._final_full.copy_(torch.where(ended, full, self._final_full))
 
     def _reset_stage(self) -> None:
         """The step's autoresets, after :meth:`_advance_core` (eager even with a CUDA graph:
@@ -478,6 +554,11 @@ class OptimizationVectorEnv(VectorEnv):
     def _out(self, buf: torch.Tensor) -> torch.Tensor:
         """What step/reset hand out: a copy of a buffer, or the live buffer if copy=False."""
         return buf.clone() if self.copy else buf
+
+    def _out_obs(self) -> torch.Tensor:
+        """The observations step/reset hand out: ``_out``'s rule, where a fresh observation
+        tensor (see ``_fresh_obs``) is already the copy: the env never writes into it again."""
+        return self._obs if self._fresh_obs else self._out(self._obs)
 
     def _autoreset(self, mask: torch.Tensor, *, keep_outcome: bool = False) -> None:
         """Start the next episode (same seed, episode + 1) of the envs in ``mask``."""
@@ -517,10 +598,12 @@ class OptimizationVectorEnv(VectorEnv):
         return a
 
     def _step_infos(self, clipped: torch.Tensor, invalid: torch.Tensor) -> dict[str, Any]:
-        full = self.family.full_objective(self.x, self._data)  # minibatch families: full loss
+        full = None
+        if self._has_full and self.f_full == "every_step":  # the full loss of every env
+            full = self.family.full_objective(self.x, self._data)
         return {**({} if full is None else {"f_full": full}),
             "f": self._f.clone(),
-            "grad_norm": self.core.grad_norm(self._state),
+            "grad_norm": self._ring.grad_norm(),
             "t": self._t.clone(),
             "action_clipped": clipped,
             "invalid_action": invalid,
@@ -529,8 +612,13 @@ class OptimizationVectorEnv(VectorEnv):
     # ------------------------------------------------------------------ views
     @property
     def state(self) -> torch.Tensor:
-        """The full states [N, dX] (CUR_LOC first), in the env's dtype (a live buffer)."""
-        return self._state
+        """The full states [N, dX] (CUR_LOC first), in the env's dtype: read in order from the
+        rings the env keeps them in (:mod:`optenv.history`) into one buffer (allocated at the
+        first read in the flat mode), the same tensor on every read, refreshed by each read."""
+        if self._ordered is None:
+            self._ordered = torch.empty(self.num_envs, self.layout.state_dim, dtype=self.dtype,
+                                        device=self.device)
+        return self._ring.read(self._ordered)
 
     @property
     def problem(self) -> dict[str, torch.Tensor]:
@@ -539,8 +627,8 @@ class OptimizationVectorEnv(VectorEnv):
 
     @property
     def x(self) -> torch.Tensor:
-        """The current iterates [N, d]."""
-        return self._state[:, self.layout.state_slices["CUR_LOC"]]
+        """The current iterates [N, d] (a live buffer)."""
+        return self._ring.x
 
     def render(self) -> tuple[Any, ...] | None:
         """Frames of the first (at most 4) envs, in the single env's format."""
@@ -548,7 +636,7 @@ class OptimizationVectorEnv(VectorEnv):
             return None
         shown = min(self.num_envs, RENDERED_ENVS)
         if self.render_mode == "ansi":
-            gn = self.core.grad_norm(self._state).cpu()
+            gn = self._ring.grad_norm().cpu()
             return tuple(render_ansi(int(self._t[i]), float(self._f[i]), float(self._f0[i]),
                                      float(gn[i])) for i in range(shown))
         hist = self._render_f.cpu()

@@ -51,7 +51,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "mag = f_prev.abs().clamp_min(DELTA_EPS)", "mag = f_prev.abs()", _CORE,
            "no floor on |f_prev|: f = 0 gives an infinite change"),
     Mutant("core-history-shift", "optenv/core.py",
-           "return [deltas[:, 1:], _safe(rel)", "return [deltas[:, :-1], _safe(rel)",
+           "return [deltas[:, 1:], rel, grads", "return [deltas[:, :-1], rel, grads",
            _CORE, "the objective history shifts the wrong way"),
     Mutant("core-start-grad-zero", "optenv/core.py",
            "return [g.new_zeros(g.shape[0], h + h * d), g, g.new_zeros",
@@ -61,6 +61,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "return ~((f.abs() < STATE_LIMIT) & (x.abs() < STATE_LIMIT).all(-1))",
            "return ~(f.abs() < STATE_LIMIT)", _CORE,
            "a runaway iterate with a finite f is not divergence"),
+    # ------------------------------------------------------------------ optenv/history.py
+    Mutant("history-push-newest-slot", "optenv/history.py",
+           "slot = self.order[:1]", "slot = self.order[-1:]",
+           ("tests/optenv/test_history.py", *_VECTOR),
+           "the vector env's rings overwrite the newest entry instead of the oldest"),
     # ------------------------------------------------------------------ optenv/vector.py
     Mutant("vector-next-step-resets-at-once", "optenv/vector.py",
            "self._resetting.copy_(self._needs_reset)",

@@ -128,6 +128,11 @@ class ObjectiveFamily(ABC):
         on it, since the full loss is what evaluation reports for a minibatch family."""
         return self
 
+    def has_full_objective(self) -> bool:
+        """Whether :meth:`full_objective` returns a value (f is a minibatch estimate of it):
+        what the envs ask before they set aside room for ``info["f_full"]``."""
+        return False
+
     def full_objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]
                        ) -> torch.Tensor | None:
         """The objective without minibatch noise, [B] (the full training loss), for a family

@@ -60,7 +60,7 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh")
 HESSIAN_MAX_D = 4096
 #: Elements of one activation tensor [B, examples, width] the full-data passes keep at once
 #: (they go through the TRAIN part in chunks of examples below this).
-CHUNK_ELEMENTS = 2**24
+CHUNK_ELEMENTS = 2**17
 _MASK16, _GOLDEN = 0xFFFF, 0x9E3779B9
 #: Salts of the minibatch hash (distinct from optenv.rng's stream constants).
 _SALT_T, _SALT_J = 0x2545F491, 0x27D4EB2F
@@ -103,13 +103,16 @@ def minibatch_index(data: Mapping[str, torch.Tensor], batch_size: int, n: int) -
     return (words * n) >> 32  # words < 2**32 and n < 2**31: exact in int64
 
 
-def _linear(a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """a Wᵀ for B nets: a [B, n, in] (one GEMM per net) or shared [n, in] (ONE GEMM against
-    all B matrices side by side, rather than B copies of a); W [B, out, in] → [B, n, out]."""
+def _affine(a: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a Wᵀ + b for B nets, the bias fused into the GEMM (addmm/baddbmm: no second pass over
+    the activations): a [B, n, in] (one GEMM per net) or shared [n, in] (ONE GEMM against all B
+    matrices side by side, rather than B copies of a); W [B, out, in], b [B, out] →
+    [B, n, out]."""
     if a.dim() == 3:
-        return torch.matmul(a, W.transpose(1, 2))
+        return torch.baddbmm(b.unsqueeze(1), a, W.transpose(1, 2))
     bsz, out, inp = W.shape
-    return (a @ W.reshape(bsz * out, inp).T).reshape(a.shape[0], bsz, out).transpose(0, 1)
+    z = torch.addmm(b.reshape(1, bsz * out), a, W.reshape(bsz * out, inp).T)
+    return z.view(a.shape[0], bsz, out).transpose(0, 1)
 
 
 def _outer(dz: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -273,20 +276,21 @@ class MLPClassifier(ObjectiveFamily):
         acts, pres = [X], []
         a = X
         for index, (W, b) in enumerate(layers):
-            z = _linear(a, W) + b.unsqueeze(1)
+            z = _affine(a, W, b)
             if index < len(layers) - 1:
                 a = self._activate(z)
                 pres.append(z)
                 acts.append(a)
-        logp = torch.log_softmax(z, dim=-1)
-        classes = torch.arange(z.shape[-1], device=z.device)
-        onehot = (y.unsqueeze(-1) == classes).to(z.dtype)  # not F.one_hot: vmap-safe
-        if onehot.dim() == 2:
-            onehot = onehot.unsqueeze(0)
-        loss = -(onehot * logp).sum((-1, -2))
+        # cross-entropy = logsumexp(z) − z[label]: two passes over the logits, where
+        # log_softmax and a one-hot product took four (and log_softmax over 10 classes is slow)
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)
+        labels = (y if y.dim() == z.dim() - 1 else y.expand(z.shape[:-1])).unsqueeze(-1)
+        loss = (lse - z.gather(-1, labels)).sum((-1, -2))
         if not grad:
             return loss, None
-        dz = torch.exp(logp) - onehot  # d loss / d logits, per example
+        classes = torch.arange(z.shape[-1], device=z.device)
+        onehot = (labels == classes).to(z.dtype)  # not F.one_hot: vmap-safe
+        dz = torch.exp(z - lse) - onehot  # d loss / d logits, per example
         pieces: list[torch.Tensor] = []
         for index in range(len(layers) - 1, -1, -1):
             W = layers[index][0]
@@ -299,7 +303,8 @@ class MLPClassifier(ObjectiveFamily):
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean cross-entropy + (l2/2)·Σ‖W‖² (and its gradient [B, d]) of the nets x on the
         examples X, y; shared data go through in chunks of examples (CHUNK_ELEMENTS)."""
-        layers = self.unpack(x)
+        # contiguous weights once per call, not a strided copy in every chunk's GEMM
+        layers = [(W.contiguous(), b) for W, b in self.unpack(x)]
         n = y.shape[-1]
         if y.dim() == 1:
             width = max(max(o for o, _ in self._shapes), X.shape[-1])
@@ -347,11 +352,16 @@ class MLPClassifier(ObjectiveFamily):
         weights), f the full TRAIN loss."""
         return self if self.batch_size is None else dataclasses.replace(self, batch_size=None)
 
+    def has_full_objective(self) -> bool:
+        """True unless f is already the full loss (``batch_size=None``) or ``full_loss`` is
+        False."""
+        return self.batch_size is not None and self.full_loss
+
     def full_objective(self, x: torch.Tensor, data: Mapping[str, torch.Tensor]
                        ) -> torch.Tensor | None:
         """The loss on the whole TRAIN part [B] (None when batch_size is None: f is that; or
         when ``full_loss`` is False)."""
-        if self.batch_size is None or not self.full_loss:
+        if not self.has_full_objective():
             return None
         X, y = self.train_tensors(x.device, x.dtype)
         return self._loss(x, X, y, grad=False)[0]

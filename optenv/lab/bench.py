@@ -204,6 +204,18 @@ def bench_objective(env_id: str, num_envs: list[int], steps: int, *, device: str
     return rows
 
 
+def _against_floor(rows: list[dict[str, Any]]) -> None:
+    """Add to each batched-env row ``step_vs_torch_func_floor``: its step's time over the
+    time of the floor (one batched ``torch.func`` forward+backward of the same N nets, same
+    device and dtype), the issue's "within 2× of the floor" figure for the whole step."""
+    floor = {(r["device"], r["dtype"], r["num_envs"]): r["evals_per_s"] for r in rows
+             if r.get("impl") == "torch.func.vmap(grad_and_value)"}
+    for r in rows:
+        key = (r["device"], r["dtype"], r["num_envs"])
+        if r.get("impl") == "optenv.OptimizationVectorEnv" and key in floor:
+            r["step_vs_torch_func_floor"] = floor[key] / r["env_steps_per_s"]
+
+
 def profile_env(env_id: str, num_envs: int, steps: int, *, device: str, top: int = 15,
                 seed: int = 0) -> list[dict[str, Any]]:
     """Rows naming the ``top`` ops by self time per step of the batched env on ``device`` (on
@@ -271,6 +283,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--device", action="append", default=None,
                    help="device for the batched env (repeatable; default cpu, and cuda if present)")
     p.add_argument("--no-sync-vector", action="store_true", help="skip SyncVectorEnv")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 on a shared machine)")
     p.add_argument("--profile", action="store_true",
                    help="print the ops with the most self time per batched step instead")
     p.set_defaults(func=run)
@@ -294,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
     sizes = _parse_sizes(args.num_envs)
     env_kwargs = parse_env_kwargs(getattr(args, "env_kwargs", None))
     check_int("--steps", args.steps, 1)
+    if args.threads is not None:
+        torch.set_num_threads(check_int("--threads", args.threads, 1))
     if args.env not in gym.registry:
         raise ValueError(f"--env: got {args.env!r}, allowed: {', '.join(optenv.BUILTIN_IDS)}")
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -313,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
             rows += [r for d in devices for r in bench_objective(
                 args.env, sizes, args.steps, device=d, env_kwargs=env_kwargs,
                 dtype="float64" if d == "cpu" else "float32")]
+            _against_floor(rows)
     for row in rows:
         print(json.dumps(row), flush=True)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from optenv.lab.bench import bench_env, bench_render, profile_env
+from optenv.lab.bench import _against_floor, bench_env, bench_render, profile_env
 from optenv.lab.cli import main
 
 
@@ -23,7 +23,8 @@ def test_bench_cli_prints_json_lines_and_refuses_bad_arguments(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [json.loads(line)["impl"] for line in lines] == ["single",
                                                             "optenv.OptimizationVectorEnv"]
-    for argv, word in ((["--num-envs", "0"], "--num-envs"), (["--env", "nope"], "--env")):
+    for argv, word in ((["--num-envs", "0"], "--num-envs"), (["--env", "nope"], "--env"),
+                       (["--threads", "0"], "--threads")):
         assert main(["bench", "env", *argv]) == 2
         err = capsys.readouterr().err
         assert word in err and len(err.strip().splitlines()) == 1
@@ -49,3 +50,15 @@ def test_bench_render_times_rgb_array_frames_of_the_single_env(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [json.loads(line)["env_id"] for line in lines] == ["optenv/Quadratic-v0",
                                                               "optenv/NeuralNet-v0"]
+
+
+def test_batched_env_rows_report_their_step_time_over_the_torch_func_floor_at_the_same_n():
+    env = {"bench": "env", "impl": "optenv.OptimizationVectorEnv", "device": "cpu",
+           "dtype": "float64"}
+    rows = [{**env, "num_envs": 64, "env_steps_per_s": 800.0},
+            {**env, "num_envs": 16, "env_steps_per_s": 900.0},
+            {"bench": "objective", "impl": "torch.func.vmap(grad_and_value)", "device": "cpu",
+             "dtype": "float64", "num_envs": 64, "evals_per_s": 3200.0}]
+    _against_floor(rows)
+    assert rows[0]["step_vs_torch_func_floor"] == 4.0  # 1/800 s a step against 1/3200 s
+    assert "step_vs_torch_func_floor" not in rows[1]  # no floor measured at N = 16

@@ -134,7 +134,8 @@ def test_every_method_of_a_comparison_sees_the_same_minibatches():
 
 
 def test_vector_env_autoreset_restarts_the_minibatch_stream_like_the_single_env():
-    kw = {"hidden": 4, "batch_size": 4, "history": 2, "max_episode_steps": 3}
+    kw = {"hidden": 4, "batch_size": 4, "history": 2, "max_episode_steps": 3,
+          "f_full": "every_step"}
     venv = gym.make_vec("optenv/MLPClassifier-v0", num_envs=2, **kw)
     env = gym.make("optenv/MLPClassifier-v0", **kw)
     venv.reset(seed=7)

@@ -46,6 +46,9 @@ def step_eager_and_graphed(envs: list[Any], mode: AutoresetMode, steps: int,
     eager, graphed = envs
     n = graphed.num_envs
     graphed._graph_actions = torch.zeros(n, graphed.family.d, dtype=torch.float64)
+    # what cuda_graph=True sets up: fixed observation buffer, the ring's order on the device
+    graphed._fresh_obs = False
+    graphed._ring.device_indexed = True
     graphed._index_resets = eager._index_resets = False  # the accelerators' reset path
     for e in envs:
         e.reset(seed=2)
