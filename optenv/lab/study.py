@@ -276,6 +276,9 @@ def _claim_folder(out: Path, plan: StudyPlan, seeds: int, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: got {str(out)!r}, which is a file; allowed: a folder")
     holds = out.is_dir() and any(out.iterdir())
+    if resume and not path.is_file():  # a mistyped --out must not start a whole study
+        raise ValueError(f"--resume: {str(out)!r} holds no study (no {PLAN_FILE}); allowed: "
+                         "the --out of a study, or no --resume to start a new one")
     if holds and not resume:
         what = "a study" if path.is_file() else "other files"
         raise ValueError(f"--out: got {str(out)!r}, which holds {what}; allowed: --resume to "
@@ -292,9 +295,6 @@ def _claim_folder(out: Path, plan: StudyPlan, seeds: int, resume: bool) -> None:
                              f"{', '.join(diff) or 'plan'}; allowed: the same --setting, "
                              "--quick and --seeds as the study there")
         return
-    if holds:
-        raise ValueError(f"--resume: {str(out)!r} holds no {PLAN_FILE} (no study); allowed: "
-                         "the folder of a study, or a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

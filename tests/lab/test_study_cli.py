@@ -45,6 +45,17 @@ def test_an_occupied_folder_or_a_file_is_refused_and_left_as_it_was(tmp_path, ca
     assert Path(tmp_path / "file").read_text() == "x"
 
 
+def test_resume_of_a_missing_or_empty_folder_is_refused_not_a_new_study(tmp_path, capsys) -> None:
+    """A mistyped --out with --resume used to start a whole (full, CPU) study silently."""
+    _fails(["--out", str(tmp_path / "typo"), "--resume", "--quiet"], capsys, "--resume",
+           "no study", "no --resume")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "empty").mkdir()
+    _fails(["--out", str(tmp_path / "empty"), "--resume", "--quiet"], capsys, "--resume",
+           "no plan.json")
+    assert not any((tmp_path / "empty").iterdir())
+
+
 def test_report_only_without_a_study_is_exit_2(tmp_path, capsys) -> None:
     _fails(["--report-only", "--out", str(tmp_path)], capsys, "--report-only", "study.json")
 
