@@ -231,7 +231,8 @@ class GPSAgent:
         check_fits(self.memory_bytes(), self.device,
                    f"GPS on d = {self.family.d} with --conditions {cfg.conditions}, --samples "
                    f"{cfg.samples}, --horizon {cfg.horizon}, an LQR state of {self.smap.dim} "
-                   f"(--lqr-history) and {self.n_problems} LQR problems on this process")
+                   f"(--lqr-history) and {self.n_problems} LQR problems on this process",
+                   smaller="--conditions, --samples, --horizon or --lqr-history")
 
     # ----------------------------------------------------------------------------- setup
     def initialise(self) -> dict[str, Any]:

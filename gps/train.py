@@ -148,7 +148,6 @@ def _train(env_id: str, out: str | os.PathLike[str], config: GPSConfig, *, devic
     agent_class = CoordinatewiseGPSAgent if config.policy == "coordinatewise" else GPSAgent
     agent = agent_class(family, config, history=run_config["history"],
                         max_step=run_config["max_step"], device=rank_device, world=world)
-    agent.check_memory()
     rundir, resuming, log = _open_run(agent, out, run_config, resume, world)
     try:
         if not resuming:
@@ -239,7 +238,10 @@ def _history(env_history: int, features: str, given: bool) -> int:
 def _load_checkpoint_state(agent: GPSAgent, state: dict[str, Any] | None,
                            out: str | os.PathLike[str]) -> None:
     """The checkpoint's agent state (None: a fresh start) into ``agent``; ValueError if it is
-    not a GPS checkpoint or does not fit the run."""
+    not a GPS checkpoint or does not fit the run. First the memory check
+    (:meth:`GPSAgent.check_memory`): after the folder's own checks, so that resuming with
+    another configuration is told so, and before anything is written."""
+    agent.check_memory()
     if state is None:
         return
     if "ctrl" not in state:

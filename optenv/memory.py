@@ -108,13 +108,14 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def check_fits(needed: int, device: torch.device, what: str) -> None:
+def check_fits(needed: int, device: torch.device, what: str,
+               smaller: str = "dim, history or num_envs") -> None:
     """ValueError when ``needed`` bytes cannot fit in what ``device`` has free (``what`` names
-    the configuration in the message); nothing when they can or when the free memory is
-    unknown."""
+    the configuration in the message, ``smaller`` the arguments to lower); nothing when they
+    can or when the free memory is unknown."""
     free = available_bytes(device)
     if free is not None and needed > free:
         raise ValueError(
             f"{what} needs about {format_bytes(needed)} of memory, but {device} has "
-            f"{format_bytes(free)} free: allowed is a configuration that fits (smaller dim, "
-            "history or num_envs)")
+            f"{format_bytes(free)} free: allowed is a configuration that fits (smaller "
+            f"{smaller})")

@@ -63,4 +63,22 @@ def test_a_run_too_large_for_the_free_memory_is_exit_2_before_its_folder_exists(
     assert err.startswith("optenv: error: ") and err.count("\n") == 1, err
     for word in ("--conditions 2", "--samples 3", "--horizon 4", "--lqr-history", "free"):
         assert word in err, (word, err)
-    assert not out.exists()
+    assert "num_envs" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_resuming_with_another_configuration_says_so_before_the_memory_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    tiny = ["--conditions", "2", "--samples", "3", "--horizon", "4", "--lqr-history", "2",
+            "--inner-iterations", "2", "--policy-steps", "5", "--policy-batch", "16", "--quiet"]
+    assert main(["train", "gps", "--env", ENV, "--out", str(out), "--iterations", "1", *tiny]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(optenv.memory, "available_bytes", lambda device: 10_000)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["train", "gps", "--env", "optenv/Quadratic-v0", "--out", str(out), "--resume",
+                 "--iterations", "2", *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "memory" not in err and "--resume" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
