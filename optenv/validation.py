@@ -64,9 +64,21 @@ def parse_device(device: str | torch.device, name: str = "device") -> torch.devi
     allowed = "an available torch device such as 'cpu' or 'cuda'"
     try:
         dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"{name}: got {device!r}, allowed: {allowed}") from err
+    why = ""
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = (f", but this torch ({torch.__version__}) has no CUDA device"
+               + ("" if torch.version.cuda else ": it is a CPU-only build"))
+        allowed = "'cpu'"
+    elif dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        why = f", but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    try:
+        if why:
+            raise RuntimeError(why)
         torch.empty(0, device=dev)
     except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise ValueError(f"{name}: got {device!r}, allowed: {allowed}") from err
+        raise ValueError(f"{name}: got {device!r}{why}; allowed: {allowed}") from err
     if dev.type == "meta":  # tensors without data: nothing could be computed on it
         raise ValueError(f"{name}: got {device!r}, a device without data; allowed: {allowed}")
     return dev
