@@ -107,7 +107,7 @@ class GPSAgent:
         self.family, self.cfg = family, config
         self.shard = Shard(world or World(), config.conditions)
         if config.conditions < self.shard.world.size:
-            raise ValueError(f"conditions: got {config.conditions} for a run across "
+            raise ValueError(f"--conditions: got {config.conditions} for a run across "
                              f"{self.shard.world.size} processes, allowed: at least one "
                              f"condition per process (>= {self.shard.world.size})")
         self.device = parse_device(device)
