@@ -95,8 +95,8 @@ def add_parser(subparsers: Any) -> None:
             "the same objectives; evaluate everything on held-out objectives along each axis "
             "(same task, 10x the horizon, noisier gradients, larger models, other families or "
             "data sets); write study.json, results.json per condition, figures and report.md. "
-            "--quick on 2 shared CPU cores: the 2016 study in 5 minutes, the 2017 one in 9 "
-            "(measured 2026-12-02)."),
+            "--quick on 2 idle CPU cores: the 2016 study in 5 minutes, the 2017 one in 8.4 "
+            "(18 under load; measured 2026-12-02)."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--setting", default="2016", help=f"one of {', '.join(SETTINGS)}")
     p.add_argument("--quick", action="store_true", help="the small preset (minutes on a CPU)")
