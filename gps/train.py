@@ -24,6 +24,7 @@ they are); the flags are generated from it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 
 from gps.agent import GPSAgent
-from gps.config import GPSConfig
+from gps.config import ALGORITHMS, GPSConfig
 from gps.coordinatewise import CoordinatewiseGPSAgent
 from optenv import distributed
 from optenv.flags import add_flags, build_config, config_from_flags, flag_fields, quick_preset
@@ -175,7 +176,8 @@ def _open_run(agent: GPSAgent, out: str | os.PathLike[str], run_config: dict[str
     if world.is_main:
         try:
             rundir = RunDir(out, run_config, resume=resume, resumable_keys=RESUMABLE,
-                            prepare=lambda state: _load_checkpoint_state(agent, state, out))
+                            prepare=lambda state: _load_checkpoint_state(agent, state, out),
+                            explain=_preset_hint)
             state, log = rundir.load() if rundir.resuming else (None, [])
             outcome = {"state": state if world.distributed else None, "log": log,
                        "resuming": rundir.resuming}
@@ -233,6 +235,23 @@ def _history(env_history: int, features: str, given: bool) -> int:
         raise ValueError(f"--env-kwargs: history={env_history} is too short for --features "
                          f"{features}, allowed: history >= {fs.min_history}")
     return fs.default_history
+
+
+def _preset_hint(saved: dict[str, Any], now: dict[str, Any], changed: list[str]
+                 ) -> str | None:
+    """Which preset the saved run used, when every difference is the saved run's preset
+    against this run's other one (the usual cause: ``--quick`` given at the start and
+    forgotten on ``--resume``, or the reverse)."""
+    algorithm = saved.get("algorithm")
+    if algorithm not in ALGORITHMS or not changed:
+        return None
+    quick, full = (json.loads(json.dumps(make_config(algorithm, quick=q).to_dict()))
+                   for q in (True, False))
+    for was, other, advice in ((quick, full, "the run was saved with --quick: add --quick"),
+                               (full, quick, "the run was saved without --quick: drop it")):
+        if all(k in was and saved[k] == was[k] and now.get(k) == other[k] for k in changed):
+            return advice
+    return None
 
 
 def _load_checkpoint_state(agent: GPSAgent, state: dict[str, Any] | None,

@@ -115,6 +115,8 @@ class RunDir:
             run stopped before its first), it starts afresh with the saved configuration.
         resumable_keys: configuration keys that may change on resume (e.g. ``iterations``,
             ``device``).
+        explain: given the saved configuration, this run's and the keys that differ, a hint
+            for the refusal (e.g. which preset flag the saved run used), or None.
         prepare: called once the folder is checked and before anything in it is written, with
             the checkpoint's state (e.g. an agent's ``load_state_dict``), or None for a fresh
             start (e.g. to build the model, which checks its hyper-parameters); a ValueError
@@ -127,8 +129,11 @@ class RunDir:
 
     def __init__(self, out: str | os.PathLike[str], config: Mapping[str, Any], *,
                  resume: bool = False, resumable_keys: Sequence[str] = (),
-                 prepare: Callable[[dict[str, Any] | None], Any] | None = None) -> None:
+                 prepare: Callable[[dict[str, Any] | None], Any] | None = None,
+                 explain: Callable[[dict[str, Any], dict[str, Any], list[str]], str | None]
+                 | None = None) -> None:
         self.path = Path(out)
+        self._explain = explain
         self.config = json.loads(json.dumps(dict(config)))
         self.resuming = False
         self._state: dict[str, Any] = {}
@@ -191,9 +196,11 @@ class RunDir:
         if changed:
             detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {self.config.get(k)!r}"
                                for k in changed)
+            hint = self._explain(saved, self.config, changed) if self._explain else None
             raise ValueError(f"--resume: the configuration differs from the saved run in "
                              f"{str(self.path)!r} ({detail}); allowed to change: "
-                             f"{', '.join(resumable_keys) or 'nothing'}")
+                             f"{', '.join(resumable_keys) or 'nothing'}"
+                             + (f" ({hint})" if hint else ""))
         return history
 
     def _read_checkpoint(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -82,3 +82,4 @@ def test_resuming_with_another_configuration_says_so_before_the_memory_check(
     err = capsys.readouterr().err
     assert "memory" not in err and "--resume" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
