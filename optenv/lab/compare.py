@@ -48,7 +48,7 @@ from baselines.tuning import grid_search
 from optenv.distributed import World, broadcast_object, init, shutdown
 from optenv.evaluate import evaluate, resolve_env
 from optenv.families import FAMILIES
-from optenv.lab.figures import write_figures
+from optenv.lab.figures import remove_stale_figures, write_figures
 from optenv.lab.methods import HAND_OPTIMIZERS, load_method, parse_methods
 from optenv.lab.reference import reference_optimum
 from optenv.lab.results import make_results, write_results
@@ -455,12 +455,16 @@ def _report(args: argparse.Namespace, plan: _Plan, runs: _Runs,
     written = [write_results(doc, plan.out / "results.json")]
     if not args.no_plots:
         written += write_figures(doc, plan.out)
+    # an earlier run's figures that this one did not redraw no longer match results.json
+    removed = remove_stale_figures(plan.out, written)
     print(f"{plan.label}: {args.n_test} {args.split} objectives, horizon {plan.horizon}"
           + (f", tuned on {args.n_train} train objectives" if plan.tune
              else ", default settings"))
     print(format_table(doc))
     print(format_reference(doc["reference"]))
     print("wrote " + ", ".join(str(p) for p in written))
+    if removed:
+        print("removed stale " + ", ".join(str(p) for p in removed))
 
 
 def format_reference(ref: dict[str, Any]) -> str:
