@@ -94,5 +94,13 @@ def parse_methods(spec: str) -> list[tuple[str, str | None]]:
 
 
 def load_method(prefix: str, path: str, context: dict[str, Any]) -> Any:
-    """The saved optimiser of a ``PREFIX:PATH`` spec (see the module docstring)."""
-    return METHOD_LOADERS[prefix](path, context)
+    """The saved optimiser of a ``PREFIX:PATH`` spec (see the module docstring). A loader's
+    ValueError that does not already name ``--methods`` (e.g. ``path: got ...`` for a folder
+    without the trainer's files: missing, or another trainer's) is named after it and the
+    spec given, as the other ``--methods`` errors are."""
+    try:
+        return METHOD_LOADERS[prefix](path, context)
+    except ValueError as err:
+        if str(err).startswith("--methods"):
+            raise
+        raise ValueError(f"--methods: {prefix}:{path}: {err}") from err
