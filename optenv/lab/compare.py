@@ -49,7 +49,7 @@ from optenv.distributed import World, broadcast_object, init, shutdown
 from optenv.evaluate import evaluate, resolve_env
 from optenv.families import FAMILIES
 from optenv.lab.figures import remove_stale_figures, write_figures
-from optenv.lab.methods import HAND_OPTIMIZERS, load_method, parse_methods
+from optenv.lab.methods import HAND_OPTIMIZERS, load_method, method_choices, parse_methods
 from optenv.lab.reference import reference_optimum
 from optenv.lab.results import make_results, write_results
 from optenv.validation import parse_device
@@ -71,6 +71,16 @@ RUN_METADATA = ("created", "optenv_version", "torch_version", "methods.*.wall_s"
                 "reference.wall_s")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each option's help, but not "(default: None)": an
+    option without a default says what it falls back to in its own words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_parser(subparsers: Any) -> None:
     """Add the ``compare`` sub-command to an argparse ``subparsers`` object."""
     p = subparsers.add_parser(
@@ -84,7 +94,7 @@ def add_parser(subparsers: Any) -> None:
             "victory. With no arguments: "
             f"{DEFAULT_ENV}, all hand-designed methods, 100 test objectives, horizon 40 "
             "(well under two minutes on a CPU)."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--env", default=DEFAULT_ENV, help="optenv env id")
     p.add_argument("--env-kwargs", default=None, metavar="KEY=VALUE,...",
@@ -93,8 +103,8 @@ def add_parser(subparsers: Any) -> None:
                         "int, float, bool or str); allowed keys: the family's arguments and "
                         + ", ".join(ENV_ARGUMENTS))
     p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help="comma-separated methods: gd, momentum, nesterov, adam, adagrad, "
-                        "rmsprop, cg, lbfgs, or PREFIX:DIR for saved learned optimisers")
+                   help="comma-separated, of: " + ", ".join(method_choices())
+                        + " (DIR: a learned optimiser's run folder; NAME: a shipped one)")
     p.add_argument("--n-test", type=int, default=100, help="held-out test objectives")
     p.add_argument("--n-train", type=int, default=90,
                    help="training objectives for the hyper-parameter grid search")

@@ -25,7 +25,7 @@ from baselines.optimizers import OPTIMIZERS, HandOptimizer
 from gps import train as gps_train
 from optenv import pretrained
 
-__all__ = ["HAND_OPTIMIZERS", "METHOD_LOADERS", "Loader", "parse_methods",
+__all__ = ["HAND_OPTIMIZERS", "METHOD_LOADERS", "Loader", "method_choices", "parse_methods",
            "register_method_loader"]
 
 #: A saved optimiser's loader: (path, context) -> anything ``evaluate`` accepts.
@@ -59,13 +59,18 @@ def register_method_loader(prefix: str, loader: Loader) -> None:
     METHOD_LOADERS[prefix] = loader
 
 
+def method_choices() -> list[str]:
+    """What ``--methods`` accepts, from the registries (the hand-designed optimisers, then one
+    ``PREFIX:DIR`` per loader): for help texts and error messages."""
+    return list(HAND_OPTIMIZERS) + [f"{p}:{_ARGUMENT.get(p, 'DIR')}" for p in METHOD_LOADERS]
+
+
 def parse_methods(spec: str) -> list[tuple[str, str | None]]:
     """``"gd,adam,gps:runs/gps"`` → [("gd", None), ("adam", None), ("gps", "runs/gps")].
 
     Raises ValueError for empty or duplicate entries, unknown names and unknown prefixes.
     """
-    allowed = ", ".join(list(HAND_OPTIMIZERS) + [f"{p}:{_ARGUMENT.get(p, 'DIR')}"
-                                                 for p in METHOD_LOADERS])
+    allowed = ", ".join(method_choices())
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"--methods: got {spec!r}, allowed: a comma-separated list of {allowed}")
     out: list[tuple[str, str | None]] = []

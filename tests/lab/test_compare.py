@@ -66,6 +66,18 @@ def test_compare_tunes_evaluates_prints_a_table_and_writes_results(tmp_path, cap
     assert doc["methods"]["gd"]["mean_f"][-1] == pytest.approx(final)
 
 
+def test_help_lists_every_registered_method_and_no_default_none(capsys):
+    from optenv.lab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in [*methods.HAND_OPTIMIZERS, *(f"{p}:" for p in methods.METHOD_LOADERS)]:
+        assert f" {name}" in text, name
+    assert "(default: None)" not in text
+    assert "--horizon HORIZON iterations per run (default: the env's" in text
+
+
 def test_compare_without_tuning_uses_library_defaults(tmp_path):
     assert compare.run(_small(tmp_path, "--no-tune", "--no-plots")) == 0
     doc = read_results(tmp_path / "out" / "results.json")
