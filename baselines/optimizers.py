@@ -87,8 +87,11 @@ class HandOptimizer(ABC):
 
     Subclasses set ``name``, ``defaults`` (hyper-parameter → default value), ``default_grid``
     (hyper-parameter → values for :mod:`baselines.tuning`), ``needs_oracle`` (True for line-search
-    methods, which cannot act from an observation alone) and ``batchable`` (whether every
-    hyper-parameter may be a per-row tensor).
+    methods, which cannot act from an observation alone), ``batchable`` (whether every
+    hyper-parameter may be a per-row tensor) and ``batch_invariant`` (whether a row's numbers
+    are bit-for-bit the same whatever the batch around it: False where a torch kernel's result
+    depends on the batch's size, so that ``optenv compare`` under torchrun runs the method
+    whole on one rank instead of sharing its objectives).
 
     ``propose(x, f, g, oracle)`` returns the step Δx [B, d] for the current iterates; rows whose f
     or ∇f is non-finite get a zero step. State is allocated lazily at the first call (zeros mean
@@ -100,6 +103,8 @@ class HandOptimizer(ABC):
     default_grid: ClassVar[dict[str, tuple[float, ...]]] = {}
     needs_oracle: ClassVar[bool] = False
     batchable: ClassVar[bool] = True
+    #: bit-for-bit the same per-row results on any batch size (see the class docstring).
+    batch_invariant: ClassVar[bool] = True
     #: hyper-parameters that must be > 0 (the rest must be >= 0; ``_check_extra`` adds more).
     positive: ClassVar[tuple[str, ...]] = ("lr",)
 
@@ -230,6 +235,11 @@ class Adam(HandOptimizer):
     defaults = {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
     default_grid = {"lr": tuple(2.0**k for k in range(-10, 3)), "beta1": (0.5, 0.9)}
     positive = ("lr", "eps")
+    #: the bias corrections ``beta ** t`` over a [B, 1] tensor of steps (kept: the exact
+    #: torch.optim.Adam arithmetic is pinned by a test) round differently in the CPU kernel's
+    #: vectorised body and its scalar tail, so a row's last bit depends on the batch's size
+    #: (measured: bc2 at t=32 differs; f up to 7e-16 apart, 20 objectives in one batch vs 13 + 7).
+    batch_invariant = False
 
     def _check_extra(self, key: str, value: np.ndarray) -> bool:
         return key not in ("beta1", "beta2") or bool((value < 1).all())

@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _clear_progress_bars() -> None:
+    """Erase every progress bar still open (a sub-command's, interrupted by the error), so that
+    the error line starts at the beginning of a line rather than after the bar's text."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -50,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return int(args.func(args) or 0)
     except (UserError, ValueError) as err:
+        _clear_progress_bars()
         print(f"optenv: error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,8 +19,10 @@ registering a new id. Values are read as int, float, bool (true/false) or else s
 Across processes (``torchrun --nproc-per-node N -m optenv compare ...``): the ranks share the
 work through :mod:`optenv.distributed` — each hand-designed method's grid points (the tuning is
 most of a default comparison's time), its test objectives, and the numerical f* runs, rank r
-taking items r, r + size, ...; a learned optimiser (whose batched network is not bit-for-bit
-the same on a smaller batch) is evaluated whole on one rank, learned methods dealt round-robin.
+taking items r, r + size, ...; a method whose numbers are not bit-for-bit the same on a
+smaller batch (:func:`batch_invariant`: every learned optimiser, and a hand-designed one that
+declares ``batch_invariant = False``, such as adam) is evaluated whole on one rank, such
+methods dealt round-robin.
 Every result is gathered back in order, and rank 0 alone writes the files and prints: the
 output is the one-process output, bit for bit on the CPU, but for the run metadata
 (:data:`RUN_METADATA`). gloo on the CPU, NCCL on CUDA (rank r on ``cuda:LOCAL_RANK``).
@@ -46,14 +48,14 @@ from baselines.tuning import grid_search
 from optenv.distributed import World, broadcast_object, init, shutdown
 from optenv.evaluate import evaluate, resolve_env
 from optenv.families import FAMILIES
-from optenv.lab.figures import write_figures
-from optenv.lab.methods import HAND_OPTIMIZERS, load_method, parse_methods
+from optenv.lab.figures import remove_stale_figures, write_figures
+from optenv.lab.methods import HAND_OPTIMIZERS, load_method, method_choices, parse_methods
 from optenv.lab.reference import reference_optimum
 from optenv.lab.results import make_results, write_results
 from optenv.validation import parse_device
 
 __all__ = ["DEFAULT_ENV", "DEFAULT_METHODS", "ENV_ARGUMENTS", "RUN_METADATA", "add_parser",
-           "fixed_width",
+           "batch_invariant", "fixed_width",
            "format_reference", "format_table", "method_context", "parse_env_kwargs", "run",
            "tune_hand_method"]
 
@@ -69,6 +71,16 @@ RUN_METADATA = ("created", "optenv_version", "torch_version", "methods.*.wall_s"
                 "reference.wall_s")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each option's help, but not "(default: None)": an
+    option without a default says what it falls back to in its own words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_parser(subparsers: Any) -> None:
     """Add the ``compare`` sub-command to an argparse ``subparsers`` object."""
     p = subparsers.add_parser(
@@ -82,7 +94,7 @@ def add_parser(subparsers: Any) -> None:
             "victory. With no arguments: "
             f"{DEFAULT_ENV}, all hand-designed methods, 100 test objectives, horizon 40 "
             "(well under two minutes on a CPU)."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--env", default=DEFAULT_ENV, help="optenv env id")
     p.add_argument("--env-kwargs", default=None, metavar="KEY=VALUE,...",
@@ -91,8 +103,8 @@ def add_parser(subparsers: Any) -> None:
                         "int, float, bool or str); allowed keys: the family's arguments and "
                         + ", ".join(ENV_ARGUMENTS))
     p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help="comma-separated methods: gd, momentum, nesterov, adam, adagrad, "
-                        "rmsprop, cg, lbfgs, or PREFIX:DIR for saved learned optimisers")
+                   help="comma-separated, of: " + ", ".join(method_choices())
+                        + " (DIR: a learned optimiser's run folder; NAME: a shipped one)")
     p.add_argument("--n-test", type=int, default=100, help="held-out test objectives")
     p.add_argument("--n-train", type=int, default=90,
                    help="training objectives for the hyper-parameter grid search")
@@ -348,8 +360,8 @@ def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan, world: World | Non
     """Each method in turn: a hand-designed one is tuned (or takes its defaults) and built, a
     saved learned one is loaded; then it runs on the held-out objectives, timed. Under torchrun
     (``world``) the ranks share each hand-designed method's grid points and objectives, and
-    each learned method runs whole on one rank (module docstring); every rank ends with all
-    the runs."""
+    each method that is not :func:`batch_invariant` runs whole on one rank (module docstring);
+    every rank ends with all the runs."""
     from tqdm.auto import tqdm
 
     world = world or World()
@@ -358,7 +370,7 @@ def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan, world: World | Non
     context = method_context(args.env, plan.family, plan.defaults, device)
     bar = tqdm(total=len(plan.methods), desc="compare", disable=args.quiet or not world.is_main,
                file=sys.stderr)
-    n_learned = 0
+    n_whole = 0  # methods run whole on one rank so far (dealt round-robin)
     for name, path in plan.methods:
         label_m = name if path is None else f"{name}:{path}"
         run = {"n_test": args.n_test, "horizon": plan.horizon, "seed": args.seed,
@@ -366,16 +378,17 @@ def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan, world: World | Non
         if path is None:
             bar.set_postfix_str(f"{name}: tuning" if plan.tune else name)
             method: Any = _hand_method(name, label_m, args, plan, runs, world, device)
-            bar.set_postfix_str(f"{label_m}: evaluating")
-            t0 = time.perf_counter()
-            runs.evaluations[label_m] = evaluate(method, plan.env, world=world, **run)
-            runs.walls[label_m] = time.perf_counter() - t0
         else:
             method = load_method(name, path, context)  # on every rank: a bad one fails on all
             runs.hyper[label_m] = None
             runs.paths[label_m] = str(Path(path).resolve())
-            bar.set_postfix_str(f"{label_m}: evaluating")
-            owner, n_learned = n_learned % world.size, n_learned + 1
+        bar.set_postfix_str(f"{label_m}: evaluating")
+        if batch_invariant(method):
+            t0 = time.perf_counter()
+            runs.evaluations[label_m] = evaluate(method, plan.env, world=world, **run)
+            runs.walls[label_m] = time.perf_counter() - t0
+        else:
+            owner, n_whole = n_whole % world.size, n_whole + 1
             t0 = time.perf_counter()
             mine = (evaluate(method, plan.env, **run), time.perf_counter() - t0) \
                 if world.rank == owner else None
@@ -383,6 +396,15 @@ def _tune_and_evaluate(args: argparse.Namespace, plan: _Plan, world: World | Non
         bar.update(1)
     bar.close()
     return runs
+
+
+def batch_invariant(method: Any) -> bool:
+    """Whether ``method``'s per-objective numbers are bit-for-bit the same on any batch, so
+    that the ranks of torchrun may share its objectives: the one rule, read from the method's
+    ``batch_invariant`` attribute (:class:`baselines.optimizers.HandOptimizer` declares it per
+    optimiser). Anything without one — a learned optimiser, whose batched network is not the
+    same to the last bit on a smaller batch — is taken as not invariant and runs whole."""
+    return bool(getattr(method, "batch_invariant", False))
 
 
 def _hand_method(
@@ -443,12 +465,16 @@ def _report(args: argparse.Namespace, plan: _Plan, runs: _Runs,
     written = [write_results(doc, plan.out / "results.json")]
     if not args.no_plots:
         written += write_figures(doc, plan.out)
+    # an earlier run's figures that this one did not redraw no longer match results.json
+    removed = remove_stale_figures(plan.out, written)
     print(f"{plan.label}: {args.n_test} {args.split} objectives, horizon {plan.horizon}"
           + (f", tuned on {args.n_train} train objectives" if plan.tune
              else ", default settings"))
     print(format_table(doc))
     print(format_reference(doc["reference"]))
     print("wrote " + ", ".join(str(p) for p in written))
+    if removed:
+        print("removed stale " + ", ".join(str(p) for p in removed))
 
 
 def format_reference(ref: dict[str, Any]) -> str:

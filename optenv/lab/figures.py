@@ -47,13 +47,17 @@ import numpy as np
 
 from optenv.checkpoint import atomic_write
 
-__all__ = ["DPI", "FORMATS", "HAND_COLOURS", "LEARNED_COLOURS", "Style", "draw_mean_f",
-           "figure_size", "figures", "finish_figure", "margin_figure", "mean_f_figure",
-           "method_styles", "new_figure", "save_figure", "short_labels", "split_method",
-           "suboptimality_figure", "write_figures"]
+__all__ = ["DPI", "FIGURE_STEMS", "FORMATS", "HAND_COLOURS", "LEARNED_COLOURS", "Style",
+           "draw_mean_f", "figure_size", "figures", "finish_figure", "margin_figure",
+           "mean_f_figure", "method_styles", "new_figure", "remove_stale_figures",
+           "save_figure", "short_labels", "split_method", "suboptimality_figure",
+           "write_figures"]
 
 #: File formats every figure is written in.
 FORMATS = ("png", "svg")
+#: Every figure :func:`figures` may draw, by file stem: the files a comparison's folder owns
+#: (:func:`remove_stale_figures` deletes those of them a run did not write, and nothing else).
+FIGURE_STEMS = ("suboptimality", "suboptimality_by_evals", "mean_f", "margin_of_victory")
 #: Resolution of the PNGs: a figure of w × h inches is w·DPI × h·DPI pixels.
 DPI = 100
 _PANEL = (5.0, 4.0)  # inches per panel
@@ -390,6 +394,24 @@ def write_figures(doc: Mapping[str, Any], out_dir: str | os.PathLike[str],
     for stem, fig in figures(doc).items():
         paths += save_figure(fig, out / stem, formats)
     return paths
+
+
+def remove_stale_figures(out_dir: str | os.PathLike[str], written: Sequence[Path]
+                         ) -> list[Path]:
+    """Delete the figure files in ``out_dir`` (``<stem>.<format>`` of :data:`FIGURE_STEMS` and
+    :data:`FORMATS`, nothing else) that are not in ``written``: those of an earlier run into
+    the same folder, which would no longer match its new results.json (a method with line
+    searches dropped, or ``--no-plots``). Returns the paths removed."""
+    out = Path(out_dir)
+    keep = {Path(p).resolve() for p in written}
+    removed = []
+    for stem in FIGURE_STEMS:
+        for fmt in FORMATS:
+            path = out / f"{stem}.{fmt}"
+            if path.is_file() and path.resolve() not in keep:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def save_figure(fig: Any, stem: str | os.PathLike[str],

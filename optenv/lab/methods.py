@@ -25,7 +25,7 @@ from baselines.optimizers import OPTIMIZERS, HandOptimizer
 from gps import train as gps_train
 from optenv import pretrained
 
-__all__ = ["HAND_OPTIMIZERS", "METHOD_LOADERS", "Loader", "parse_methods",
+__all__ = ["HAND_OPTIMIZERS", "METHOD_LOADERS", "Loader", "method_choices", "parse_methods",
            "register_method_loader"]
 
 #: A saved optimiser's loader: (path, context) -> anything ``evaluate`` accepts.
@@ -59,13 +59,18 @@ def register_method_loader(prefix: str, loader: Loader) -> None:
     METHOD_LOADERS[prefix] = loader
 
 
+def method_choices() -> list[str]:
+    """What ``--methods`` accepts, from the registries (the hand-designed optimisers, then one
+    ``PREFIX:DIR`` per loader): for help texts and error messages."""
+    return list(HAND_OPTIMIZERS) + [f"{p}:{_ARGUMENT.get(p, 'DIR')}" for p in METHOD_LOADERS]
+
+
 def parse_methods(spec: str) -> list[tuple[str, str | None]]:
     """``"gd,adam,gps:runs/gps"`` → [("gd", None), ("adam", None), ("gps", "runs/gps")].
 
     Raises ValueError for empty or duplicate entries, unknown names and unknown prefixes.
     """
-    allowed = ", ".join(list(HAND_OPTIMIZERS) + [f"{p}:{_ARGUMENT.get(p, 'DIR')}"
-                                                 for p in METHOD_LOADERS])
+    allowed = ", ".join(method_choices())
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"--methods: got {spec!r}, allowed: a comma-separated list of {allowed}")
     out: list[tuple[str, str | None]] = []
@@ -94,5 +99,13 @@ def parse_methods(spec: str) -> list[tuple[str, str | None]]:
 
 
 def load_method(prefix: str, path: str, context: dict[str, Any]) -> Any:
-    """The saved optimiser of a ``PREFIX:PATH`` spec (see the module docstring)."""
-    return METHOD_LOADERS[prefix](path, context)
+    """The saved optimiser of a ``PREFIX:PATH`` spec (see the module docstring). A loader's
+    ValueError that does not already name ``--methods`` (e.g. ``path: got ...`` for a folder
+    without the trainer's files: missing, or another trainer's) is named after it and the
+    spec given, as the other ``--methods`` errors are."""
+    try:
+        return METHOD_LOADERS[prefix](path, context)
+    except ValueError as err:
+        if str(err).startswith("--methods"):
+            raise
+        raise ValueError(f"--methods: {prefix}:{path}: {err}") from err

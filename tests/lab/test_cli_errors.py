@@ -132,3 +132,22 @@ def test_a_crafted_policy_file_is_exit_2_and_never_unpickled(tmp_path, capsys, a
     _fails(["compare", "--methods", f"{prefix}:{folder}", "--n-test", "2", "--horizon", "3",
             "--out", str(tmp_path / "cmp"), "--quiet"], capsys, "only unpickling")
     assert not marker.exists()
+
+
+def test_a_learned_method_folder_missing_or_of_another_trainer_names_methods(tmp_path,
+                                                                              capsys) -> None:
+    missing, other = tmp_path / "missing", tmp_path / "gps"
+    other.mkdir()
+    (other / "config.json").write_text('{"trainer": "gps"}')
+    (other / "policy.pt").write_bytes(b"")
+    for spec in (f"gps:{missing}", f"ppo:{other}"):
+        _fails(["compare", "--methods", spec, "--n-test", "2", "--horizon", "3",
+                "--out", str(tmp_path / "cmp"), "--quiet"], capsys, f"--methods: {spec}: ")
+
+
+def test_an_error_under_a_progress_bar_starts_its_own_line(tmp_path, capsys) -> None:
+    assert main(["compare", "--methods", f"gps:{tmp_path / 'missing'}", "--n-test", "2",
+                 "--horizon", "3", "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert "compare:" in err and err.count("\n") == 1  # the bar was drawn, then erased
+    assert err.rsplit("\r", 1)[-1].startswith("optenv: error: --methods: gps:"), err

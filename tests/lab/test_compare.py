@@ -66,6 +66,18 @@ def test_compare_tunes_evaluates_prints_a_table_and_writes_results(tmp_path, cap
     assert doc["methods"]["gd"]["mean_f"][-1] == pytest.approx(final)
 
 
+def test_help_lists_every_registered_method_and_no_default_none(capsys):
+    from optenv.lab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in [*methods.HAND_OPTIMIZERS, *(f"{p}:" for p in methods.METHOD_LOADERS)]:
+        assert f" {name}" in text, name
+    assert "(default: None)" not in text
+    assert "--horizon HORIZON iterations per run (default: the env's" in text
+
+
 def test_compare_without_tuning_uses_library_defaults(tmp_path):
     assert compare.run(_small(tmp_path, "--no-tune", "--no-plots")) == 0
     doc = read_results(tmp_path / "out" / "results.json")
@@ -148,6 +160,34 @@ def test_a_second_run_into_the_same_folder_reuses_f_star_and_says_so(tmp_path, c
     again = read_results(tmp_path / "results.json")["reference"]
     assert again["cached"] and again["f_reference"] == first["f_reference"]
     assert "reused from the previous results.json" in capsys.readouterr().out
+
+
+def test_a_second_run_removes_the_earlier_runs_figures_it_did_not_redraw(tmp_path, capsys):
+    """gd,lbfgs draws suboptimality_by_evals (line searches); gd,momentum does not: the stale
+    figure goes, the new ones and files compare does not own stay."""
+    argv = ("--env", "optenv/Quadratic-v0", "--n-test", "3", "--horizon", "3", "--no-tune",
+            "--quiet", "--out", str(tmp_path))
+    assert compare.run(_args("--methods", "gd,lbfgs", *argv)) == 0
+    assert (tmp_path / "suboptimality_by_evals.svg").is_file()
+    (tmp_path / "notes.png").write_bytes(b"mine")
+    (tmp_path / "suboptimality_by_evals.pdf").write_bytes(b"mine")
+    capsys.readouterr()
+    assert compare.run(_args("--methods", "gd,momentum", *argv)) == 0
+    assert "removed stale" in capsys.readouterr().out
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["margin_of_victory.png", "margin_of_victory.svg", "mean_f.png", "mean_f.svg",
+                    "notes.png", "results.json", "suboptimality.png", "suboptimality.svg",
+                    "suboptimality_by_evals.pdf"]
+    assert compare.run(_args("--methods", "gd,momentum", "--no-plots", *argv)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.png", "results.json", "suboptimality_by_evals.pdf"]
+
+
+def test_every_figure_drawn_is_one_compare_owns(tmp_path):
+    from optenv.lab.figures import FIGURE_STEMS, figures
+
+    assert compare.run(_small(tmp_path)) == 0
+    assert set(figures(read_results(tmp_path / "out" / "results.json"))) <= set(FIGURE_STEMS)
 
 
 # ---------------------------------------------------------------------- results files
