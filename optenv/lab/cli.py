@@ -64,7 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"optenv: error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("optenv: interrupted", file=sys.stderr)
+        _clear_progress_bars()
+        resumable = "args" in locals() and getattr(args, "command", None) in ("train", "study")
+        print("optenv: interrupted" + ("; the same command with --resume continues from the "
+                                       "last checkpoint" if resumable else ""), file=sys.stderr)
         return 130
 
 

@@ -151,3 +151,21 @@ def test_an_error_under_a_progress_bar_starts_its_own_line(tmp_path, capsys) -> 
     err = capsys.readouterr().err
     assert "compare:" in err and err.count("\n") == 1  # the bar was drawn, then erased
     assert err.rsplit("\r", 1)[-1].startswith("optenv: error: --methods: gps:"), err
+
+
+@pytest.mark.parametrize(("command", "resumable"), [
+    (["train", "gps", "--env", ENV, *GPS_TINY], True), (["compare", "--quiet"], False)])
+def test_an_interrupt_is_exit_130_in_one_line_saying_how_to_resume(
+        tmp_path, capsys, monkeypatch, command, resumable) -> None:
+    import gps.train
+    import optenv.lab.compare
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gps.train, "train", interrupted)
+    monkeypatch.setattr(optenv.lab.compare, "_tune_and_evaluate", interrupted)
+    assert main([*command, "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("optenv: interrupted") and err.count("\n") == 1, err
+    assert ("--resume" in err) == resumable, err
