@@ -51,7 +51,7 @@ from optenv.checkpoint import (
     read_payload,
     save_tagged,
 )
-from optenv.locks import FolderLock
+from optenv.locks import LOCK_FILE, FolderLock
 from optenv.validation import check_int
 
 __all__ = ["CHECKPOINT_FORMAT", "LEGACY_CHECKPOINT_FORMAT", "RunDir", "run_threads",
@@ -178,6 +178,13 @@ class RunDir:
         elif has_checkpoint:
             raise ValueError(f"--out: {str(self.path)!r} already holds a run; pass --resume "
                              "to continue it, or choose another folder")
+        else:
+            others = sorted(p.name for p in self.path.iterdir()
+                            if p.name not in (LOCK_FILE, self.config_path.name))
+            if others:  # another tool's output (a comparison, a study): not a run's folder
+                raise ValueError(f"--out: {str(self.path)!r} holds other files ("
+                                 f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
+                                 "); allowed: a new or empty folder, or --resume for a run there")
         if prepare is not None:
             prepare(self._state if self.resuming else None)
         if self.config != saved:

@@ -169,3 +169,12 @@ def test_an_interrupt_is_exit_130_in_one_line_saying_how_to_resume(
     err = capsys.readouterr().err
     assert err.startswith("optenv: interrupted") and err.count("\n") == 1, err
     assert ("--resume" in err) == resumable, err
+
+
+def test_a_training_run_refuses_a_folder_that_holds_another_tools_files(tmp_path, capsys) -> None:
+    out = tmp_path / "compare"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    _fails(["train", "gps", "--env", ENV, "--out", str(out), *GPS_TINY], capsys, "--out",
+           "other files", "results.json")
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
