@@ -107,6 +107,9 @@ class HandOptimizer(ABC):
     batch_invariant: ClassVar[bool] = True
     #: hyper-parameters that must be > 0 (the rest must be >= 0; ``_check_extra`` adds more).
     positive: ClassVar[tuple[str, ...]] = ("lr",)
+    #: Hyper-parameters that must be one number even where the others may be per-row tensors
+    #: (a count that shapes the state, e.g. a memory size or a restart period).
+    scalar_only: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **hyper: Any) -> None:
         unknown = sorted(set(hyper) - set(self.defaults))
@@ -120,7 +123,7 @@ class HandOptimizer(ABC):
 
     def _check(self, key: str, value: Hyper) -> None:
         arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
-        if isinstance(value, torch.Tensor) and not self.batchable:
+        if isinstance(value, torch.Tensor) and (not self.batchable or key in self.scalar_only):
             raise ValueError(f"{self.name}.{key}: got a tensor, allowed: a number")
         if isinstance(arr, bool) or not isinstance(arr, int | float | np.ndarray | np.number):
             raise ValueError(f"{self.name}.{key}: got {value!r}, allowed: a number")
@@ -605,6 +608,7 @@ class CGFixed(HandOptimizer):
 
     name = "cg-fixed"
     defaults = {"lr": 0.1, "restart": 0.0}
+    scalar_only = ("restart",)
     default_grid = {"lr": tuple(2.0**k for k in range(-10, 5))}
 
     def _init_state(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -629,11 +633,7 @@ class LBFGSFixed(_LBFGSMemory, HandOptimizer):
     defaults = {"lr": 1.0, "history_size": 10.0}
     default_grid = {"lr": tuple(2.0**k for k in range(-10, 3))}
     positive = ("lr", "history_size")
-
-    def _check(self, key: str, value: Hyper) -> None:
-        if key == "history_size" and isinstance(value, torch.Tensor):
-            raise ValueError(f"{self.name}.history_size: got a tensor, allowed: a number")
-        super()._check(key, value)
+    scalar_only = ("history_size",)
 
     def _init_state(self, g: torch.Tensor) -> dict[str, torch.Tensor]:
         return self._memory_state(g)

@@ -161,12 +161,13 @@ def data_by_iteration(family: ObjectiveFamily, data: Mapping[str, Tensor], T: in
     ``data`` is not changed.
     """
     cur = {k: v.clone() for k, v in data.items()}
+    out = {k: v.new_empty((v.shape[0], T, *v.shape[1:])) for k, v in data.items()}
     family.rewind(cur)
-    steps = []
-    for _ in range(T):
+    for t in range(T):
         family.advance(cur)
-        steps.append({k: v.clone() for k, v in cur.items()})
-    return {k: torch.stack([step[k] for step in steps], 1).flatten(0, 1) for k in data}
+        for k, v in cur.items():
+            out[k][:, t] = v
+    return {k: v.flatten(0, 1) for k, v in out.items()}
 
 
 def expand_cost(family: ObjectiveFamily, data: Mapping[str, Tensor], Z: Tensor, U: Tensor,

@@ -108,11 +108,7 @@ def train_policy(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer, ob
     R = int(use.sum())
     rows = torch.randint(0, R, (steps, min(batch_size, R)), generator=generator).to(dev)
     losses = _run_steps(policy, adam_step, rows, graphed)
-    # the Gaussian's covariance at its closed-form optimum: the inverse mean precision
-    var = 1.0 / torch.diagonal(mean_prec).clamp_min(1e-12)
-    with torch.no_grad():
-        policy.log_std.copy_(0.5 * torch.log(var).to(policy.log_std))
-    return float(losses[steps - max(1, steps // 10):].mean())
+    return _finish(policy, mean_prec, losses, steps)
 
 
 def _train_across_ranks(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimizer,
@@ -162,6 +158,12 @@ def _train_across_ranks(policy: GaussianMLPPolicy, optimizer: torch.optim.Optimi
                                          mean_prec, model=model, total_rows=B,
                                          ranks=world.size)
     losses = sum_across(_run_steps(policy, adam_step, local_rows, False), world)
+    return _finish(policy, mean_prec, losses, steps)
+
+
+def _finish(policy: GaussianMLPPolicy, mean_prec: Tensor, losses: Tensor, steps: int) -> float:
+    """Set the Gaussian's covariance at its closed-form optimum (the inverse mean precision);
+    return the mean loss of the last tenth of the steps."""
     var = 1.0 / torch.diagonal(mean_prec).clamp_min(1e-12)
     with torch.no_grad():
         policy.log_std.copy_(0.5 * torch.log(var).to(policy.log_std))

@@ -245,11 +245,6 @@ class Shard:
         """How many of the items this rank holds."""
         return len(range(self.world.rank, self.total, self.world.size))
 
-    @property
-    def index(self) -> torch.Tensor:
-        """The positions of this rank's items in the batch, [count] (int64)."""
-        return torch.arange(self.world.rank, self.total, self.world.size)
-
     def take(self, full: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """This rank's rows of ``full``, batched over all ``total`` items along ``dim``: what a
         random draw made for the whole batch gives this rank's items (so every rank's

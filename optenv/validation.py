@@ -73,12 +73,12 @@ def parse_device(device: str | torch.device, name: str = "device") -> torch.devi
         allowed = "'cpu'"
     elif dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         why = f", but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if why:
+        raise ValueError(f"{name}: got {device!r}{why}; allowed: {allowed}")
     try:
-        if why:
-            raise RuntimeError(why)
         torch.empty(0, device=dev)
     except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise ValueError(f"{name}: got {device!r}{why}; allowed: {allowed}") from err
+        raise ValueError(f"{name}: got {device!r}, allowed: {allowed}") from err
     if dev.type == "meta":  # tensors without data: nothing could be computed on it
         raise ValueError(f"{name}: got {device!r}, a device without data; allowed: {allowed}")
     return dev

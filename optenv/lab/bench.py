@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import optenv
+from optenv.runs import torch_threads
 from optenv.validation import check_int
 
 __all__ = ["add_parser", "bench_env", "bench_objective", "bench_render", "device_name",
@@ -302,34 +303,40 @@ def _parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _measure(args: argparse.Namespace, sizes: list[int], devices: list[str],
+             env_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows ``optenv bench env`` prints (render, profile, or throughput)."""
+    if args.what == "render":
+        ids = list(dict.fromkeys([args.env, "optenv/NeuralNet-v0"]))
+        return [bench_render(env_id, args.steps) for env_id in ids]
+    if args.profile:
+        return [r for d in devices for r in profile_env(args.env, sizes[-1], args.steps,
+                                                          device=d)]
+    rows = bench_env(args.env, sizes, args.steps, devices=devices,
+                     sync_vector=not args.no_sync_vector, env_kwargs=env_kwargs)
+    if gym.spec(args.env).kwargs.get("family") == "MLPClassifier":
+        rows += [r for d in devices for r in bench_objective(
+            args.env, sizes, args.steps, device=d, env_kwargs=env_kwargs,
+            dtype="float64" if d == "cpu" else "float32")]
+        _against_floor(rows)
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     from optenv.lab.compare import parse_env_kwargs
 
     sizes = _parse_sizes(args.num_envs)
     env_kwargs = parse_env_kwargs(getattr(args, "env_kwargs", None))
     check_int("--steps", args.steps, 1)
-    if args.threads is not None:
-        torch.set_num_threads(check_int("--threads", args.threads, 1))
+    threads = check_int("--threads", args.threads, 1, optional=True)
     if args.env not in gym.registry:
         raise ValueError(f"--env: got {args.env!r}, allowed: {', '.join(optenv.BUILTIN_IDS)}")
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     for d in devices:
         if d.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device: got {d!r}, but CUDA is not available here")
-    if args.what == "render":
-        ids = list(dict.fromkeys([args.env, "optenv/NeuralNet-v0"]))
-        rows = [bench_render(env_id, args.steps) for env_id in ids]
-    elif args.profile:
-        rows = [r for d in devices for r in profile_env(args.env, sizes[-1], args.steps,
-                                                          device=d)]
-    else:
-        rows = bench_env(args.env, sizes, args.steps, devices=devices,
-                         sync_vector=not args.no_sync_vector, env_kwargs=env_kwargs)
-        if gym.spec(args.env).kwargs.get("family") == "MLPClassifier":
-            rows += [r for d in devices for r in bench_objective(
-                args.env, sizes, args.steps, device=d, env_kwargs=env_kwargs,
-                dtype="float64" if d == "cpu" else "float32")]
-            _against_floor(rows)
+    with torch_threads(threads):  # the caller's thread count comes back afterwards
+        rows = _measure(args, sizes, devices, env_kwargs)
     for row in rows:
         print(json.dumps(row), flush=True)
     return 0

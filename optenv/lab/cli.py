@@ -53,6 +53,7 @@ def _clear_progress_bars() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         _clear_progress_bars()
-        resumable = "args" in locals() and getattr(args, "command", None) in ("train", "study")
+        resumable = getattr(args, "command", None) in ("train", "study")
         print("optenv: interrupted" + ("; the same command with --resume continues from the "
                                        "last checkpoint" if resumable else ""), file=sys.stderr)
         return 130

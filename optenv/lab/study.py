@@ -286,9 +286,9 @@ def _claim_folder(out: Path, plan: StudyPlan, seeds: int, resume: bool) -> None:
     if holds and path.is_file():
         with open(path, encoding="utf-8") as fh:
             old = json.load(fh)
-        if old != json.loads(json.dumps(record)):
-            diff = [k for k in record["plan"] if old.get("plan", {}).get(k) !=
-                    json.loads(json.dumps(record["plan"]))[k]]
+        want = json.loads(json.dumps(record))  # as plan.json holds it
+        if old != want:
+            diff = [k for k in want["plan"] if old.get("plan", {}).get(k) != want["plan"][k]]
             if old.get("seeds") != seeds:
                 diff.append("seeds")
             raise ValueError(f"--resume: {str(out)!r} holds a study with another "

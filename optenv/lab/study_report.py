@@ -67,15 +67,6 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.0f}%"
 
 
-def _frac_cell(stat: Mapping[str, Any] | None, seeds: int) -> str:
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    text = _pct(stat["mean"])
-    if seeds > 1:
-        text += f" ({_pct(stat['seed_min'])}..{_pct(stat['seed_max'])})"
-    return text
-
-
 def _upturn_cell(values: list[int | None]) -> str:
     return ", ".join("none" if v is None else str(v) for v in values)
 
@@ -107,8 +98,8 @@ def summary_rows(doc: Mapping[str, Any]) -> list[list[str]]:
         if long:
             m = doc["conditions"][long]["methods"][name]
             row += [_mean_cell(m["mean_f_at"].get(k), seeds) for k in long_at]
-            row += [_frac_cell(m["fraction_diverged"], seeds),
-                    _frac_cell(m["fraction_late_divergence"], seeds),
+            row += [_short_cell(m["fraction_diverged"], seeds, pct=True),
+                    _short_cell(m["fraction_late_divergence"], seeds, pct=True),
                     _upturn_cell(m["first_upturn"])]
         row.append(_most_diverged(doc, name, (same, long)))
         rows.append(row)
@@ -182,8 +173,8 @@ def condition_rows(doc: Mapping[str, Any], condition: str) -> list[list[str]]:
     rows = [["method", *[f"f@{k}" for k in at], "diverged", "late", "upturn"]]
     for name, m in c["methods"].items():
         rows.append([name, *[_mean_cell(m["mean_f_at"][k], seeds) for k in at],
-                     _frac_cell(m["fraction_diverged"], seeds),
-                     _frac_cell(m["fraction_late_divergence"], seeds),
+                     _short_cell(m["fraction_diverged"], seeds, pct=True),
+                     _short_cell(m["fraction_late_divergence"], seeds, pct=True),
                      _upturn_cell(m["first_upturn"])])
     return rows
 
@@ -389,14 +380,12 @@ def _figures(doc: Mapping[str, Any], out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------- report.md
 def _report_text(doc: Mapping[str, Any], stems: list[str]) -> str:
     t, plan = doc["train"], doc["plan"]
-    flags = f"--setting {doc['setting']}{' --quick' if doc['quick'] else ''}" + (
-        f" --seeds {doc['seeds']}" if doc["seeds"] > 1 else "")
     wall = doc["wall_s"]
     lines = [
         f"# optenv study — setting {doc['setting']}{' (quick)' if doc['quick'] else ''}", "",
         f"Generated from `study.json` (schema {doc['schema']}, {doc['created']}, optenv "
         f"{doc['optenv_version']}, torch {doc['torch_version']}, device {doc['device']}). "
-        f"Command: `optenv study {flags}`; regenerate this file with `--report-only`.", "",
+        f"Command: `{_command(doc)}`; regenerate this file with `--report-only`.", "",
         f"Meta-trained on {t['env_id']} at T = {t['horizon']} ({doc['seeds']} seed(s) per "
         f"learned method); hand-designed methods tuned on {doc['tuning']['n_train']} of its "
         f"TRAIN objectives at T (criterion: {doc['tuning']['criterion']} f) and applied "

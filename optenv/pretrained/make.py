@@ -56,14 +56,14 @@ def make(name: str, run: str | Path, *, command: str, compare: str | Path,
     """Write ``folder/NAME.pt`` (the run's coordinatewise policy and its metadata) and
     ``folder/NAME.json`` (provenance); returns the JSON's path."""
     import optenv
+    from optenv.checkpoint import read_json_object
 
     if not name or not name.replace("-", "_").isidentifier():
         raise ValueError(f"name: got {name!r}, allowed: letters, digits, '-' and '_'")
     learned = load_run(run)
     learned.row_history()  # a policy whose rows the optimiser cannot compute is refused here
-    config = json.loads((Path(run) / "config.json").read_text(encoding="utf-8")) \
-        if Path(run).is_dir() else {}
-    results = json.loads(Path(compare).read_text(encoding="utf-8"))
+    config = read_json_object(Path(run) / "config.json", "run") if Path(run).is_dir() else {}
+    results = read_json_object(compare, "--compare")
     pol = learned.policy
     meta = {
         "name": name, "summary": summary,

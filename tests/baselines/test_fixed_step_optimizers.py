@@ -87,5 +87,7 @@ def test_fixed_step_methods_are_compare_methods_with_a_tuning_grid() -> None:
     assert CGFixed.default_grid["lr"] and LBFGSFixed.default_grid["lr"]
     with pytest.raises(ValueError, match=r"^lbfgs-fixed.history_size: got a tensor"):
         LBFGSFixed(history_size=torch.tensor([2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"^cg-fixed.restart: got a tensor"):
+        CGFixed(restart=torch.tensor([0.0, 2.0]))  # used to fail at the first step instead
     with pytest.raises(ValueError, match=r"^cg-fixed.lr: got 0"):
         CGFixed(lr=0)

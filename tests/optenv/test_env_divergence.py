@@ -26,7 +26,8 @@ def test_quadratic_divergence_terminates_with_the_finite_penalty():
 
 
 def test_a_runaway_iterate_is_divergence_even_where_f_stays_finite():
-    """f = Σ cos(x) is bounded, so only the iterate tells that the run ran away (|x| > 1e30):
+    """f = Σ cos(x) is bounded, so only the iterate tells that the run ran away (|x| > 1e12,
+    STATE_LIMIT):
     the clamp that keeps the state finite would otherwise hide it."""
     fam = optenv.FunctionFamily(lambda x, data: torch.cos(x).sum(-1), d=2, name="Waves")
     env = optenv.OptimizationEnv(fam, max_step=1e31, divergence_penalty=5.0)
